@@ -1,0 +1,50 @@
+"""parquedb-orm: an event-sourced entity and relationship store for SQLAlchemy.
+
+Every change is an event; events are packed many to a SQL row (zstd) in WAL tables,
+current state lives in snapshots, and history is archived to Parquet.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .errors import (
+    ArchiveError,
+    ConfigurationError,
+    CorruptBatchError,
+    EntityNotFoundError,
+    InvalidIdError,
+    InvalidNamespaceError,
+    ParqueDBError,
+    SerializationError,
+    UnknownOperatorError,
+    ValidationError,
+    VersionConflictError,
+)
+from .facade import ParqueDB
+from .ids import NAMESPACE_PATTERN
+from .models import metadata
+from .session import disable, enable, store
+from .store import Store
+
+__all__ = [
+    "NAMESPACE_PATTERN",
+    "ArchiveError",
+    "ConfigurationError",
+    "CorruptBatchError",
+    "EntityNotFoundError",
+    "InvalidIdError",
+    "InvalidNamespaceError",
+    "ParqueDB",
+    "ParqueDBError",
+    "SerializationError",
+    "Store",
+    "UnknownOperatorError",
+    "ValidationError",
+    "VersionConflictError",
+    "disable",
+    "enable",
+    "errors",
+    "metadata",
+    "store",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""Every dialect-specific SQL decision, kept in one place."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, event, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from .errors import ConfigurationError
+from .models import Counter
+
+
+def family(bind: Connection | Engine) -> str:
+    """'sqlite', 'postgresql' or 'mysql' (MariaDB included)."""
+    name = bind.dialect.name
+    if name in ("mysql", "mariadb"):
+        return "mysql"
+    if name not in ("sqlite", "postgresql"):
+        raise ConfigurationError(f"unsupported database {name!r}: use SQLite, PostgreSQL or MySQL/MariaDB")
+    return name
+
+
+def is_memory_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+
+
+def create_engine_for(url: str, **kwargs: Any) -> Engine:
+    from sqlalchemy import create_engine
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # one shared in-memory database for every thread, not one per connection
+            kwargs.setdefault("poolclass", StaticPool)
+            kwargs.setdefault("connect_args", {"check_same_thread": False})
+        else:
+            kwargs.setdefault("connect_args", {"timeout": 30})
+    engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        event.listen(engine, "connect", _sqlite_file_pragmas)
+    return engine
+
+
+def _sqlite_file_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL journal: readers never block the writer; NORMAL sync is durable at commit in WAL mode
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def lock_namespaces(conn: Connection, namespaces: list[str]) -> None:
+    """Serialise committers of the same namespaces until the transaction ends, so that
+    sequence numbers follow commit order. Costs no written row on any backend:
+
+    - SQLite: one no-op write takes the database write lock (0 rows read or written);
+    - PostgreSQL: transaction-scoped advisory locks, in sorted order;
+    - MySQL/MariaDB: row locks on the namespaces' `id:<ns>` counter rows (which exist once
+      the namespace has an entity; created with value 0 otherwise), in sorted order.
+    """
+    fam = family(conn)
+    names = sorted(set(namespaces))
+    if fam == "sqlite":
+        conn.execute(text("UPDATE counters SET value = value WHERE 0"))
+    elif fam == "postgresql":
+        for ns in names:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(ns)})
+    else:
+        keys = [f"id:{ns}" for ns in names]
+        stmt = select(Counter.name).where(Counter.name.in_(keys)).order_by(Counter.name).with_for_update()
+        found = set(conn.execute(stmt).scalars())
+        missing = [k for k in keys if k not in found]
+        if missing:
+            insert_ignore(conn, Counter.__table__, [{"name": k, "value": 0} for k in missing])  # type: ignore[arg-type]
+            conn.execute(stmt)
+
+
+def _lock_key(ns: str) -> int:
+    """A stable signed 64-bit key for pg_advisory_xact_lock."""
+    digest = hashlib.blake2b(f"parquedb:{ns}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows, skipping those whose primary key exists already."""
+    fam = family(conn)
+    if fam == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
+    elif fam == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
+    else:
+        conn.execute(insert(table).prefix_with("IGNORE"), rows)
+
+
+def greatest(conn: Connection, column: Any, value: int) -> Any:
+    """SQL max of a column and a number (SQLite's scalar max(), GREATEST elsewhere)."""
+    from sqlalchemy import func, literal
+
+    if family(conn) == "sqlite":
+        return func.max(column, literal(value))
+    return func.greatest(column, literal(value))
+
+
+def in_write_transaction(conn: Connection) -> bool:
+    """SQLite only: has this connection already taken the write lock?"""
+    dbapi = conn.connection.dbapi_connection
+    return bool(getattr(dbapi, "in_transaction", False))

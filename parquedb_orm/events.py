@@ -1,0 +1,155 @@
+"""Events and how they fold into state.
+
+An entity event is stored in a WAL batch as the compact list
+`[seq, ts_us, op, id, actor, data, version]`; a relationship event as
+`[seq, ts_us, op, from_id, predicate, to_ref, reverse, actor, data]`
+(filed under the namespace of the source entity). `apply_event` is the only place
+that turns events into state: the live calls and every replay go through it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import CorruptBatchError
+from .operators import apply_update
+
+CREATE, UPDATE, DELETE, RESTORE, LINK, UNLINK = "CREATE", "UPDATE", "DELETE", "RESTORE", "LINK", "UNLINK"
+ENTITY_OPS = frozenset({CREATE, UPDATE, DELETE, RESTORE})
+REL_OPS = frozenset({LINK, UNLINK})
+
+State = dict[str, Any]
+
+
+def now_us() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+
+
+def us_to_dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def dt_to_us(dt: datetime) -> int:
+    return int(dt.timestamp() * 1_000_000)
+
+
+@dataclass(slots=True)
+class Event:
+    seq: int
+    ts: int  # microseconds since the epoch, UTC
+    op: str
+    id: str
+    actor: str | None
+    data: Any  # CREATE: initial fields; UPDATE: the operator document; DELETE: {"hard": bool}
+    version: int  # entity version after this event
+
+    def to_record(self) -> list[Any]:
+        return [self.seq, self.ts, self.op, self.id, self.actor, self.data, self.version]
+
+    @classmethod
+    def from_record(cls, rec: Any, *, table: str, row: str) -> Event:
+        if not isinstance(rec, list) or len(rec) != 7 or rec[2] not in ENTITY_OPS:
+            raise CorruptBatchError(f"corrupt event record in {table} row {row}: {rec!r}", table=table, row=row)
+        return cls(*rec)
+
+
+@dataclass(slots=True)
+class RelEvent:
+    seq: int
+    ts: int
+    op: str
+    from_id: str  # local id; the namespace is the WAL row's
+    predicate: str
+    to: str  # "ns/id"
+    reverse: str | None
+    actor: str | None
+    data: Any
+
+    def to_record(self) -> list[Any]:
+        return [self.seq, self.ts, self.op, self.from_id, self.predicate, self.to, self.reverse, self.actor, self.data]
+
+    @classmethod
+    def from_record(cls, rec: Any, *, table: str, row: str) -> RelEvent:
+        if not isinstance(rec, list) or len(rec) != 9 or rec[2] not in REL_OPS:
+            raise CorruptBatchError(f"corrupt relationship record in {table} row {row}: {rec!r}", table=table, row=row)
+        return cls(*rec)
+
+
+def apply_event(ns: str, state: State | None, ev: Event) -> State | None:
+    """The state after `ev`; None means the entity does not exist (never created, hard-deleted)."""
+    when = us_to_dt(ev.ts)
+    if ev.op == CREATE:
+        data = copy.deepcopy(ev.data)
+        entity: State = {"$id": f"{ns}/{ev.id}", "$type": data.pop("$type", ns)}
+        entity.update(data)
+        entity.update(version=ev.version, createdAt=when, createdBy=ev.actor, updatedAt=when, updatedBy=ev.actor)
+        return entity
+    if state is None:
+        return None  # an event for an entity we do not have: nothing to fold into
+    if ev.op == UPDATE:
+        body = {k: v for k, v in state.items() if k not in _META_KEYS}
+        new = apply_update(body, ev.data, when)
+        out = {k: v for k, v in state.items() if k in _META_KEYS}
+        out.update(new)
+    elif ev.op == DELETE:
+        if ev.data and ev.data.get("hard"):
+            return None
+        out = dict(state)
+        out["deletedAt"] = when
+        out["deletedBy"] = ev.actor
+    else:  # RESTORE
+        out = {k: v for k, v in state.items() if k not in ("deletedAt", "deletedBy")}
+    out["version"] = ev.version
+    out["updatedAt"] = when
+    out["updatedBy"] = ev.actor
+    return out
+
+
+_META_KEYS = frozenset(
+    {"$id", "$type", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"}
+)
+
+
+def public(state: State | None, include_deleted: bool = False) -> State | None:
+    """A copy safe to hand to callers (they may mutate it); None for deleted unless asked."""
+    if state is None or ("deletedAt" in state and not include_deleted):
+        return None
+    return copy.deepcopy(state)
+
+
+@dataclass(slots=True)
+class Link:
+    """The current state of one relationship."""
+
+    from_ref: str
+    predicate: str
+    to: str
+    reverse: str | None
+    data: Any
+    created_at: int
+    created_by: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.from_ref,
+            "predicate": self.predicate,
+            "to": self.to,
+            "reverse": self.reverse,
+            "data": copy.deepcopy(self.data),
+            "createdAt": us_to_dt(self.created_at),
+            "createdBy": self.created_by,
+        }
+
+
+LinkKey = tuple[str, str, str]  # (from_ref, predicate, to_ref)
+
+
+def apply_rel_event(links: dict[LinkKey, Link], ns: str, ev: RelEvent) -> None:
+    key = (f"{ns}/{ev.from_id}", ev.predicate, ev.to)
+    if ev.op == LINK:
+        links[key] = Link(key[0], ev.predicate, ev.to, ev.reverse, copy.deepcopy(ev.data), ev.ts, ev.actor)
+    else:
+        links.pop(key, None)

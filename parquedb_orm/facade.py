@@ -1,0 +1,146 @@
+"""`ParqueDB`: the store on its own, each call one transaction (or several in `transaction()`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import dialects
+from .errors import ConfigurationError, VersionConflictError
+from .events import State
+from .session import enable, forget_runtime, store
+from .store import Store
+
+T = TypeVar("T")
+_RETRIES = 5
+
+
+class ParqueDB:
+    """An event-sourced entity and relationship store on a SQL database.
+
+    `url_or_engine`: a SQLAlchemy URL (`sqlite:///app.db`, `postgresql+psycopg://...`,
+    `mysql+pymysql://...`) or an Engine. `shared=True` when several processes write the
+    same database.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | Engine = "sqlite://",
+        *,
+        archive: str | None = None,
+        policy: Any = None,
+        shared: bool = False,
+    ) -> None:
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+            self._owns_engine = False
+        elif isinstance(url_or_engine, str):
+            self.engine = dialects.create_engine_for(url_or_engine)
+            self._owns_engine = True
+        else:
+            raise ConfigurationError(f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}")
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.runtime = enable(self._sessions, archive=archive, policy=policy, shared=shared, engine=self.engine)
+
+    def close(self) -> None:
+        forget_runtime(self.engine)
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> ParqueDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Several operations in one commit: `with db.transaction() as tx: tx.create(...)`."""
+        with self._sessions() as session, session.begin():
+            yield store(session)
+
+    def _write(self, fn: Any, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
+        for attempt in range(_RETRIES):
+            try:
+                with self.transaction() as tx:
+                    return fn(tx, *args, **kwargs)
+            except VersionConflictError:
+                # another thread of this process committed the entity first; a call without
+                # expected_version is simply recomputed on the newer state
+                if not retry or kwargs.get("expected_version") is not None or attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with Session(self.engine) as session:
+            from .session import _RT_KEY
+
+            session.info[_RT_KEY] = self.runtime
+            return fn(store(session), *args, **kwargs)
+
+    # ------------------------------------------------------------------ entities
+    def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
+        return self._write(Store.create, ns, data, actor=actor)  # type: ignore[no-any-return]
+
+    def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
+        return self._write(Store.create_many, ns, list(items), actor=actor)  # type: ignore[no-any-return]
+
+    def get(
+        self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
+    ) -> State | None:
+        return self._read(Store.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)  # type: ignore[no-any-return]
+
+    def update(
+        self, ns: str, entity_id: str, update: dict[str, Any], *, expected_version: int | None = None,
+        actor: str | None = None,
+    ) -> State:
+        return self._write(Store.update, ns, entity_id, update, expected_version=expected_version, actor=actor)  # type: ignore[no-any-return]
+
+    def delete(
+        self, ns: str, entity_id: str, *, hard: bool = False, expected_version: int | None = None,
+        actor: str | None = None,
+    ) -> bool:
+        return self._write(Store.delete, ns, entity_id, hard=hard, expected_version=expected_version, actor=actor)  # type: ignore[no-any-return]
+
+    def restore(self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None) -> State:
+        return self._write(Store.restore, ns, entity_id, expected_version=expected_version, actor=actor)  # type: ignore[no-any-return]
+
+    def find(
+        self, ns: str, filter: dict[str, Any] | None = None, *, sort: dict[str, int] | None = None,  # noqa: A002
+        limit: int | None = None, skip: int = 0, include_deleted: bool = False,
+    ) -> list[State]:
+        return self._read(Store.find, ns, filter, sort=sort, limit=limit, skip=skip, include_deleted=include_deleted)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ relationships
+    def link(self, from_ref: str, predicate: str, to_ref: str, *, reverse: str | None = None,
+             data: dict[str, Any] | None = None, actor: str | None = None) -> None:
+        self._write(Store.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
+
+    def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
+        self._write(Store.unlink, from_ref, predicate, to_ref, actor=actor)
+
+    def related(self, ref: str, predicate: str | None = None, *, direction: str = "outbound",
+                include_deleted: bool = False) -> list[State]:
+        return self._read(Store.related, ref, predicate, direction=direction, include_deleted=include_deleted)  # type: ignore[no-any-return]
+
+    def links(self, ref: str, predicate: str | None = None, *, direction: str = "outbound") -> list[dict[str, Any]]:
+        return self._read(Store.links, ref, predicate, direction=direction)  # type: ignore[no-any-return]
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        return self._read(Store.history, ref)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ introspection
+    def stats(self) -> dict[str, Any]:
+        rt = self.runtime
+        return {
+            "unflushed_events": rt.unflushed,
+            "commits": rt.commits,
+            "dialect": rt.family,
+            "shared": rt.shared,
+        }

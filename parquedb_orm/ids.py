@@ -1,0 +1,66 @@
+"""Namespaces, entity ids and references.
+
+Namespaces and ids become directory and file names in the archive, so both are held
+to strict patterns here, at the edge, before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from sqids import Sqids
+
+from .errors import InvalidIdError, InvalidNamespaceError
+
+#: A namespace: a letter, then up to 63 letters, digits, `_` or `-`.
+#: No `/`, `.`, spaces or empty string: it is used verbatim as `ns=<ns>` directory.
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+#: An entity id: what sqids produces with our alphabet (letters and digits).
+ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+SQIDS_MIN_LENGTH = 6
+
+
+def check_namespace(ns: object) -> str:
+    if not isinstance(ns, str) or not NAMESPACE_PATTERN.fullmatch(ns):
+        raise InvalidNamespaceError(
+            f"invalid namespace {ns!r}: use a letter followed by up to 63 letters, digits, "
+            "'_' or '-' (no '/', '.', spaces; it becomes a directory name in the archive)"
+        )
+    return ns
+
+
+def check_id(entity_id: object) -> str:
+    if not isinstance(entity_id, str) or not ID_PATTERN.fullmatch(entity_id):
+        raise InvalidIdError(f"invalid entity id {entity_id!r}: expected 1-64 letters or digits")
+    return entity_id
+
+
+def split_ref(ref: object) -> tuple[str, str]:
+    """`"posts/abc"` -> `("posts", "abc")`, validating both parts."""
+    if not isinstance(ref, str) or ref.count("/") != 1:
+        raise InvalidIdError(f"invalid entity reference {ref!r}: expected 'namespace/id'")
+    ns, entity_id = ref.split("/")
+    try:
+        check_namespace(ns)
+    except InvalidNamespaceError as exc:
+        raise InvalidIdError(f"invalid entity reference {ref!r}: {exc}") from None
+    return ns, check_id(entity_id)
+
+
+@lru_cache(maxsize=1)
+def _sqids() -> Sqids:
+    return Sqids(min_length=SQIDS_MIN_LENGTH)
+
+
+def encode_id(number: int) -> str:
+    return _sqids().encode([number])
+
+
+def decode_id(entity_id: str) -> int | None:
+    """The counter value behind an id, or None if it is not a canonical sqid of ours."""
+    nums = _sqids().decode(entity_id)
+    if len(nums) != 1 or _sqids().encode(nums) != entity_id:
+        return None
+    return nums[0]

@@ -1,0 +1,398 @@
+"""Entity and relationship operations, run inside one unit of work (one transaction).
+
+`Store` is what `pq.store(session)` and `db.transaction()` hand out. Writes only append
+events to the unit of work and update its provisional state; SQL is written at commit
+(runtime.prepare_commit). Reads see the unit's own changes first, then committed state.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .codec import check_serialisable
+from .errors import EntityNotFoundError, ValidationError, VersionConflictError
+from .events import CREATE, DELETE, LINK, RESTORE, UNLINK, UPDATE, Event, Link, RelEvent, State, apply_event, now_us, public, us_to_dt
+from .filters import matches, sort_docs, validate_filter, validate_sort
+from .ids import check_id, check_namespace, encode_id, split_ref
+from .operators import LINK_OPERATORS, validate_update
+from .runtime import Runtime, Versioned
+from .unit import UnitOfWork
+
+PREDICATE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
+
+def _check_predicate(predicate: object, what: str = "predicate") -> str:
+    if not isinstance(predicate, str) or not PREDICATE_PATTERN.fullmatch(predicate):
+        raise ValidationError(f"invalid {what} {predicate!r}: a letter or '_' then up to 127 of [A-Za-z0-9_.-]")
+    return predicate
+
+
+def _check_actor(actor: object) -> str | None:
+    if actor is not None and (not isinstance(actor, str) or not actor or len(actor) > 256):
+        raise ValidationError(f"actor must be a non-empty string of at most 256 characters, got {actor!r}")
+    return actor
+
+
+def _check_data(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValidationError(f"entity data must be a dict, got {type(data).__name__}")
+    for key in data:
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"field name {key!r} must be a non-empty string")
+        if key.startswith("$") and key != "$type":
+            raise ValidationError(f"field {key!r}: names starting with '$' are reserved ('$type' is allowed)")
+        if key in ("version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"):
+            raise ValidationError(f"field {key!r} is maintained by the store and cannot be set")
+    if "$type" in data and (not isinstance(data["$type"], str) or not data["$type"]):
+        raise ValidationError(f"$type must be a non-empty string, got {data['$type']!r}")
+    check_serialisable(data)
+    return data
+
+
+def _check_version(expected: object) -> int | None:
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
+        raise ValidationError(f"expected_version must be a non-negative int, got {expected!r}")
+    return expected
+
+
+def _refs(value: object, op: str) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        split_ref(item)
+    return items  # type: ignore[return-value]
+
+
+class Store:
+    """Operations bound to one unit of work and a way to get its SQL connection."""
+
+    def __init__(
+        self, runtime: Runtime, uow: Callable[[], UnitOfWork], connection: Callable[[], Connection]
+    ) -> None:
+        self._rt = runtime
+        self._uow_of = uow  # resolved per call: a commit starts a fresh unit on the same session
+        self._connection = connection
+
+    @property
+    def _uow(self) -> UnitOfWork:
+        return self._uow_of()
+
+    # ------------------------------------------------------------------ state access
+    def _current(self, ns: str, entity_id: str) -> Versioned:
+        key = (ns, entity_id)
+        if key in self._uow.overlay:
+            return self._uow.overlay[key]
+        return self._rt.committed(self._connection(), ns, entity_id)
+
+    def _existing(self, ns: str, entity_id: str, *, allow_deleted: bool = False) -> Versioned:
+        version, state = self._current(ns, entity_id)
+        if state is None or ("deletedAt" in state and not allow_deleted):
+            raise EntityNotFoundError(f"entity {ns}/{entity_id} does not exist" + ("" if state is None else " (deleted)"))
+        return version, state
+
+    def _record(self, ns: str, entity_id: str, base_version: int, ev: Event, state: State | None) -> None:
+        key = (ns, entity_id)
+        if ev.op != CREATE and key not in self._uow.base_versions and key not in self._uow.overlay:
+            self._uow.base_versions[key] = base_version
+        self._uow.add(ns, ev)
+        self._uow.overlay[key] = (ev.version, state)
+
+    @staticmethod
+    def _expect(ns: str, entity_id: str, expected: int | None, actual: int) -> None:
+        if expected is not None and expected != actual:
+            raise VersionConflictError(
+                f"{ns}/{entity_id} is at version {actual}, not the expected {expected}; nothing was written",
+                expected=expected,
+                actual=actual,
+            )
+
+    # ------------------------------------------------------------------ entities
+    def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
+        """Create an entity; returns it with its new `$id` (`ns/<sqid>`)."""
+        check_namespace(ns)
+        data = copy.deepcopy(_check_data(data))
+        _check_actor(actor)
+        number = self._rt.ids.allocate(self._connection(), ns, 1, self._uow.local_ids.setdefault(ns, []))[0]
+        entity_id = encode_id(number)
+        ev = Event(0, now_us(), CREATE, entity_id, actor, data, 1)
+        state = apply_event(ns, None, ev)
+        self._record(ns, entity_id, 0, ev, state)
+        return public(state) or {}
+
+    def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
+        """Create several entities in this transaction; ids are reserved in one block."""
+        check_namespace(ns)
+        _check_actor(actor)
+        datas = [copy.deepcopy(_check_data(item)) for item in items]
+        numbers = self._rt.ids.allocate(self._connection(), ns, len(datas), self._uow.local_ids.setdefault(ns, []))
+        ts = now_us()
+        out = []
+        for number, data in zip(numbers, datas, strict=True):
+            ev = Event(0, ts, CREATE, encode_id(number), actor, data, 1)
+            state = apply_event(ns, None, ev)
+            self._record(ns, ev.id, 0, ev, state)
+            out.append(public(state) or {})
+        return out
+
+    def get(
+        self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
+    ) -> State | None:
+        """The entity as a dict, or None. `as_of`: a datetime or a version number."""
+        check_namespace(ns)
+        check_id(entity_id)
+        if as_of is not None:
+            return self._as_of(ns, entity_id, as_of, include_deleted)
+        return public(self._current(ns, entity_id)[1], include_deleted)
+
+    def update(
+        self,
+        ns: str,
+        entity_id: str,
+        update: dict[str, Any],
+        *,
+        expected_version: int | None = None,
+        actor: str | None = None,
+    ) -> State:
+        """Apply update operators; returns the new state. `$link`/`$unlink` add relationships."""
+        check_namespace(ns)
+        check_id(entity_id)
+        update = validate_update(update)
+        _check_version(expected_version)
+        _check_actor(actor)
+        links = {op: update[op] for op in LINK_OPERATORS if op in update}
+        for op, fields in links.items():
+            for pred, refs in fields.items():
+                _check_predicate(pred)
+                _refs(refs, op)
+        version, state = self._existing(ns, entity_id)
+        self._expect(ns, entity_id, expected_version, version)
+        ops = {op: fields for op, fields in update.items() if op not in LINK_OPERATORS}
+        if ops:
+            ev = Event(0, now_us(), UPDATE, entity_id, actor, copy.deepcopy(ops), version + 1)
+            new = apply_event(ns, state, ev)  # raises on a type error before anything is recorded
+            self._record(ns, entity_id, version, ev, new)
+            state = new
+        for pred, refs in links.get("$link", {}).items():
+            for ref in _refs(refs, "$link"):
+                self.link(f"{ns}/{entity_id}", pred, ref, actor=actor)
+        for pred, refs in links.get("$unlink", {}).items():
+            for ref in _refs(refs, "$unlink"):
+                self.unlink(f"{ns}/{entity_id}", pred, ref, actor=actor)
+        return public(state) or {}
+
+    def delete(
+        self, ns: str, entity_id: str, *, hard: bool = False, expected_version: int | None = None, actor: str | None = None
+    ) -> bool:
+        """Soft-delete (default) or hard-delete an entity. False if it was already (soft-)deleted."""
+        check_namespace(ns)
+        check_id(entity_id)
+        _check_version(expected_version)
+        _check_actor(actor)
+        version, state = self._current(ns, entity_id)
+        if state is None:
+            raise EntityNotFoundError(f"entity {ns}/{entity_id} does not exist")
+        self._expect(ns, entity_id, expected_version, version)
+        if "deletedAt" in state and not hard:
+            return False
+        ev = Event(0, now_us(), DELETE, entity_id, actor, {"hard": bool(hard)}, version + 1)
+        self._record(ns, entity_id, version, ev, apply_event(ns, state, ev))
+        return True
+
+    def restore(self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None) -> State:
+        """Undo a soft delete."""
+        check_namespace(ns)
+        check_id(entity_id)
+        _check_version(expected_version)
+        _check_actor(actor)
+        version, state = self._current(ns, entity_id)
+        if state is None:
+            raise EntityNotFoundError(f"entity {ns}/{entity_id} does not exist")
+        self._expect(ns, entity_id, expected_version, version)
+        if "deletedAt" not in state:
+            return public(state) or {}
+        ev = Event(0, now_us(), RESTORE, entity_id, actor, None, version + 1)
+        new = apply_event(ns, state, ev)
+        self._record(ns, entity_id, version, ev, new)
+        return public(new) or {}
+
+    def find(
+        self,
+        ns: str,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - the public name
+        *,
+        sort: dict[str, int] | None = None,
+        limit: int | None = None,
+        skip: int = 0,
+        include_deleted: bool = False,
+    ) -> list[State]:
+        """Entities of a namespace matching a filter, sorted, paged."""
+        check_namespace(ns)
+        flt = validate_filter(filter)
+        order = validate_sort(sort)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValidationError(f"limit must be a non-negative int, got {limit!r}")
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise ValidationError(f"skip must be a non-negative int, got {skip!r}")
+        states = {eid: v[1] for eid, v in self._rt.committed_all(self._connection(), ns).items()}
+        for (ens, eid), (_v, st) in self._uow.overlay.items():
+            if ens == ns:
+                states[eid] = st
+        docs = []
+        for st in states.values():
+            if st is None or ("deletedAt" in st and not include_deleted):
+                continue
+            if matches(st, flt):
+                docs.append(st)
+        docs = sort_docs(docs, order) if order else sorted(docs, key=lambda d: d["createdAt"])
+        docs = docs[skip:] if limit is None else docs[skip : skip + limit]
+        return [copy.deepcopy(d) for d in docs]
+
+    # ------------------------------------------------------------------ relationships
+    def link(
+        self,
+        from_ref: str,
+        predicate: str,
+        to_ref: str,
+        *,
+        reverse: str | None = None,
+        data: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Link two existing entities: (from, predicate, to), with an optional reverse name and data."""
+        from_ns, from_id = split_ref(from_ref)
+        to_ns, to_id = split_ref(to_ref)
+        _check_predicate(predicate)
+        if reverse is not None:
+            _check_predicate(reverse, "reverse name")
+        if data is not None:
+            if not isinstance(data, dict):
+                raise ValidationError(f"link data must be a dict, got {type(data).__name__}")
+            check_serialisable(data)
+        _check_actor(actor)
+        self._existing(from_ns, from_id)
+        self._existing(to_ns, to_id)
+        ev = RelEvent(0, now_us(), LINK, from_id, predicate, to_ref, reverse, actor, copy.deepcopy(data))
+        self._uow.add_rel(from_ns, ev)
+        self._uow.links[(from_ref, predicate, to_ref)] = Link(from_ref, predicate, to_ref, reverse, ev.data, ev.ts, actor)
+
+    def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
+        """Remove a relationship (a no-op event if it does not exist)."""
+        from_ns, from_id = split_ref(from_ref)
+        split_ref(to_ref)
+        _check_predicate(predicate)
+        _check_actor(actor)
+        ev = RelEvent(0, now_us(), UNLINK, from_id, predicate, to_ref, None, actor, None)
+        self._uow.add_rel(from_ns, ev)
+        self._uow.links[(from_ref, predicate, to_ref)] = None
+
+    def links(
+        self, ref: str, predicate: str | None = None, *, direction: str = "outbound"
+    ) -> list[dict[str, Any]]:
+        """The relationships themselves (from, predicate, to, reverse, data, createdAt, createdBy)."""
+        split_ref(ref)
+        if predicate is not None:
+            _check_predicate(predicate)
+        if direction not in ("outbound", "inbound"):
+            raise ValidationError(f"direction must be 'outbound' or 'inbound', got {direction!r}")
+        index = self._rt.ensure_rels(self._connection())
+        found: dict[tuple[str, str, str], Link] = {}
+        with self._rt.lock:
+            keys = (index.by_from if direction == "outbound" else index.by_to).get(ref, set())
+            for key in keys:
+                found[key] = index.links[key]
+        for key, link in self._uow.links.items():
+            side = key[0] if direction == "outbound" else key[2]
+            if side != ref:
+                continue
+            if link is None:
+                found.pop(key, None)
+            else:
+                found[key] = link
+        out = [
+            lk
+            for lk in found.values()
+            if predicate is None or lk.predicate == predicate or (direction == "inbound" and lk.reverse == predicate)
+        ]
+        out.sort(key=lambda lk: (lk.created_at, lk.from_ref, lk.predicate, lk.to))
+        return [lk.as_dict() for lk in out]
+
+    def related(
+        self,
+        ref: str,
+        predicate: str | None = None,
+        *,
+        direction: str = "outbound",
+        include_deleted: bool = False,
+    ) -> list[State]:
+        """Entities linked from `ref` (outbound) or to it (inbound), optionally by predicate
+        (inbound also matches the reverse name)."""
+        out = []
+        seen = set()
+        for link in self.links(ref, predicate, direction=direction):
+            other = link["to"] if direction == "outbound" else link["from"]
+            if other in seen:
+                continue
+            seen.add(other)
+            ns, eid = split_ref(other)
+            state = public(self._current(ns, eid)[1], include_deleted)
+            if state is not None:
+                out.append(state)
+        return out
+
+    # ------------------------------------------------------------------ history
+    def _events_of(self, ns: str, entity_id: str) -> list[Event]:
+        st = self._rt.ensure_tail(self._connection(), ns)
+        with self._rt.lock:
+            evs = list(st.tail.get(entity_id, []))
+        evs += [e for e in self._uow.events.get(ns, []) if e.id == entity_id]
+        return evs
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """Every event of an entity, oldest first: entity events and the links it made."""
+        ns, entity_id = split_ref(ref)
+        out = [
+            {"seq": e.seq or None, "ts": us_to_dt(e.ts), "op": e.op, "$id": ref, "actor": e.actor,
+             "data": copy.deepcopy(e.data), "version": e.version}
+            for e in self._events_of(ns, entity_id)
+        ]
+        rels = self._rel_events_of(ns, entity_id)
+        out += [
+            {"seq": r.seq or None, "ts": us_to_dt(r.ts), "op": r.op, "$id": ref, "actor": r.actor,
+             "data": {"predicate": r.predicate, "to": r.to, "reverse": r.reverse, "data": copy.deepcopy(r.data)},
+             "version": None}
+            for r in rels
+        ]
+        out.sort(key=lambda d: (d["ts"], d["op"] in (LINK, UNLINK), d["seq"] or 0))
+        return out
+
+    def _rel_events_of(self, ns: str, entity_id: str) -> list[RelEvent]:
+        from . import wal
+
+        rows = wal.read_tail(self._connection(), wal.RELS, ns)
+        evs = [
+            r
+            for first, _l, recs in rows
+            for r in wal.decode_rel_events(wal.RELS, ns, first, recs)
+            if r.from_id == entity_id
+        ]
+        evs += [r for r in self._uow.rel_events.get(ns, []) if r.from_id == entity_id]
+        return evs
+
+    def _as_of(self, ns: str, entity_id: str, as_of: datetime | int, include_deleted: bool) -> State | None:
+        if isinstance(as_of, bool) or not isinstance(as_of, (datetime, int)):
+            raise ValidationError(f"as_of must be a datetime or a version number, got {as_of!r}")
+        if isinstance(as_of, datetime) and as_of.tzinfo is None:
+            raise ValidationError("as_of must be a timezone-aware datetime")
+        state: State | None = None
+        for ev in sorted(self._events_of(ns, entity_id), key=lambda e: (e.seq == 0, e.seq)):
+            if isinstance(as_of, int) and ev.version > as_of:
+                break
+            if isinstance(as_of, datetime) and us_to_dt(ev.ts) > as_of:
+                break
+            state = apply_event(ns, state, ev)
+        return public(state, include_deleted)

@@ -1,0 +1,86 @@
+"""Write-ahead-log rows: one row = one batch of events of one namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Table, insert, select
+
+from . import codec
+from .events import Event, RelEvent
+from .models import EventsWal, RelsWal
+
+#: A commit's events of one namespace go to one row unless the encoded JSON exceeds
+#: this many bytes (D1 and Durable Objects cap a row at 2 MB).
+ROW_CAP_BYTES = 1_000_000
+
+EVENTS: Table = EventsWal.__table__  # type: ignore[assignment]
+RELS: Table = RelsWal.__table__  # type: ignore[assignment]
+
+
+def _chunks(records: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """Split a commit's records only past the row size cap."""
+    batch: list[list[Any]] = []
+    size = 0
+    for rec in records:
+        n = len(codec.dumps(rec)) if len(records) > 1000 or size else 0
+        if batch and size + n > ROW_CAP_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(rec)
+        size += n
+    if batch:
+        yield batch
+
+
+def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
+    """Encoded rows for records already numbered (record[0] is the sequence)."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for batch in _chunks(records):
+        rows.append(
+            {
+                "ns": ns,
+                "first_seq": batch[0][0],
+                "last_seq": batch[-1][0],
+                "event_count": len(batch),
+                "events": codec.encode_batch(batch),
+                "created_at": now,
+            }
+        )
+    return rows
+
+
+def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(table), rows)
+
+
+def last_seq(conn: Connection, table: Table, ns: str) -> int:
+    """Highest sequence in the WAL for `ns` (0 if none): one seek on the primary key."""
+    row = conn.execute(
+        select(table.c.last_seq).where(table.c.ns == ns).order_by(table.c.first_seq.desc()).limit(1)
+    ).first()
+    return int(row[0]) if row else 0
+
+
+def read_tail(conn: Connection, table: Table, ns: str, after_seq: int = -1) -> list[tuple[int, int, list[Any]]]:
+    """WAL rows of `ns` with first_seq > after_seq, decoded: (first_seq, last_seq, records)."""
+    rows = conn.execute(
+        select(table.c.first_seq, table.c.last_seq, table.c.events)
+        .where(table.c.ns == ns, table.c.first_seq > after_seq)
+        .order_by(table.c.first_seq)
+    ).all()
+    return [(f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows]
+
+
+def decode_events(table: Table, ns: str, first_seq: int, records: Iterable[Any]) -> list[Event]:
+    row = f"ns={ns}, first_seq={first_seq}"
+    return [Event.from_record(r, table=table.name, row=row) for r in records]
+
+
+def decode_rel_events(table: Table, ns: str, first_seq: int, records: Iterable[Any]) -> list[RelEvent]:
+    row = f"ns={ns}, first_seq={first_seq}"
+    return [RelEvent.from_record(r, table=table.name, row=row) for r in records]

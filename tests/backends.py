@@ -1,0 +1,74 @@
+"""Database backends for the contract tests: SQLite (memory, file), PostgreSQL, MariaDB.
+
+Server backends use dedicated databases (`pqtest`) so they never collide with other
+suites using `test`. Locally an unreachable server skips; with PARQUEDB_REQUIRE_SERVERS=1
+(set by .ci/run) or CI=true it fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from parquedb_orm import dialects
+from parquedb_orm.legacy import legacy_metadata
+from parquedb_orm.models import metadata
+
+PG_ADMIN = os.environ.get("PARQUEDB_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MY_ADMIN = os.environ.get("PARQUEDB_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+DB_NAME = "pqtest" + os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def servers_required() -> bool:
+    return os.environ.get("PARQUEDB_REQUIRE_SERVERS") == "1" or os.environ.get("CI", "").lower() == "true"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    msg = f"{what} unreachable: {exc}"
+    if servers_required():
+        pytest.fail(msg + " (servers are required under CI)")
+    pytest.skip(msg)
+
+
+def server_url(kind: str) -> str:
+    """URL of a dedicated test database on the server, created if missing."""
+    admin = PG_ADMIN if kind == "postgresql" else MY_ADMIN
+    try:
+        eng = create_engine(admin, isolation_level="AUTOCOMMIT")
+        with eng.connect() as conn:
+            if kind == "postgresql":
+                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname=:n"), {"n": DB_NAME}).first()
+                if not exists:
+                    conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+            else:
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{DB_NAME}`"))
+        eng.dispose()
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "unreachable"
+        _unavailable(kind, exc)
+    return admin.rsplit("/", 1)[0] + "/" + DB_NAME
+
+
+def reset_schema(engine: Engine) -> None:
+    legacy_metadata.drop_all(engine)
+    metadata.drop_all(engine)
+
+
+def make_engine(kind: str, tmp_path: Path) -> Engine:
+    if kind == "sqlite-memory":
+        return dialects.create_engine_for("sqlite://")
+    if kind == "sqlite-file":
+        return dialects.create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    engine = create_engine(server_url(kind), pool_pre_ping=True)
+    reset_schema(engine)
+    return engine
+
+
+def url_of(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    if kind == "sqlite-memory":
+        raise ValueError("an in-memory database has no URL another process can open")
+    return server_url(kind)

@@ -1,0 +1,5 @@
+from contract import StoreContract
+
+
+class TestMariaDBStore(StoreContract):
+    backend = "mysql"

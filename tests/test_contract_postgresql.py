@@ -1,0 +1,5 @@
+from contract import StoreContract
+
+
+class TestPostgresStore(StoreContract):
+    backend = "postgresql"

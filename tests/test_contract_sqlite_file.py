@@ -1,0 +1,5 @@
+from contract import StoreContract
+
+
+class TestSqliteFileStore(StoreContract):
+    backend = "sqlite-file"

@@ -1,0 +1,5 @@
+from contract import StoreContract
+
+
+class TestSqliteMemoryStore(StoreContract):
+    backend = "sqlite-memory"
