@@ -21,6 +21,8 @@ from .errors import (
     VersionConflictError,
 )
 from .facade import ParqueDB
+from .flush import FlushResult
+from .policy import FlushPolicy
 from .ids import NAMESPACE_PATTERN
 from .models import metadata
 from .session import disable, enable, store
@@ -32,6 +34,8 @@ __all__ = [
     "ConfigurationError",
     "CorruptBatchError",
     "EntityNotFoundError",
+    "FlushPolicy",
+    "FlushResult",
     "InvalidIdError",
     "InvalidNamespaceError",
     "ParqueDB",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -13,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import dialects
 from .errors import ConfigurationError, VersionConflictError
 from .events import State
+from .flush import FlushResult
+from .policy import FlushPolicy
 from .session import enable, forget_runtime, store
 from .store import Store
 
@@ -32,9 +35,10 @@ class ParqueDB:
         self,
         url_or_engine: str | Engine = "sqlite://",
         *,
-        archive: str | None = None,
-        policy: Any = None,
+        archive: str | os.PathLike[str] | None = None,
+        policy: FlushPolicy | None = None,
         shared: bool = False,
+        archive_options: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -45,9 +49,13 @@ class ParqueDB:
         else:
             raise ConfigurationError(f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.runtime = enable(self._sessions, archive=archive, policy=policy, shared=shared, engine=self.engine)
+        self.runtime = enable(
+            self._sessions, archive=archive, policy=policy, shared=shared, engine=self.engine,
+            archive_options=archive_options,
+        )
 
     def close(self) -> None:
+        """Stop timers and background flushing; committed events stay safe in the WAL."""
         forget_runtime(self.engine)
         if self._owns_engine:
             self.engine.dispose()
@@ -135,12 +143,39 @@ class ParqueDB:
     def history(self, ref: str) -> list[dict[str, Any]]:
         return self._read(Store.history, ref)  # type: ignore[no-any-return]
 
+    # ------------------------------------------------------------------ archive
+    def flush(self) -> FlushResult:
+        """Move every committed WAL event to the Parquet archive now; returns what it did."""
+        if self.runtime.flusher is None:
+            raise ConfigurationError("no archive configured: pass archive='./folder' (or a URI) to ParqueDB()")
+        result = self.runtime.flusher.flush()
+        if self.runtime.scheduler is not None:
+            self.runtime.flusher.compact_due(self.runtime.scheduler.policy.compact_after, result.namespaces)
+        return result
+
+    def compact(self, threshold: int = 1) -> int:
+        """Merge small archive files now (namespaces with more than `threshold` files of a kind)."""
+        if self.runtime.flusher is None:
+            raise ConfigurationError("no archive configured")
+        return len(self.runtime.flusher.compact_due(threshold))
+
+    def duckdb(self) -> Any:
+        """A DuckDB connection with views `events`, `rels` and `entities` (current state)."""
+        from .analytics import connect
+
+        return connect(self)
+
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, Any]:
         rt = self.runtime
+        sched = rt.scheduler
         return {
             "unflushed_events": rt.unflushed,
             "commits": rt.commits,
             "dialect": rt.family,
             "shared": rt.shared,
+            "archive": rt.archive.uri if rt.archive else None,
+            "flushes": sched.flushes if sched else 0,
+            "last_flush": sched.last_result.as_dict() if sched and sched.last_result else None,
+            "last_flush_error": repr(sched.last_error) if sched and sched.last_error else None,
         }

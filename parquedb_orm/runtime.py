@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
 
-from . import dialects, snapshots, wal
+from . import dialects, manifest, parquet, snapshots, wal
+from .archive import Archive
 from .counters import IdBlocks, load_all
 from .errors import VersionConflictError
 from .events import Event, Link, LinkKey, RelEvent, State, apply_event, apply_rel_event
@@ -22,6 +23,8 @@ from .ids import decode_id
 from .models import Counter
 
 if TYPE_CHECKING:
+    from .flush import Flusher
+    from .policy import Scheduler
     from .unit import UnitOfWork
 
 Versioned = tuple[int, State | None]  # (version, state); state None = absent (0) or hard-deleted
@@ -74,8 +77,19 @@ def fold(ns: str, base: Versioned, events: list[Event], after_seq: int) -> Versi
 
 
 class Runtime:
-    def __init__(self, engine: Engine, *, shared: bool = False, chunk_size: int = 128, id_block: int = 100) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        shared: bool = False,
+        chunk_size: int = 128,
+        id_block: int = 100,
+        archive: Archive | None = None,
+    ) -> None:
         self.engine = engine
+        self.archive = archive
+        self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
+        self._archived_states: dict[str, dict[str, tuple[int, int, State | None]]] = {}
         self.family = dialects.family(engine)
         self.memory = dialects.is_memory_sqlite(engine)
         self.shared = shared
@@ -90,6 +104,8 @@ class Runtime:
         self._inflight: dict[tuple[str, str], int] = {}
         #: called after every commit with the number of new events (the flush policy hooks in)
         self.after_commit_hooks: list[Callable[[int], None]] = []
+        self.flusher: Flusher | None = None
+        self.scheduler: Scheduler | None = None
 
     # ------------------------------------------------------------------ namespaces
     def ns(self, name: str) -> NsState:
@@ -140,21 +156,104 @@ class Runtime:
                     with self.lock:
                         self._ns[ns] = NsState(ns)
                     return self.ensure_tail(conn, ns)
-            rows = wal.read_tail(conn, wal.EVENTS, ns, after)
+            if st.tail_loaded:
+                rows = wal.read_tail(conn, wal.EVENTS, ns, after)
+            else:
+                rows = wal.read_unflushed(conn, wal.EVENTS, ns, f"seq:{ns}")
             with self.lock:
                 if st.epoch != epoch and not (st.tail_loaded and self.shared):
                     continue  # a commit landed while we read: read again
+                if not st.tail_loaded and rows:
+                    st.tail_max = max(st.tail_max, rows[0][0] - 1)
                 self._install_tail(st, rows)
                 st.tail_loaded = True
                 if rows:
                     st.epoch += 1
                 return st
 
+    # ------------------------------------------------------------------ archive
+    def manifest(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]:
+        """Manifest entries of one kind and namespace (cached by a single owner)."""
+        key = (kind, ns)
+        with self.lock:
+            hit = self._manifest.get(key)
+        if hit is not None and not self.shared:
+            return hit
+        entries = manifest.load(conn, kind, ns)
+        with self.lock:
+            self._manifest[key] = entries
+        return entries
+
+    def manifest_changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
+        with self.lock:
+            for e in removed:
+                cached = self._manifest.get((e.kind, e.ns))
+                if cached is not None:
+                    self._manifest[(e.kind, e.ns)] = [x for x in cached if x.path != e.path]
+            for e in added:
+                cached = self._manifest.get((e.kind, e.ns))
+                if cached is not None:
+                    self._manifest[(e.kind, e.ns)] = sorted([*cached, e], key=lambda x: x.first_seq)
+
+    def bulk_base(self, conn: Connection, ns: str, entity_id: str) -> Versioned:
+        """The state a bulk file (create_many) holds for an id: its number maps to one file."""
+        number = decode_id(entity_id)
+        if self.archive is None or number is None:
+            return (0, None)
+        for entry in self.manifest(conn, "entities", ns):
+            if entry.bulk and entry.first_seq <= number <= entry.last_seq:
+                table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
+                states = parquet.table_states(table)
+                if entity_id in states:
+                    version, _seq, state = states[entity_id]
+                    return (version, state)
+        return (0, None)
+
+    def archived_states(self, conn: Connection, ns: str) -> dict[str, tuple[int, int, State | None]]:
+        """Latest archived state of every entity of `ns` (flushed and bulk files)."""
+        if self.archive is None:
+            return {}
+        with self.lock:
+            hit = self._archived_states.get(ns)
+        if hit is not None and not self.shared:
+            return hit
+        merged: dict[str, tuple[int, int, State | None]] = {}
+        for entry in self.manifest(conn, "entities", ns):
+            for eid, value in parquet.table_states(self.archive.read_table(entry.path)).items():
+                old = merged.get(eid)
+                if old is None or old[0] <= value[0]:
+                    merged[eid] = value
+        with self.lock:
+            self._archived_states[ns] = merged
+        return merged
+
+    def archived_events(self, conn: Connection, ns: str, entity_id: str) -> list[Event]:
+        """Every archived event of one entity, oldest first (bulk creates included)."""
+        if self.archive is None:
+            return []
+        out: list[Event] = []
+        number = decode_id(entity_id)
+        for entry in self.manifest(conn, "entities", ns):
+            if entry.bulk and number is not None and entry.first_seq <= number <= entry.last_seq:
+                table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
+                out.extend(parquet.bulk_create_events(ns, table))
+        for entry in self.manifest(conn, "events", ns):
+            table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
+            out.extend(parquet.table_events(table))
+        return out
+
+    def archived_rel_events(self, conn: Connection, ns: str) -> list[RelEvent]:
+        if self.archive is None:
+            return []
+        out: list[RelEvent] = []
+        for entry in self.manifest(conn, "rels", ns):
+            out.extend(parquet.table_rel_events(self.archive.read_table(entry.path)))
+        return out
+
     # ------------------------------------------------------------------ committed reads
     def _base(self, ns: str, chunk: snapshots.Chunk | None, entity_id: str) -> tuple[Versioned, int]:
         if chunk is not None and entity_id in chunk.entities:
-            state = chunk.entities[entity_id]
-            return (int(state["version"]), state), chunk.wal_seq
+            return chunk.entities[entity_id], chunk.wal_seq
         return (0, None), (chunk.wal_seq if chunk is not None else 0)
 
     def committed(self, conn: Connection, ns: str, entity_id: str) -> Versioned:
@@ -176,14 +275,19 @@ class Runtime:
         while True:
             epoch = st.epoch
             chunk = snapshots.read_chunk(conn, ns, number // self.chunk_size)
+            bulk: Versioned | None = None
+            if (chunk is None or entity_id not in chunk.entities) and not self._created_in_tail(st, entity_id):
+                bulk = self.bulk_base(conn, ns, entity_id)
             with self.lock:
                 if st.epoch != epoch:
                     continue
-                result = (0, None)
+                result: Versioned = (0, None)
                 ids = set(chunk.entities) if chunk else set()
                 ids.add(entity_id)
                 for eid in ids:
                     base, after = self._base(ns, chunk, eid)
+                    if eid == entity_id and bulk is not None and bulk[1] is not None:
+                        base = bulk
                     value = fold(ns, base, st.tail.get(eid, []), after)
                     old = st.cache.get(eid)
                     if old is None or old[0] <= value[0]:
@@ -191,6 +295,10 @@ class Runtime:
                     if eid == entity_id:
                         result = st.cache[eid]
                 return result
+
+    def _created_in_tail(self, st: NsState, entity_id: str) -> bool:
+        with self.lock:
+            return any(ev.op == "CREATE" for ev in st.tail.get(entity_id, ()))
 
     def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]:
         """Every entity of a namespace (for find): all chunks + tail, cached as complete."""
@@ -201,14 +309,13 @@ class Runtime:
         st = self.ensure_tail(conn, ns)
         while True:
             epoch = st.epoch
-            chunks = snapshots.read_chunks(conn, ns)
+            archived = self.archived_states(conn, ns)  # Parquet: no SQL row per archived entity
             with self.lock:
                 if st.epoch != epoch:
                     continue
                 seen: dict[str, Versioned] = {}
-                for ch in chunks:
-                    for eid in ch.entities:
-                        seen[eid] = fold(ns, self._base(ns, ch, eid)[0], st.tail.get(eid, []), ch.wal_seq)
+                for eid, (version, seq, state) in archived.items():
+                    seen[eid] = fold(ns, (version, state), st.tail.get(eid, []), seq)
                 for eid, evs in st.tail.items():
                     if eid not in seen:
                         seen[eid] = fold(ns, (0, None), evs, 0)
@@ -229,11 +336,22 @@ class Runtime:
             with self.lock:
                 after = {n: (self.ns(n).rel_tail_max if self.rels.loaded else -1) for n in names}
             loaded: list[tuple[str, list[tuple[int, int, list[Any]]]]] = []
+            archived: dict[str, list[RelEvent]] = {}
             for n in names:
-                loaded.append((n, wal.read_tail(conn, wal.RELS, n, after[n])))
+                if after[n] < 0:
+                    archived[n] = self.archived_rel_events(conn, n)
+                    loaded.append((n, wal.read_unflushed(conn, wal.RELS, n, f"rseq:{n}")))
+                else:
+                    loaded.append((n, wal.read_tail(conn, wal.RELS, n, after[n])))
             with self.lock:
                 if self.rels.epoch != epoch:
                     continue
+                for n, evs in archived.items():
+                    st = self.ns(n)
+                    for ev in sorted(evs, key=lambda e: e.seq):
+                        if ev.seq > st.rel_tail_max:
+                            self.rels.apply(n, ev)
+                            st.rel_tail_max = ev.seq
                 for n, rows in loaded:
                     st = self.ns(n)
                     for first, _last, records in rows:
@@ -243,6 +361,44 @@ class Runtime:
                                 st.rel_tail_max = ev.seq
                 self.rels.loaded = True
                 return self.rels
+
+    # ------------------------------------------------------------------ after a flush
+    def known_namespaces(self) -> list[str]:
+        with self.lock:
+            return sorted(self._ns)
+
+    def flushed(
+        self,
+        summary: dict[str, tuple[int, int, int, int, dict[str, tuple[int, int, State | None]]]],
+        entries: list[manifest.Entry],
+    ) -> None:
+        """After a flush committed: archive caches learn the new files, the tail drops what
+        the snapshots now hold, and the unflushed count goes down."""
+        self.manifest_changed(entries, [])
+        with self.lock:
+            total = 0
+            for ns, (ev_mark, rel_mark, n_ev, n_rel, latest) in summary.items():
+                st = self.ns(ns)
+                if ev_mark:
+                    for eid in list(st.tail):
+                        kept = [e for e in st.tail[eid] if e.seq > ev_mark]
+                        st.tail_events -= len(st.tail[eid]) - len(kept)
+                        if kept:
+                            st.tail[eid] = kept
+                        else:
+                            del st.tail[eid]
+                    cached = self._archived_states.get(ns)
+                    if cached is not None:
+                        for eid, value in latest.items():
+                            old = cached.get(eid)
+                            if old is None or old[0] <= value[0]:
+                                cached[eid] = value
+                    if self._counters is not None:
+                        self._counters[f"seq:{ns}"] = ev_mark
+                if rel_mark and self._counters is not None:
+                    self._counters[f"rseq:{ns}"] = rel_mark
+                total += n_ev + n_rel
+            self.unflushed = max(0, self.unflushed - total)
 
     # ------------------------------------------------------------------ commit
     def _next_seqs(self, conn: Connection, uow: UnitOfWork) -> None:
@@ -345,3 +501,4 @@ class Runtime:
     def abort(self, uow: UnitOfWork) -> None:
         with self.lock:
             self._release(uow)
+

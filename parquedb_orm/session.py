@@ -9,6 +9,7 @@ process caches; a rollback discards them, leaving no trace in SQL or caches.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ConfigurationError
+from .policy import FlushPolicy
 from .runtime import Runtime
 from .store import Store
 from .unit import UnitOfWork
@@ -37,7 +39,9 @@ def runtime_for(engine: Engine, **options: Any) -> Runtime:
 
 def forget_runtime(engine: Engine) -> None:
     with _runtimes_lock:
-        _runtimes.pop(id(engine), None)
+        rt = _runtimes.pop(id(engine), None)
+    if rt is not None and rt.scheduler is not None:
+        rt.scheduler.close()
 
 
 def _uow(session: Session, create: bool = True) -> UnitOfWork | None:
@@ -92,10 +96,11 @@ _LISTENERS = (
 def enable(
     maker: sessionmaker[Any],
     *,
-    archive: str | None = None,
-    policy: Any = None,
+    archive: str | os.PathLike[str] | None = None,
+    policy: FlushPolicy | None = None,
     shared: bool = False,
     engine: Engine | None = None,
+    archive_options: dict[str, Any] | None = None,
 ) -> Runtime:
     """Let sessions of `maker` carry store operations (`store(session)`), committed with theirs.
 
@@ -109,7 +114,7 @@ def enable(
         raise ConfigurationError("enable(): the sessionmaker has no Engine bind; pass engine=...")
     from .setup import prepare
 
-    rt = prepare(bind, archive=archive, policy=policy, shared=shared)
+    rt = prepare(bind, archive=archive, policy=policy, shared=shared, archive_options=archive_options)
     info = dict(maker.kw.get("info") or {})
     already = _RT_KEY in info
     info[_RT_KEY] = rt

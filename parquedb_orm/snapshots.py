@@ -25,20 +25,22 @@ class Chunk:
     chunk: int
     wal_seq: int
     version: int  # times this row was written; guards concurrent flushers
-    entities: dict[str, State]
+    #: id -> (version, state); state None is a hard-delete tombstone
+    entities: dict[str, tuple[int, State | None]]
 
 
-def _decode(ns: str, chunk: int, blob: bytes) -> dict[str, State]:
+def _decode(ns: str, chunk: int, blob: bytes) -> dict[str, tuple[int, State | None]]:
     records = codec.decode_batch(blob, table="entity_snapshots", row=f"ns={ns}, chunk={chunk}")
-    out: dict[str, State] = {}
+    out: dict[str, tuple[int, State | None]] = {}
     for rec in records:
-        if not (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[1], dict)):
+        if not (isinstance(rec, list) and len(rec) == 3 and isinstance(rec[1], int)
+                and (rec[2] is None or isinstance(rec[2], dict))):
             raise codec.CorruptBatchError(
                 f"corrupt snapshot record in entity_snapshots row ns={ns}, chunk={chunk}",
                 table="entity_snapshots",
                 row=f"ns={ns}, chunk={chunk}",
             )
-        out[rec[0]] = rec[1]
+        out[rec[0]] = (rec[1], rec[2])
     return out
 
 
@@ -68,7 +70,7 @@ def write_chunks(conn: Connection, new: list[Chunk], existing: set[int]) -> None
     now = datetime.now(timezone.utc)
     ins, upd, gone = [], [], []
     for ch in new:
-        blob = codec.encode_batch([[k, v] for k, v in ch.entities.items()])
+        blob = codec.encode_batch([[k, v, s] for k, (v, s) in ch.entities.items()])
         if ch.chunk in existing:
             if ch.entities:
                 upd.append({"b_ns": ch.ns, "b_chunk": ch.chunk, "state": blob, "entity_count": len(ch.entities),

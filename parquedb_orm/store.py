@@ -346,9 +346,13 @@ class Store:
 
     # ------------------------------------------------------------------ history
     def _events_of(self, ns: str, entity_id: str) -> list[Event]:
-        st = self._rt.ensure_tail(self._connection(), ns)
+        conn = self._connection()
+        st = self._rt.ensure_tail(conn, ns)
         with self._rt.lock:
-            evs = list(st.tail.get(entity_id, []))
+            tail = list(st.tail.get(entity_id, []))
+        archived = self._rt.archived_events(conn, ns, entity_id)
+        newest = max((e.seq for e in archived), default=0)
+        evs = archived + [e for e in tail if e.seq > newest or e.seq == 0]
         evs += [e for e in self._uow.events.get(ns, []) if e.id == entity_id]
         return evs
 
@@ -373,8 +377,10 @@ class Store:
     def _rel_events_of(self, ns: str, entity_id: str) -> list[RelEvent]:
         from . import wal
 
-        rows = wal.read_tail(self._connection(), wal.RELS, ns)
-        evs = [
+        conn = self._connection()
+        archived = [r for r in self._rt.archived_rel_events(conn, ns) if r.from_id == entity_id]
+        rows = wal.read_unflushed(conn, wal.RELS, ns, f"rseq:{ns}")
+        evs = archived + [
             r
             for first, _l, recs in rows
             for r in wal.decode_rel_events(wal.RELS, ns, first, recs)
@@ -389,7 +395,7 @@ class Store:
         if isinstance(as_of, datetime) and as_of.tzinfo is None:
             raise ValidationError("as_of must be a timezone-aware datetime")
         state: State | None = None
-        for ev in sorted(self._events_of(ns, entity_id), key=lambda e: (e.seq == 0, e.seq)):
+        for ev in self._events_of(ns, entity_id):
             if isinstance(as_of, int) and ev.version > as_of:
                 break
             if isinstance(as_of, datetime) and us_to_dt(ev.ts) > as_of:

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, Table, func, insert, select
 
 from . import codec
 from .events import Event, RelEvent
-from .models import EventsWal, RelsWal
+from .models import Counter, EventsWal, RelsWal
 
 #: A commit's events of one namespace go to one row unless the encoded JSON exceeds
 #: this many bytes (D1 and Durable Objects cap a row at 2 MB).
@@ -71,6 +71,20 @@ def read_tail(conn: Connection, table: Table, ns: str, after_seq: int = -1) -> l
     rows = conn.execute(
         select(table.c.first_seq, table.c.last_seq, table.c.events)
         .where(table.c.ns == ns, table.c.first_seq > after_seq)
+        .order_by(table.c.first_seq)
+    ).all()
+    return [(f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows]
+
+
+def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -> list[tuple[int, int, list[Any]]]:
+    """WAL rows of `ns` above its flushed mark (kept in `counters`), in one statement.
+
+    Flushed rows may stay in the table until it is retired (see flush.py); the mark makes
+    the seek skip them."""
+    mark = select(Counter.value).where(Counter.name == mark_counter).scalar_subquery()
+    rows = conn.execute(
+        select(table.c.first_seq, table.c.last_seq, table.c.events)
+        .where(table.c.ns == ns, table.c.first_seq > func.coalesce(mark, -1))
         .order_by(table.c.first_seq)
     ).all()
     return [(f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows]

@@ -1,0 +1,166 @@
+"""pq0002: add entity_snapshots, counters and archive_manifest; backfill counters.
+
+Counters, so that no sequence number and no entity id is ever issued twice:
+- `seq:<ns>` / `rseq:<ns>`: the highest last_seq of events_wal / rels_wal per namespace,
+  read with ONE `UNION ALL` query;
+- `id:<ns>`: the highest sqid number of any entity id found in the database for that
+  namespace: ids of events in events_wal (CREATE first of all), both ends of links in
+  rels_wal, ids in every legacy event batch (flushed or not) and both ends of every
+  legacy relationship. Decoding blobs and sqids is Python work, done in chunks.
+
+Revision ID: pq0002
+Revises: pq0001
+Create Date: 2025-01-01
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import context, op
+from sqlalchemy.dialects import mysql
+
+from parquedb_orm import codec, ids
+from parquedb_orm import migrate as pqm
+from parquedb_orm._progress import progress
+
+revision: str = "pq0002"
+down_revision: str | Sequence[str] | None = "pq0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+UTC_DATETIME = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    if context.is_offline_mode():
+        raise RuntimeError("pq0002 backfills counters from the data: it cannot run in --sql (offline) mode")
+    # if_not_exists: on MariaDB, DDL commits at once; a re-run after an interrupted
+    # backfill must not fail on the tables the first run already created.
+    op.create_table(
+        "entity_snapshots",
+        sa.Column("ns", sa.String(64), nullable=False),
+        sa.Column("chunk", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("state", BLOB, nullable=False),
+        sa.Column("entity_count", sa.Integer(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("wal_seq", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", UTC_DATETIME, nullable=False),
+        sa.PrimaryKeyConstraint("ns", "chunk", name=op.f("pk_entity_snapshots")),
+        sqlite_with_rowid=False,
+        if_not_exists=True,
+    )
+    op.create_table(
+        "counters",
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_counters")),
+        sqlite_with_rowid=False,
+        if_not_exists=True,
+    )
+    op.create_table(
+        "archive_manifest",
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("ns", sa.String(64), nullable=False),
+        sa.Column("first_seq", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("last_seq", sa.BigInteger(), nullable=False),
+        sa.Column("path", sa.String(512), nullable=False),
+        sa.Column("row_count", sa.Integer(), nullable=False),
+        sa.Column("bytes", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        sa.PrimaryKeyConstraint("kind", "ns", "first_seq", name=op.f("pk_archive_manifest")),
+        sqlite_with_rowid=False,
+        if_not_exists=True,
+    )
+    _backfill_counters(op.get_bind())
+    pqm.checkpoint("pq0002:mid")
+
+
+def _legacy_tables() -> tuple[sa.Table, sa.Table]:
+    md = sa.MetaData()
+    batches = sa.Table("event_batches", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("batch", BLOB))
+    rels = sa.Table(
+        "relationships",
+        md,
+        *(
+            sa.Column(c, sa.String(128), primary_key=True)
+            for c in ("from_ns", "from_id", "predicate", "to_ns", "to_id")
+        ),
+    )
+    return batches, rels
+
+
+def _backfill_counters(conn: sa.Connection) -> None:
+    events, rels = pqm.wal_table("events_wal"), pqm.wal_table("rels_wal")
+    batches, legacy_rels = _legacy_tables()
+
+    counters: dict[str, int] = {}
+    highest = sa.union_all(
+        sa.select(sa.literal("seq").label("kind"), events.c.ns, sa.func.max(events.c.last_seq).label("high")).group_by(
+            events.c.ns
+        ),
+        sa.select(sa.literal("rseq").label("kind"), rels.c.ns, sa.func.max(rels.c.last_seq).label("high")).group_by(
+            rels.c.ns
+        ),
+    )
+    for kind, ns, high in conn.execute(highest):
+        counters[f"{kind}:{ns}"] = int(high)
+
+    top: dict[str, int] = {}
+
+    @lru_cache(maxsize=1 << 16)  # link ends repeat a lot; sqids decoding is the slow part
+    def number(entity_id: str) -> int | None:
+        return ids.decode_id(entity_id)
+
+    def seen(ns: Any, entity_id: Any) -> None:
+        if isinstance(ns, str) and isinstance(entity_id, str) and entity_id:
+            n = number(entity_id)
+            if n is not None and n > top.get(ns, -1):
+                top[ns] = n
+
+    inspector = sa.inspect(conn)
+    sources: list[sa.Table] = [events, rels]
+    sources += [t for t in (batches, legacy_rels) if inspector.has_table(t.name)]
+    total = sum(pqm.count_rows(conn, t) for t in sources)
+    with progress("pq0002: scanning ids for id counters", total) as bar:
+        for rows in pqm.iter_chunks(conn, events, ["ns", "first_seq"], chunk=1000):
+            for row in rows:
+                for rec in codec.decode_batch(row.events, table="events_wal", row=f"{row.ns}/{row.first_seq}"):
+                    seen(row.ns, rec[3])
+            bar.advance(len(rows))
+        for rows in pqm.iter_chunks(conn, rels, ["ns", "first_seq"], chunk=1000):
+            for row in rows:
+                for rec in codec.decode_batch(row.events, table="rels_wal", row=f"{row.ns}/{row.first_seq}"):
+                    seen(row.ns, rec[3])
+                    if isinstance(rec[5], str) and rec[5].count("/") == 1:
+                        seen(*rec[5].split("/"))
+            bar.advance(len(rows))
+        if batches in sources:
+            for rows in pqm.iter_chunks(conn, batches, ["id"], chunk=500):
+                for row in rows:
+                    for rec in pqm.decode_legacy_batch(row.batch):
+                        if isinstance(rec, dict):
+                            seen(rec.get("ns"), rec.get("id"))
+                bar.advance(len(rows))
+        if legacy_rels in sources:
+            key = ["from_ns", "from_id", "predicate", "to_ns", "to_id"]
+            for rows in pqm.iter_chunks(conn, legacy_rels, key):
+                for row in rows:
+                    seen(row.from_ns, row.from_id)
+                    seen(row.to_ns, row.to_id)
+                bar.advance(len(rows))
+    for ns, n in top.items():
+        counters[f"id:{ns}"] = n
+    pqm.insert_many(conn, pqm.counters_table(), [{"name": k, "value": v} for k, v in sorted(counters.items())])
+
+
+def downgrade() -> None:
+    # The snapshots can be rebuilt from events and the counters from the WAL; the
+    # manifest's rows go with it (the Parquet files stay where they are).
+    op.drop_table("archive_manifest")
+    op.drop_table("counters")
+    op.drop_table("entity_snapshots")

@@ -1,0 +1,152 @@
+"""Where Parquet files live: a local folder (default) or any pyarrow filesystem URI.
+
+Writes are atomic for readers: a local file is written to a temporary name, fsynced and
+renamed (then the directory is fsynced); an object store gets one PUT of the whole file
+to its final key. Paths are built only from validated namespaces and numbers, and are
+checked again here so nothing can land outside the archive root.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import ArchiveError, ConfigurationError
+from .ids import check_namespace
+
+#: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful
+ROW_GROUP_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class Archive:
+    """An archive root: `fs` (pyarrow filesystem) + `root` (path inside it)."""
+
+    fs: pafs.FileSystem
+    root: str
+    uri: str
+    local: bool
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str], **options: Any) -> Archive:
+        """`./archive`, `/abs/path`, `file:///...` or `s3://bucket/prefix?endpoint_override=...`.
+
+        Extra keyword options go to the filesystem constructor (S3: access_key,
+        secret_key, endpoint_override, scheme, region...)."""
+        text = os.fspath(location)
+        parsed = urlparse(text)
+        if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+            path = Path(parsed.path if parsed.scheme == "file" else text).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(pafs.LocalFileSystem(), path.as_posix(), path.as_uri(), True)
+        if parsed.scheme == "s3":
+            query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+            query.update({k: str(v) for k, v in options.items()})
+            kwargs: dict[str, Any] = {}
+            for key in ("access_key", "secret_key", "session_token", "region", "endpoint_override", "scheme"):
+                if key in query:
+                    kwargs[key] = query[key]
+            if "allow_bucket_creation" in query:
+                kwargs["allow_bucket_creation"] = query["allow_bucket_creation"].lower() == "true"
+            try:
+                fs = pafs.S3FileSystem(**kwargs)
+            except Exception as exc:
+                raise ConfigurationError(f"cannot open archive {text!r}: {exc}") from None
+            root = (parsed.netloc + "/" + parsed.path.strip("/")).rstrip("/")
+            return cls(fs, root, f"s3://{root}", False)
+        try:
+            fs, root = pafs.FileSystem.from_uri(text)
+        except Exception as exc:
+            raise ConfigurationError(f"cannot open archive {text!r}: {exc}") from None
+        return cls(fs, root.rstrip("/"), text, False)
+
+    # ------------------------------------------------------------------ paths
+    def path(self, rel: str) -> str:
+        """Absolute path of a relative archive path, refusing anything that escapes the root."""
+        norm = posixpath.normpath(rel)
+        if norm.startswith(("/", "..")) or "\\" in rel or norm != rel:
+            raise ArchiveError(f"refusing archive path {rel!r}: it is not a plain path inside the archive")
+        return f"{self.root}/{norm}"
+
+    @staticmethod
+    def file_name(kind: str, ns: str, first: int, last: int, prefix: str = "") -> str:
+        """Deterministic name: a retried flush rewrites the same file."""
+        check_namespace(ns)
+        if kind not in ("events", "rels", "entities"):
+            raise ArchiveError(f"unknown archive kind {kind!r}")
+        return f"{kind}/ns={ns}/{prefix}{int(first):012d}-{int(last):012d}.parquet"
+
+    # ------------------------------------------------------------------ io
+    def write_table(self, rel: str, table: pa.Table) -> int:
+        """Write a Parquet file atomically; returns its size in bytes."""
+        buf = io.BytesIO()
+        pq.write_table(
+            table,
+            buf,
+            compression="zstd",
+            row_group_size=ROW_GROUP_ROWS,
+            use_dictionary=True,
+            write_statistics=True,
+        )
+        data = buf.getvalue()
+        target = self.path(rel)
+        try:
+            if self.local:
+                self._write_local(target, data)
+            else:
+                # one PUT of the whole object: readers see all of it or nothing
+                self.fs.create_dir(posixpath.dirname(target), recursive=True)
+                with self.fs.open_output_stream(target) as out:
+                    out.write(data)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write {target}: {exc}") from exc
+        return len(data)
+
+    @staticmethod
+    def _write_local(target: str, data: bytes) -> None:
+        directory = os.path.dirname(target)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def read_table(self, rel: str, *, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+        target = self.path(rel)
+        try:
+            return pq.read_table(target, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
+        except FileNotFoundError as exc:
+            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
+
+    def delete(self, rel: str) -> None:
+        try:
+            self.fs.delete_file(self.path(rel))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ArchiveError(f"cannot delete {self.path(rel)}: {exc}") from exc
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def local_root(self) -> str | None:
+        return self.root if self.local else None

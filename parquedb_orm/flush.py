@@ -1,0 +1,323 @@
+"""Flush: WAL rows -> Parquet files + manifest rows + snapshots, exactly once.
+
+1. Read, per namespace, the WAL rows above its flushed mark (`seq:<ns>` / `rseq:<ns>`).
+2. Fold them onto the snapshot chunks they touch (one range read per namespace).
+3. Write Parquet files named by namespace and sequence range: a retry after a crash
+   rewrites the same names, and a file the manifest does not list does not exist.
+4. ONE SQL transaction, under the flush lock: check the marks are still those read in
+   step 1 (else another flusher won: roll back), add manifest rows, write the chunks,
+   advance the marks, retire the flushed WAL rows.
+A crash before 4 commits leaves the WAL as it was (the files are orphans, rewritten
+next time); after it, everything is in the archive and nothing in the WAL tail.
+
+Retiring WAL rows: a `DELETE` is billed one written row per row, so on SQLite the
+table is rebuilt instead: the few rows above the marks are kept in a TEMP table (temp
+writes are not billed), the table is dropped (no written rows) and created again, and
+the kept rows go back. PostgreSQL and MySQL delete the flushed range.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, text, update
+
+from . import dialects, manifest, parquet, snapshots, wal
+from .archive import Archive
+from .counters import load_all
+from .events import Event, RelEvent, State, apply_event
+from .ids import decode_id
+from .models import Counter
+from .runtime import Runtime, Versioned
+
+
+@dataclass
+class FlushResult:
+    """What one flush did."""
+
+    files: int = 0
+    events: int = 0
+    rel_events: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    namespaces: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    skipped: bool = False  # another flusher had already flushed these rows
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files, "events": self.events, "rel_events": self.rel_events, "bytes": self.bytes,
+            "seconds": self.seconds, "namespaces": self.namespaces, "paths": self.paths, "skipped": self.skipped,
+        }
+
+
+#: test hook: a callable(step_name) run at each step, so crash tests can stop a flush there
+CRASH_HOOK: Any = None
+
+
+def _step(name: str) -> None:
+    if CRASH_HOOK is not None:
+        CRASH_HOOK(name)
+
+
+@dataclass
+class _NsPlan:
+    ns: str
+    events: list[Event] = field(default_factory=list)
+    rels: list[RelEvent] = field(default_factory=list)
+    ev_mark: int = 0  # mark read in step 1
+    rel_mark: int = 0
+    ev_last: int = 0  # new mark
+    rel_last: int = 0
+    chunks: dict[int, snapshots.Chunk] = field(default_factory=dict)
+    existing_chunks: set[int] = field(default_factory=set)
+    latest: dict[str, tuple[int, int, State | None]] = field(default_factory=dict)
+
+
+class Flusher:
+    def __init__(self, runtime: Runtime, archive: Archive) -> None:
+        self.rt = runtime
+        self.archive = archive
+        self._lock = threading.Lock()
+
+    def flush(self) -> FlushResult:
+        with self._lock:
+            return self._flush()
+
+    def compact_due(self, threshold: int, namespaces: list[str] | None = None) -> list[manifest.Entry]:
+        """Merge a namespace's files of one kind once there are more than `threshold`
+        (bulk files stay: ids map to them). Exactly once, like a flush."""
+        done = []
+        with self._lock:
+            with self.rt.engine.connect() as conn:
+                names = namespaces if namespaces is not None else self.rt.known_namespaces()
+                due = [
+                    (kind, ns)
+                    for ns in names
+                    for kind in manifest.KINDS
+                    if sum(1 for e in self.rt.manifest(conn, kind, ns) if not e.bulk) > threshold
+                ]
+            for kind, ns in due:
+                merged = _compact_kind(self, kind, ns, threshold)
+                if merged is not None:
+                    done.append(merged)
+        return done
+
+    # ------------------------------------------------------------------ steps
+    def _read(self, conn: Connection) -> tuple[dict[str, int], dict[str, _NsPlan]]:
+        counters = load_all(conn)
+        names = sorted({n.split(":", 1)[1] for n in counters if ":" in n} | set(self.rt.known_namespaces()))
+        plans: dict[str, _NsPlan] = {}
+        for ns in names:
+            plan = _NsPlan(ns, ev_mark=counters.get(f"seq:{ns}", 0), rel_mark=counters.get(f"rseq:{ns}", 0))
+            for first, _last, recs in wal.read_tail(conn, wal.EVENTS, ns, plan.ev_mark):
+                plan.events.extend(wal.decode_events(wal.EVENTS, ns, first, recs))
+            for first, _last, recs in wal.read_tail(conn, wal.RELS, ns, plan.rel_mark):
+                plan.rels.extend(wal.decode_rel_events(wal.RELS, ns, first, recs))
+            if plan.events or plan.rels:
+                plan.ev_last = plan.events[-1].seq if plan.events else plan.ev_mark
+                plan.rel_last = plan.rels[-1].seq if plan.rels else plan.rel_mark
+                plans[ns] = plan
+        return counters, plans
+
+    def _fold(self, conn: Connection, plan: _NsPlan) -> list[tuple[Event, State | None, State | None]]:
+        ns, size = plan.ns, self.rt.chunk_size
+        touched = {ev.id for ev in plan.events}
+        numbers = {eid: decode_id(eid) for eid in touched}
+        wanted = sorted({n // size for n in numbers.values() if n is not None})
+        for ch in snapshots.read_chunks(conn, ns, wanted) if wanted else []:
+            plan.chunks[ch.chunk] = ch
+            plan.existing_chunks.add(ch.chunk)
+        current: dict[str, Versioned] = {}
+        for eid in touched:
+            number = numbers[eid]
+            ch = plan.chunks.get(number // size) if number is not None else None
+            if ch is not None and eid in ch.entities:
+                current[eid] = ch.entities[eid]
+            elif not any(ev.op == "CREATE" for ev in plan.events if ev.id == eid):
+                current[eid] = self.rt.bulk_base(conn, ns, eid)
+            else:
+                current[eid] = (0, None)
+        rows: list[tuple[Event, State | None, State | None]] = []
+        for ev in plan.events:
+            version, before = current[ev.id]
+            after = apply_event(ns, before, ev)
+            current[ev.id] = (ev.version, after)
+            rows.append((ev, before, after))
+        for eid, (version, state) in current.items():
+            number = numbers[eid]
+            plan.latest[eid] = (version, plan.ev_last, state)
+            if number is None:
+                continue
+            ch = plan.chunks.get(number // size)
+            if ch is None:
+                ch = plan.chunks[number // size] = snapshots.Chunk(ns, number // size, plan.ev_last, 0, {})
+            ch.entities[eid] = (version, state)
+            ch.wal_seq = plan.ev_last
+        return rows
+
+    def _write_files(self, plan: _NsPlan, rows: list[tuple[Event, State | None, State | None]]) -> list[manifest.Entry]:
+        entries = []
+        ns = plan.ns
+        if plan.events:
+            first, last = plan.events[0].seq, plan.ev_last
+            path = Archive.file_name("events", ns, first, last)
+            size = self.archive.write_table(path, parquet.events_table(rows))
+            entries.append(manifest.Entry("events", ns, first, last, path, len(rows), size))
+            _step("events_file_written")
+            ent_rows = [(eid, decode_id(eid) or 0, v, st, seq) for eid, (v, seq, st) in sorted(plan.latest.items())]
+            path = Archive.file_name("entities", ns, first, last)
+            size = self.archive.write_table(path, parquet.entities_table(ent_rows))
+            entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), size))
+        if plan.rels:
+            first, last = plan.rels[0].seq, plan.rel_last
+            path = Archive.file_name("rels", ns, first, last)
+            size = self.archive.write_table(path, parquet.rels_table(plan.rels))
+            entries.append(manifest.Entry("rels", ns, first, last, path, len(plan.rels), size))
+        return entries
+
+    def _commit(self, conn: Connection, plans: dict[str, _NsPlan], entries: list[manifest.Entry]) -> bool:
+        lock_flush(conn)
+        names = [f"seq:{ns}" for ns in plans] + [f"rseq:{ns}" for ns in plans]
+        now = dict(conn.execute(select(Counter.name, Counter.value).where(Counter.name.in_(names))).all())
+        for ns, plan in plans.items():
+            if now.get(f"seq:{ns}", 0) != plan.ev_mark or now.get(f"rseq:{ns}", 0) != plan.rel_mark:
+                return False  # another flusher committed these rows first
+        manifest.add(conn, entries)
+        _step("manifest_added")
+        for plan in plans.values():
+            if plan.events:
+                snapshots.write_chunks(conn, list(plan.chunks.values()), plan.existing_chunks)
+        marks = {}
+        for ns, plan in plans.items():
+            if plan.events:
+                marks[f"seq:{ns}"] = (plan.ev_last, f"seq:{ns}" in now)
+            if plan.rels:
+                marks[f"rseq:{ns}"] = (plan.rel_last, f"rseq:{ns}" in now)
+        for name, (value, exists) in marks.items():
+            if exists:
+                conn.execute(update(Counter).where(Counter.name == name).values(value=value))
+            else:
+                conn.execute(insert(Counter).values(name=name, value=value))
+        _step("snapshots_written")
+        self._retire(conn, plans)
+        _step("wal_retired")
+        return True
+
+    def _retire(self, conn: Connection, plans: dict[str, _NsPlan]) -> None:
+        for table, attr in ((wal.EVENTS, "ev_last"), (wal.RELS, "rel_last")):
+            done = [(ns, getattr(p, attr)) for ns, p in plans.items() if (p.events if attr == "ev_last" else p.rels)]
+            if not done:
+                continue
+            flushed = or_(*[and_(table.c.ns == ns, table.c.first_seq <= last) for ns, last in done])
+            if dialects.family(conn) == "sqlite":
+                _rebuild_sqlite(conn, table, flushed)
+            else:
+                conn.execute(delete(table).where(flushed))
+
+    def _flush(self) -> FlushResult:
+        t0 = time.perf_counter()
+        result = FlushResult()
+        with self.rt.engine.connect() as conn:
+            _counters, plans = self._read(conn)
+            if not plans:
+                result.seconds = time.perf_counter() - t0
+                return result
+            _step("wal_read")
+            entries: list[manifest.Entry] = []
+            for plan in plans.values():
+                rows = self._fold(conn, plan)
+                entries.extend(self._write_files(plan, rows))
+            conn.rollback()
+        _step("files_written")
+        with self.rt.engine.begin() as conn:
+            ok = self._commit(conn, plans, entries)
+            if not ok:
+                conn.rollback()
+        _step("committed")
+        if not ok:
+            result.skipped = True
+            result.seconds = time.perf_counter() - t0
+            return result
+        self.rt.flushed(plans_summary(plans), entries)
+        result.files = len(entries)
+        result.events = sum(len(p.events) for p in plans.values())
+        result.rel_events = sum(len(p.rels) for p in plans.values())
+        result.bytes = sum(e.bytes for e in entries)
+        result.namespaces = sorted(plans)
+        result.paths = [e.path for e in entries]
+        result.seconds = time.perf_counter() - t0
+        return result
+
+
+def plans_summary(plans: dict[str, _NsPlan]) -> dict[str, tuple[int, int, int, int, dict[str, tuple[int, int, State | None]]]]:
+    """ns -> (event mark, rel mark, events, rel events, latest states) for the runtime."""
+    return {
+        ns: (p.ev_last if p.events else 0, p.rel_last if p.rels else 0, len(p.events), len(p.rels), p.latest)
+        for ns, p in plans.items()
+    }
+
+
+def lock_flush(conn: Connection) -> None:
+    """One flusher at a time per database (SQLite: the write lock; others: a lock row/key)."""
+    fam = dialects.family(conn)
+    if fam == "sqlite":
+        conn.execute(text("UPDATE counters SET value = value WHERE 0"))
+    elif fam == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": dialects._lock_key("flush")})
+    else:
+        dialects.lock_namespaces(conn, ["_flush"])
+
+
+def _rebuild_sqlite(conn: Connection, table: Table, flushed: Any) -> None:
+    """Retire flushed rows without paying a written row per row (see module doc)."""
+    conn.execute(text(f"DROP TABLE IF EXISTS temp.keep_{table.name}"))
+    keep_sql = select(table).where(~flushed).compile(conn, compile_kwargs={"literal_binds": True})
+    conn.execute(text(f"CREATE TEMP TABLE keep_{table.name} AS {keep_sql}"))
+    table.drop(conn)
+    table.create(conn)
+    conn.execute(text(f"INSERT INTO {table.name} SELECT * FROM temp.keep_{table.name}"))
+    conn.execute(text(f"DROP TABLE temp.keep_{table.name}"))
+
+
+# ---------------------------------------------------------------------- compaction
+def _merge(kind: str, tables: list[Any]) -> Any:
+    import pyarrow as pa
+
+    merged = pa.concat_tables(tables, promote_options="default")
+    if kind != "entities":
+        return merged.sort_by("seq")
+    # keep each entity's latest version only
+    latest = parquet.table_states(merged)
+    rows = [(eid, decode_id(eid) or 0, v, st, seq) for eid, (v, seq, st) in sorted(latest.items())]
+    return parquet.entities_table(rows)
+
+
+def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manifest.Entry | None:
+    rt, archive = flusher.rt, flusher.archive
+    with rt.engine.connect() as conn:
+        sources = [e for e in manifest.load(conn, kind, ns) if not e.bulk]
+    if len(sources) <= threshold:
+        return None
+    first, last = sources[0].first_seq, max(e.last_seq for e in sources)
+    table = _merge(kind, [archive.read_table(e.path) for e in sources])
+    path = Archive.file_name(kind, ns, first, last, prefix="c-")
+    size = archive.write_table(path, table)
+    merged = manifest.Entry(kind, ns, first, last, path, table.num_rows, size)
+    _step("compacted_file_written")
+    with rt.engine.begin() as conn:
+        lock_flush(conn)
+        if manifest.remove(conn, sources) != len(sources):
+            conn.rollback()  # someone compacted first; our file is an unlisted orphan
+            return None
+        manifest.add(conn, [merged])
+    _step("compaction_committed")
+    rt.manifest_changed([merged], sources)
+    for e in sources:
+        if e.path != merged.path:
+            archive.delete(e.path)  # unlisted now: readers no longer open it
+    return merged
+

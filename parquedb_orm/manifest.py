@@ -1,0 +1,69 @@
+"""The archive manifest: one SQL row per Parquet file. A file not listed does not exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, delete, insert, select, tuple_
+
+from .models import ArchiveFile
+
+KINDS = ("events", "rels", "entities")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # events | rels | entities
+    ns: str
+    first_seq: int  # events/rels/flushed entities: sequence range; bulk entities: id-number range
+    last_seq: int
+    path: str
+    row_count: int
+    bytes: int
+
+    @property
+    def bulk(self) -> bool:
+        return self.kind == "entities" and "/bulk-" in self.path
+
+
+def load(conn: Connection, kind: str, ns: str) -> list[Entry]:
+    """The files of one kind and namespace: a seek on the primary-key prefix."""
+    rows = conn.execute(
+        select(ArchiveFile.kind, ArchiveFile.ns, ArchiveFile.first_seq, ArchiveFile.last_seq, ArchiveFile.path,
+               ArchiveFile.row_count, ArchiveFile.bytes)
+        .where(ArchiveFile.kind == kind, ArchiveFile.ns == ns)
+        .order_by(ArchiveFile.first_seq)
+    ).all()
+    return [Entry(*row) for row in rows]
+
+
+def load_all(conn: Connection) -> list[Entry]:
+    rows = conn.execute(
+        select(ArchiveFile.kind, ArchiveFile.ns, ArchiveFile.first_seq, ArchiveFile.last_seq, ArchiveFile.path,
+               ArchiveFile.row_count, ArchiveFile.bytes)
+    ).all()
+    return [Entry(*row) for row in rows]
+
+
+def add(conn: Connection, entries: list[Entry]) -> None:
+    if entries:
+        now = datetime.now(timezone.utc)
+        conn.execute(
+            insert(ArchiveFile),
+            [
+                {"kind": e.kind, "ns": e.ns, "first_seq": e.first_seq, "last_seq": e.last_seq, "path": e.path,
+                 "row_count": e.row_count, "bytes": e.bytes, "created_at": now}
+                for e in entries
+            ],
+        )
+
+
+def remove(conn: Connection, entries: list[Entry]) -> int:
+    if not entries:
+        return 0
+    keys = [(e.kind, e.ns, e.first_seq) for e in entries]
+    res = conn.execute(
+        delete(ArchiveFile).where(tuple_(ArchiveFile.kind, ArchiveFile.ns, ArchiveFile.first_seq).in_(keys))
+    )
+    return int(res.rowcount)

@@ -1,0 +1,136 @@
+"""When to flush: `FlushPolicy` and the scheduler that applies it after every commit.
+
+The decision uses only the in-memory unflushed count (no SQL): at `max_events` flush now;
+at `min_events` make sure a flush happens within `max_interval` seconds (a timer thread,
+the analogue of a Durable Object alarm). A new process schedules one flush at start, so
+events left pending by a previous process are flushed too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ValidationError
+
+if TYPE_CHECKING:
+    from .flush import Flusher, FlushResult
+    from .runtime import Runtime
+
+log = logging.getLogger("parquedb_orm.flush")
+
+MODES = ("inline", "background", "manual")
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """`mode`: inline (the committing call flushes at max_events), background (a worker
+    thread flushes; commits never wait for Parquet) or manual (only `flush()`).
+    `compact_after`: merge a namespace's files of one kind once there are more than this."""
+
+    min_events: int = 100
+    max_events: int = 10_000
+    max_interval: float = 60.0
+    mode: str = "inline"
+    compact_after: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("min_events", "max_events", "compact_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"FlushPolicy.{name} must be a positive int, got {value!r}")
+        if self.min_events > self.max_events:
+            raise ValidationError("FlushPolicy.min_events must not exceed max_events")
+        if isinstance(self.max_interval, bool) or not isinstance(self.max_interval, (int, float)) or self.max_interval <= 0:
+            raise ValidationError(f"FlushPolicy.max_interval must be a positive number, got {self.max_interval!r}")
+        if self.mode not in MODES:
+            raise ValidationError(f"FlushPolicy.mode must be one of {MODES}, got {self.mode!r}")
+
+
+class Scheduler:
+    """Applies a policy to one runtime; installed as an after-commit hook."""
+
+    def __init__(self, runtime: Runtime, flusher: Flusher, policy: FlushPolicy) -> None:
+        self.rt = runtime
+        self.flusher = flusher
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.last_error: BaseException | None = None
+        self.last_result: FlushResult | None = None
+        self.flushes = 0
+
+    def start(self) -> None:
+        self.rt.after_commit_hooks.append(self.on_commit)
+        if self.policy.mode != "manual":
+            self._arm(0.0)  # flush whatever a previous process left pending
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            worker = self._worker
+        if self.on_commit in self.rt.after_commit_hooks:
+            self.rt.after_commit_hooks.remove(self.on_commit)
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=60)
+
+    # ------------------------------------------------------------------ decisions
+    def on_commit(self, _count: int) -> None:
+        if self.policy.mode == "manual":
+            return
+        pending = self.rt.unflushed
+        if pending >= self.policy.max_events:
+            if self.policy.mode == "inline":
+                self.run()
+            else:
+                self._background()
+        elif pending >= self.policy.min_events:
+            self._arm(self.policy.max_interval)
+
+    def _arm(self, delay: float) -> None:
+        with self._lock:
+            if self._closed or self._timer is not None:
+                return  # a flush is already due no later than the policy asks
+            timer = threading.Timer(delay, self._fire)
+            timer.daemon = True
+            self._timer = timer
+        timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.run()
+
+    def _background(self) -> None:
+        with self._lock:
+            if self._closed or (self._worker is not None and self._worker.is_alive()):
+                return
+            worker = threading.Thread(target=self.run, name="parquedb-flush", daemon=True)
+            self._worker = worker
+        worker.start()
+
+    def run(self) -> FlushResult | None:
+        """Flush now (and compact if due); errors are logged and kept, never raised here:
+        the events stay safe in the WAL and the next flush retries."""
+        if self._closed:
+            return None
+        try:
+            t0 = time.perf_counter()
+            result = self.flusher.flush()
+            self.flusher.compact_due(self.policy.compact_after, result.namespaces)
+            self.last_result = result
+            self.flushes += 1
+            log.debug("flushed %d events in %.3fs", result.events + result.rel_events, time.perf_counter() - t0)
+            return result
+        except Exception as exc:  # noqa: BLE001 - a failed background flush must not kill the app
+            self.last_error = exc
+            log.exception("parquedb-orm flush failed; events remain in the WAL and will be retried")
+            return None
