@@ -38,7 +38,7 @@ def _url() -> str:
         x.get("url")
         or os.environ.get("PARQUEDB_URL")
         or config.get_main_option("sqlalchemy.url")
-        or ("sqlite:///parquedb.db")
+        or "sqlite:///parquedb.db"
     )
 
 

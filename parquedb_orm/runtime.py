@@ -430,6 +430,8 @@ class Runtime:
 
     def prepare_commit(self, conn: Connection, uow: UnitOfWork) -> None:
         """Inside the committing transaction: lock, check versions, number and write the events."""
+        if uow.bulk:
+            manifest.add(conn, [entry for entry, _states in uow.bulk])
         if not uow.events and not uow.rel_events:
             return
         dialects.lock_namespaces(conn, [*uow.events, *uow.rel_events])
@@ -458,6 +460,15 @@ class Runtime:
     def finish_commit(self, uow: UnitOfWork) -> None:
         """After COMMIT: fold the unit into the shared caches and tell the flush policy."""
         count = sum(len(v) for v in uow.events.values()) + sum(len(v) for v in uow.rel_events.values())
+        for entry, states in uow.bulk:
+            self.manifest_changed([entry], [])
+            with self.lock:
+                st = self.ns(entry.ns)
+                archived = self._archived_states.get(entry.ns)
+                for eid, state in states:
+                    st.cache[eid] = (1, state)
+                    if archived is not None:
+                        archived[eid] = (1, 0, state)
         with self.lock:
             for (ns, eid), value in uow.overlay.items():
                 st = self.ns(ns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .events import Event, Link, LinkKey, RelEvent
 from .runtime import Versioned
@@ -20,6 +21,8 @@ class UnitOfWork:
     #: id blocks reserved inside this transaction (SQLite): usable by it alone until commit
     local_ids: dict[str, list[range]] = field(default_factory=dict)
     inflight: bool = False
+    #: create_many bypass: manifest rows of bulk files written by this unit, committed with it
+    bulk: list[tuple[Any, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)
 
     def add(self, ns: str, ev: Event) -> None:
         self.events.setdefault(ns, []).append(ev)
@@ -29,7 +32,7 @@ class UnitOfWork:
 
     @property
     def empty(self) -> bool:
-        return not self.events and not self.rel_events
+        return not self.events and not self.rel_events and not self.bulk
 
     def event_count(self) -> int:
         return sum(len(v) for v in self.events.values()) + sum(len(v) for v in self.rel_events.values())
