@@ -25,9 +25,7 @@ def reserve_contiguous(rt: Runtime, conn: Connection | None, ns: str, count: int
     """A fresh contiguous block of ids (the pool's leftovers are not contiguous)."""
     from . import dialects
 
-    if conn is not None and dialects.family(conn) == "sqlite" and (
-        dialects.in_write_transaction(conn) or rt.memory
-    ):
+    if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
         return reserve(conn, f"id:{ns}", count)
     return reserve_autonomous(rt.engine, f"id:{ns}", count)
 

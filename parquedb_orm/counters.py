@@ -10,6 +10,7 @@ to that transaction until it commits and is dropped if it rolls back.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -84,10 +85,10 @@ class IdBlocks:
             with self._lock:
                 self._free.setdefault(ns, []).append(numbers)
 
-    def allocate(self, conn: Connection | None, ns: str, count: int, local: list[range]) -> list[int]:
+    def allocate(self, connection: Callable[[], Connection] | None, ns: str, count: int, local: list[range]) -> list[int]:
         """`count` fresh id numbers for namespace `ns`.
 
-        `conn` is the caller's connection; when it is a SQLite connection already
+        `connection` gives the caller's connection (only called when a block is needed); when it is a SQLite connection already
         holding the write lock, a second connection would wait on ourselves, so the
         block is reserved inside it and kept in `local` (the unit of work's) instead.
         """
@@ -103,9 +104,8 @@ class IdBlocks:
             if len(out) == count:
                 break
             want = max(self.block, count - len(out))
-            if conn is not None and dialects.family(conn) == "sqlite" and (
-                dialects.in_write_transaction(conn) or dialects.is_memory_sqlite(self.engine)
-            ):
+            conn = connection() if connection is not None else None
+            if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
                 with self._lock:
                     floor = self._issued.get(ns, 0)
                 local.append(reserve(conn, f"id:{ns}", want, floor))

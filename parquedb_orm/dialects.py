@@ -41,6 +41,7 @@ def create_engine_for(url: str, **kwargs: Any) -> Engine:
             kwargs.setdefault("connect_args", {"check_same_thread": False})
         else:
             kwargs.setdefault("connect_args", {"timeout": 30})
+            kwargs.setdefault("pool_size", 32)  # many writer threads may wait on the write lock
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         event.listen(engine, "connect", _sqlite_file_pragmas)

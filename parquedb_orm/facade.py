@@ -8,19 +8,45 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import sessionmaker
 
 from . import dialects
 from .errors import ConfigurationError, VersionConflictError
 from .events import State
 from .flush import FlushResult
 from .policy import FlushPolicy
-from .session import enable, forget_runtime, store
+from .group import GroupCommitter
+from .runtime import Runtime
+from .session import enable, forget_runtime
 from .store import Store
+from .unit import UnitOfWork
 
 T = TypeVar("T")
 _RETRIES = 5
+_EMPTY_UNIT = UnitOfWork()
+
+
+def _NO_UNIT() -> UnitOfWork:  # noqa: N802 - reads have no unit of work
+    return _EMPTY_UNIT
+
+
+class _LazyConnection:
+    """A connection opened only if a read misses the caches."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.conn: Connection | None = None
+
+    def __call__(self) -> Connection:
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 class ParqueDB:
@@ -39,6 +65,7 @@ class ParqueDB:
         policy: FlushPolicy | None = None,
         shared: bool = False,
         archive_options: dict[str, Any] | None = None,
+        group_commit: bool = True,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -49,10 +76,11 @@ class ParqueDB:
         else:
             raise ConfigurationError(f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.runtime = enable(
+        self.runtime: Runtime = enable(
             self._sessions, archive=archive, policy=policy, shared=shared, engine=self.engine,
             archive_options=archive_options,
         )
+        self._group = GroupCommitter(self.runtime, enabled=group_commit)
 
     def close(self) -> None:
         """Stop timers and background flushing; committed events stay safe in the WAL."""
@@ -69,28 +97,40 @@ class ParqueDB:
     # ------------------------------------------------------------------ plumbing
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Store]:
-        """Several operations in one commit: `with db.transaction() as tx: tx.create(...)`."""
-        with self._sessions() as session, session.begin():
-            yield store(session)
+        """Several operations in one commit: `with db.transaction() as tx: tx.create(...)`.
 
-    def _write(self, fn: Any, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
+        Nothing is written if the block raises. Concurrent transactions of this process
+        are group-committed: they may share one SQL transaction and WAL row."""
+        uow: UnitOfWork | None = UnitOfWork()
+        lazy = _LazyConnection(self.engine)
+        self._group.begin()
+        try:
+            yield Store(self.runtime, lambda: uow, lazy)  # type: ignore[arg-type, return-value]
+        except BaseException:
+            uow = None
+            raise
+        finally:
+            lazy.close()
+            self._group.commit(uow)
+
+    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(_RETRIES):
             try:
                 with self.transaction() as tx:
                     return fn(tx, *args, **kwargs)
             except VersionConflictError:
-                # another thread of this process committed the entity first; a call without
+                # another writer committed the entity first; a call without
                 # expected_version is simply recomputed on the newer state
-                if not retry or kwargs.get("expected_version") is not None or attempt == _RETRIES - 1:
+                if kwargs.get("expected_version") is not None or attempt == _RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
     def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with Session(self.engine) as session:
-            from .session import _RT_KEY
-
-            session.info[_RT_KEY] = self.runtime
-            return fn(store(session), *args, **kwargs)
+        lazy = _LazyConnection(self.engine)
+        try:
+            return fn(Store(self.runtime, _NO_UNIT, lazy), *args, **kwargs)
+        finally:
+            lazy.close()
 
     # ------------------------------------------------------------------ entities
     def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
@@ -174,6 +214,8 @@ class ParqueDB:
             "commits": rt.commits,
             "dialect": rt.family,
             "shared": rt.shared,
+            "group_commits": self._group.stats.groups,
+            "grouped_units": self._group.stats.units,
             "archive": rt.archive.uri if rt.archive else None,
             "flushes": sched.flushes if sched else 0,
             "last_flush": sched.last_result.as_dict() if sched and sched.last_result else None,

@@ -19,7 +19,7 @@ NAMESPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: An entity id: what sqids produces with our alphabet (letters and digits).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
 
-SQIDS_MIN_LENGTH = 6
+SQIDS_MIN_LENGTH = 0  # padding costs two alphabet shuffles per id; short ids are fine
 
 
 def check_namespace(ns: object) -> str:

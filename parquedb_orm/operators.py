@@ -218,7 +218,9 @@ def validate_update(update: object) -> dict[str, dict[str, Any]]:
 
 def apply_update(data: State, update: dict[str, dict[str, Any]], now: datetime) -> State:
     """A new state: `data` with every operator applied in document order."""
-    state = copy.deepcopy(data)
+    from .events import clone
+
+    state: State = clone(data)
     for op, fields in update.items():
         fn = OPERATORS.get(op)
         if fn is None:

@@ -118,7 +118,7 @@ class Store:
         check_namespace(ns)
         data = copy.deepcopy(_check_data(data))
         _check_actor(actor)
-        number = self._rt.ids.allocate(self._connection(), ns, 1, self._uow.local_ids.setdefault(ns, []))[0]
+        number = self._rt.ids.allocate(self._connection, ns, 1, self._uow.local_ids.setdefault(ns, []))[0]
         entity_id = encode_id(number)
         ev = Event(0, now_us(), CREATE, entity_id, actor, data, 1)
         state = apply_event(ns, None, ev)
@@ -140,7 +140,7 @@ class Store:
             for eid, state in states:
                 self._uow.overlay[(ns, eid)] = (1, state)
             return [public(state) or {} for _eid, state in states]
-        numbers = self._rt.ids.allocate(self._connection(), ns, len(datas), self._uow.local_ids.setdefault(ns, []))
+        numbers = self._rt.ids.allocate(self._connection, ns, len(datas), self._uow.local_ids.setdefault(ns, []))
         ts = now_us()
         out = []
         for number, data in zip(numbers, datas, strict=True):

@@ -1,0 +1,177 @@
+"""Group commit for the `ParqueDB` facade.
+
+Threads committing at the same time share one SQL transaction and one WAL row per
+namespace: the first to arrive becomes the leader and commits everything queued; the
+others wait and return only once their events are committed (or with their own error).
+Inside an application's own session, batching stays per commit (its rows must commit
+together): this module is not used there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .errors import VersionConflictError
+from .runtime import Runtime, Versioned
+from .unit import UnitOfWork
+
+
+@dataclass
+class _Pending:
+    uow: UnitOfWork
+    done: bool = False
+    error: BaseException | None = None
+
+
+@dataclass
+class GroupStats:
+    groups: int = 0
+    units: int = 0
+    rows_saved: int = 0
+
+
+def merge(units: list[UnitOfWork]) -> UnitOfWork:
+    """One unit standing for several: events in arrival order, first base versions."""
+    out = UnitOfWork()
+    for u in units:
+        for ns, evs in u.events.items():
+            out.events.setdefault(ns, []).extend(evs)
+        for ns, revs in u.rel_events.items():
+            out.rel_events.setdefault(ns, []).extend(revs)
+        for key, base in u.base_versions.items():
+            if key not in out.base_versions and key not in out.overlay:
+                out.base_versions[key] = base
+        out.overlay.update(u.overlay)
+        out.links.update(u.links)
+        for ns, ranges in u.local_ids.items():
+            out.local_ids.setdefault(ns, []).extend(ranges)
+        out.bulk.extend(u.bulk)
+    return out
+
+
+class GroupCommitter:
+    def __init__(self, runtime: Runtime, *, enabled: bool = True, max_delay: float = 0.005) -> None:
+        self.rt = runtime
+        self.enabled = enabled
+        #: how long a leader may wait for writers still building their operation
+        #: (like PostgreSQL's commit_delay, only when others are known to be coming)
+        self.max_delay = max_delay
+        self._cv = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leader = False
+        self._building = 0
+        self.stats = GroupStats()
+
+    def begin(self) -> None:
+        """A writer starts building an operation (lets a leader wait for it briefly)."""
+        with self._cv:
+            self._building += 1
+
+    def commit(self, uow: UnitOfWork | None) -> None:
+        """Commit `uow`, possibly with others; returns once it is durable. Every `begin()`
+        is matched by one `commit()` (with None when the operation failed)."""
+        me = _Pending(uow) if uow is not None and not uow.empty else None
+        with self._cv:
+            self._building -= 1
+            if me is None:
+                self._cv.notify_all()
+                return
+            if not self.enabled:
+                batch = [me]
+            else:
+                self._queue.append(me)
+                self._cv.notify_all()
+                while self._leader and not me.done:
+                    self._cv.wait()
+                if me.done:
+                    if me.error is not None:
+                        raise me.error
+                    return
+                self._leader = True
+                deadline = time.monotonic() + self.max_delay
+                while self._building > 0 and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)
+                batch, self._queue = self._queue, []
+        if not self.enabled:
+            self._commit_batch(batch)
+            if me.error is not None:
+                raise me.error
+            return
+        try:
+            self._commit_batch(batch)
+        finally:
+            with self._cv:
+                self._leader = False
+                self._cv.notify_all()
+        if me.error is not None:
+            raise me.error
+
+    # ------------------------------------------------------------------ leader side
+    def _admit(self, batch: list[_Pending]) -> list[_Pending]:
+        """Units that conflict with an earlier unit of the same group fail alone."""
+        seen: dict[tuple[str, str], int] = {}
+        ok = []
+        for p in batch:
+            clash = next(
+                ((k, seen[k], b) for k, b in p.uow.base_versions.items() if k in seen and seen[k] != b), None
+            )
+            if clash is not None:
+                key, now, base = clash
+                p.error = VersionConflictError(
+                    f"{key[0]}/{key[1]} changed concurrently (now version {now}, this call read {base})",
+                    expected=base,
+                    actual=now,
+                )
+                p.done = True
+                continue
+            for key, (version, _s) in p.uow.overlay.items():
+                seen[key] = version
+            ok.append(p)
+        return ok
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        admitted = self._admit(batch)
+        if not admitted:
+            return
+        try:
+            self._commit_units([p.uow for p in admitted])
+            for p in admitted:
+                p.done = True
+        except VersionConflictError:
+            if len(admitted) == 1:
+                admitted[0].error, admitted[0].done = _current_error(), True
+                return
+            for p in admitted:  # someone outside the group won: find out who alone fails
+                try:
+                    self._commit_units([p.uow])
+                except BaseException as exc:  # noqa: BLE001 - handed to that caller
+                    p.error = exc
+                p.done = True
+        except BaseException as exc:  # noqa: BLE001 - every member learns the failure
+            for p in admitted:
+                p.error, p.done = exc, True
+
+    def _commit_units(self, units: list[UnitOfWork]) -> None:
+        merged = units[0] if len(units) == 1 else merge(units)
+        try:
+            with self.rt.engine.begin() as conn:
+                self.rt.prepare_commit(conn, merged)
+        except BaseException:
+            self.rt.abort(merged)
+            raise
+        self.rt.finish_commit(merged)
+        self.stats.groups += 1
+        self.stats.units += len(units)
+
+
+def _current_error() -> BaseException:
+    import sys
+
+    exc = sys.exc_info()[1]
+    assert exc is not None
+    return exc
+
+
+__all__ = ["GroupCommitter", "Versioned", "merge"]
