@@ -22,9 +22,9 @@ from .errors import (
 )
 from .facade import ParqueDB
 from .flush import FlushResult
-from .policy import FlushPolicy
 from .ids import NAMESPACE_PATTERN
 from .models import metadata
+from .policy import FlushPolicy
 from .session import disable, enable, store
 from .store import Store
 

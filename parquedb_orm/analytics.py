@@ -76,7 +76,9 @@ def connect(db: ParqueDB) -> Any:
         latest[(row[0], row[1])] = row
     from .ids import decode_id
 
-    ent_tail = parquet.entities_table([(eid, decode_id(eid) or 0, v, st, seq) for (_n, eid, v, st, seq) in latest.values()])
+    ent_tail = parquet.entities_table(
+        [(eid, decode_id(eid) or 0, v, st, seq) for (_n, eid, v, st, seq) in latest.values()]
+    )
     ent_tail = ent_tail.append_column("ns", pa.array([k[0] for k in latest], pa.string()))
 
     con.register("_events_archived", events)
@@ -95,7 +97,7 @@ def connect(db: ParqueDB) -> Any:
           FROM _bulk
         UNION ALL SELECT {cols} FROM _events_tail"""
     )
-    rcols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, \"to\", reverse, actor, data"
+    rcols = 'seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, "to", reverse, actor, data'
     con.execute(f"CREATE VIEW rels AS SELECT {rcols} FROM _rels_archived UNION ALL SELECT {rcols} FROM _rels_tail")
     ecols = "id, ns, version, type, name, created_at, updated_at, deleted_at, state"
     con.execute(

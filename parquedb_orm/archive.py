@@ -146,7 +146,7 @@ class Archive:
             raise ArchiveError(f"cannot delete {self.path(rel)}: {exc}") from exc
 
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        return bool(self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)
 
     def local_root(self) -> str | None:
         return self.root if self.local else None

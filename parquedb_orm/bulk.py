@@ -8,6 +8,7 @@ finds the range, reads the file with a filter on `id`.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -31,12 +32,12 @@ def reserve_contiguous(rt: Runtime, conn: Connection | None, ns: str, count: int
 
 
 def write_bulk(
-    rt: Runtime, archive: Archive, ns: str, numbers: range, datas: list[dict[str, object]], actor: str | None
+    rt: Runtime, archive: Archive, ns: str, numbers: range, datas: list[dict[str, Any]], actor: str | None
 ) -> tuple[manifest.Entry, list[tuple[str, State]]]:
     """Build the entities and write their file; the caller commits the manifest row."""
     ts = now_us()
     states: list[tuple[str, State]] = []
-    rows = []
+    rows: list[tuple[str, int, int, State | None, int]] = []
     for number, data in zip(numbers, datas, strict=True):
         eid = encode_id(number)
         state = apply_event(ns, None, Event(0, ts, CREATE, eid, actor, data, 1))

@@ -12,7 +12,7 @@ import json
 import math
 import struct
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import zstandard
@@ -31,10 +31,8 @@ _compressor = zstandard.ZstdCompressor(level=_LEVEL)
 def _default(value: object) -> object:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise SerializationError(
-                f"naive datetime {value!r}: pass a timezone-aware datetime (e.g. UTC)"
-            )
-        return {"$date": value.astimezone(timezone.utc).isoformat()}
+            raise SerializationError(f"naive datetime {value!r}: pass a timezone-aware datetime (e.g. UTC)")
+        return {"$date": value.astimezone(UTC).isoformat()}
     raise SerializationError(
         f"value of type {type(value).__name__} cannot be stored: use JSON types "
         "(str, int, float, bool, None, list, dict with str keys) or aware datetimes"

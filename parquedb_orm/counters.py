@@ -85,11 +85,13 @@ class IdBlocks:
             with self._lock:
                 self._free.setdefault(ns, []).append(numbers)
 
-    def allocate(self, connection: Callable[[], Connection] | None, ns: str, count: int, local: list[range]) -> list[int]:
+    def allocate(
+        self, connection: Callable[[], Connection] | None, ns: str, count: int, local: list[range]
+    ) -> list[int]:
         """`count` fresh id numbers for namespace `ns`.
 
-        `connection` gives the caller's connection (only called when a block is needed); when it is a SQLite connection already
-        holding the write lock, a second connection would wait on ourselves, so the
+        `connection` gives the caller's connection (called only when a block is needed);
+        when it is a SQLite connection already holding the write lock, a second connection would wait on ourselves, so the
         block is reserved inside it and kept in `local` (the unit of work's) instead.
         """
         out = self.take(ns, count) or []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import CorruptBatchError
@@ -25,11 +25,11 @@ State = dict[str, Any]
 
 
 def now_us() -> int:
-    return int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
 def us_to_dt(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 def dt_to_us(dt: datetime) -> int:

@@ -15,8 +15,8 @@ from . import dialects
 from .errors import ConfigurationError, VersionConflictError
 from .events import State
 from .flush import FlushResult
-from .policy import FlushPolicy
 from .group import GroupCommitter
+from .policy import FlushPolicy
 from .runtime import Runtime
 from .session import enable, forget_runtime
 from .store import Store
@@ -27,7 +27,7 @@ _RETRIES = 5
 _EMPTY_UNIT = UnitOfWork()
 
 
-def _NO_UNIT() -> UnitOfWork:  # noqa: N802 - reads have no unit of work
+def _NO_UNIT() -> UnitOfWork:
     return _EMPTY_UNIT
 
 
@@ -74,10 +74,16 @@ class ParqueDB:
             self.engine = dialects.create_engine_for(url_or_engine)
             self._owns_engine = True
         else:
-            raise ConfigurationError(f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}")
+            raise ConfigurationError(
+                f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}"
+            )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.runtime: Runtime = enable(
-            self._sessions, archive=archive, policy=policy, shared=shared, engine=self.engine,
+            self._sessions,
+            archive=archive,
+            policy=policy,
+            shared=shared,
+            engine=self.engine,
             archive_options=archive_options,
         )
         self._group = GroupCommitter(self.runtime, enabled=group_commit)
@@ -145,36 +151,63 @@ class ParqueDB:
         return self._read(Store.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)  # type: ignore[no-any-return]
 
     def update(
-        self, ns: str, entity_id: str, update: dict[str, Any], *, expected_version: int | None = None,
+        self,
+        ns: str,
+        entity_id: str,
+        update: dict[str, Any],
+        *,
+        expected_version: int | None = None,
         actor: str | None = None,
     ) -> State:
         return self._write(Store.update, ns, entity_id, update, expected_version=expected_version, actor=actor)  # type: ignore[no-any-return]
 
     def delete(
-        self, ns: str, entity_id: str, *, hard: bool = False, expected_version: int | None = None,
+        self,
+        ns: str,
+        entity_id: str,
+        *,
+        hard: bool = False,
+        expected_version: int | None = None,
         actor: str | None = None,
     ) -> bool:
         return self._write(Store.delete, ns, entity_id, hard=hard, expected_version=expected_version, actor=actor)  # type: ignore[no-any-return]
 
-    def restore(self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None) -> State:
+    def restore(
+        self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None
+    ) -> State:
         return self._write(Store.restore, ns, entity_id, expected_version=expected_version, actor=actor)  # type: ignore[no-any-return]
 
     def find(
-        self, ns: str, filter: dict[str, Any] | None = None, *, sort: dict[str, int] | None = None,  # noqa: A002
-        limit: int | None = None, skip: int = 0, include_deleted: bool = False,
+        self,
+        ns: str,
+        filter: dict[str, Any] | None = None,
+        *,
+        sort: dict[str, int] | None = None,
+        limit: int | None = None,
+        skip: int = 0,
+        include_deleted: bool = False,
     ) -> list[State]:
         return self._read(Store.find, ns, filter, sort=sort, limit=limit, skip=skip, include_deleted=include_deleted)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ relationships
-    def link(self, from_ref: str, predicate: str, to_ref: str, *, reverse: str | None = None,
-             data: dict[str, Any] | None = None, actor: str | None = None) -> None:
+    def link(
+        self,
+        from_ref: str,
+        predicate: str,
+        to_ref: str,
+        *,
+        reverse: str | None = None,
+        data: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
         self._write(Store.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
 
     def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
         self._write(Store.unlink, from_ref, predicate, to_ref, actor=actor)
 
-    def related(self, ref: str, predicate: str | None = None, *, direction: str = "outbound",
-                include_deleted: bool = False) -> list[State]:
+    def related(
+        self, ref: str, predicate: str | None = None, *, direction: str = "outbound", include_deleted: bool = False
+    ) -> list[State]:
         return self._read(Store.related, ref, predicate, direction=direction, include_deleted=include_deleted)  # type: ignore[no-any-return]
 
     def links(self, ref: str, predicate: str | None = None, *, direction: str = "outbound") -> list[dict[str, Any]]:

@@ -49,8 +49,14 @@ class FlushResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "files": self.files, "events": self.events, "rel_events": self.rel_events, "bytes": self.bytes,
-            "seconds": self.seconds, "namespaces": self.namespaces, "paths": self.paths, "skipped": self.skipped,
+            "files": self.files,
+            "events": self.events,
+            "rel_events": self.rel_events,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+            "namespaces": self.namespaces,
+            "paths": self.paths,
+            "skipped": self.skipped,
         }
 
 
@@ -98,7 +104,7 @@ class Flusher:
                     (kind, ns)
                     for ns in names
                     for kind in manifest.KINDS
-                    if sum(1 for e in self.rt.manifest(conn, kind, ns) if not e.bulk) > threshold
+                    if sum(1 for e in self.rt.archive_files(conn, kind, ns) if not e.bulk) > threshold
                 ]
             for kind, ns in due:
                 merged = _compact_kind(self, kind, ns, threshold)
@@ -134,9 +140,9 @@ class Flusher:
         current: dict[str, Versioned] = {}
         for eid in touched:
             number = numbers[eid]
-            ch = plan.chunks.get(number // size) if number is not None else None
-            if ch is not None and eid in ch.entities:
-                current[eid] = ch.entities[eid]
+            found = plan.chunks.get(number // size) if number is not None else None
+            if found is not None and eid in found.entities:
+                current[eid] = found.entities[eid]
             elif not any(ev.op == "CREATE" for ev in plan.events if ev.id == eid):
                 current[eid] = self.rt.bulk_base(conn, ns, eid)
             else:
@@ -152,9 +158,8 @@ class Flusher:
             plan.latest[eid] = (version, plan.ev_last, state)
             if number is None:
                 continue
-            ch = plan.chunks.get(number // size)
-            if ch is None:
-                ch = plan.chunks[number // size] = snapshots.Chunk(ns, number // size, plan.ev_last, 0, {})
+            ch = plan.chunks.get(number // size) or snapshots.Chunk(ns, number // size, plan.ev_last, 0, {})
+            plan.chunks[number // size] = ch
             ch.entities[eid] = (version, state)
             ch.wal_seq = plan.ev_last
         return rows
@@ -253,7 +258,9 @@ class Flusher:
         return result
 
 
-def plans_summary(plans: dict[str, _NsPlan]) -> dict[str, tuple[int, int, int, int, dict[str, tuple[int, int, State | None]]]]:
+def plans_summary(
+    plans: dict[str, _NsPlan],
+) -> dict[str, tuple[int, int, int, int, dict[str, tuple[int, int, State | None]]]]:
     """ns -> (event mark, rel mark, events, rel events, latest states) for the runtime."""
     return {
         ns: (p.ev_last if p.events else 0, p.rel_last if p.rels else 0, len(p.events), len(p.rels), p.latest)
@@ -320,4 +327,3 @@ def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manif
         if e.path != merged.path:
             archive.delete(e.path)  # unlisted now: readers no longer open it
     return merged
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import VersionConflictError
 from .runtime import Runtime, Versioned
@@ -114,9 +114,7 @@ class GroupCommitter:
         seen: dict[tuple[str, str], int] = {}
         ok = []
         for p in batch:
-            clash = next(
-                ((k, seen[k], b) for k, b in p.uow.base_versions.items() if k in seen and seen[k] != b), None
-            )
+            clash = next(((k, seen[k], b) for k, b in p.uow.base_versions.items() if k in seen and seen[k] != b), None)
             if clash is not None:
                 key, now, base = clash
                 p.error = VersionConflictError(
@@ -146,10 +144,10 @@ class GroupCommitter:
             for p in admitted:  # someone outside the group won: find out who alone fails
                 try:
                     self._commit_units([p.uow])
-                except BaseException as exc:  # noqa: BLE001 - handed to that caller
+                except BaseException as exc:
                     p.error = exc
                 p.done = True
-        except BaseException as exc:  # noqa: BLE001 - every member learns the failure
+        except BaseException as exc:
             for p in admitted:
                 p.error, p.done = exc, True
 

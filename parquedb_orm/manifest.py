@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, insert, select, tuple_
 
@@ -30,8 +30,15 @@ class Entry:
 def load(conn: Connection, kind: str, ns: str) -> list[Entry]:
     """The files of one kind and namespace: a seek on the primary-key prefix."""
     rows = conn.execute(
-        select(ArchiveFile.kind, ArchiveFile.ns, ArchiveFile.first_seq, ArchiveFile.last_seq, ArchiveFile.path,
-               ArchiveFile.row_count, ArchiveFile.bytes)
+        select(
+            ArchiveFile.kind,
+            ArchiveFile.ns,
+            ArchiveFile.first_seq,
+            ArchiveFile.last_seq,
+            ArchiveFile.path,
+            ArchiveFile.row_count,
+            ArchiveFile.bytes,
+        )
         .where(ArchiveFile.kind == kind, ArchiveFile.ns == ns)
         .order_by(ArchiveFile.first_seq)
     ).all()
@@ -40,20 +47,35 @@ def load(conn: Connection, kind: str, ns: str) -> list[Entry]:
 
 def load_all(conn: Connection) -> list[Entry]:
     rows = conn.execute(
-        select(ArchiveFile.kind, ArchiveFile.ns, ArchiveFile.first_seq, ArchiveFile.last_seq, ArchiveFile.path,
-               ArchiveFile.row_count, ArchiveFile.bytes)
+        select(
+            ArchiveFile.kind,
+            ArchiveFile.ns,
+            ArchiveFile.first_seq,
+            ArchiveFile.last_seq,
+            ArchiveFile.path,
+            ArchiveFile.row_count,
+            ArchiveFile.bytes,
+        )
     ).all()
     return [Entry(*row) for row in rows]
 
 
 def add(conn: Connection, entries: list[Entry]) -> None:
     if entries:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         conn.execute(
             insert(ArchiveFile),
             [
-                {"kind": e.kind, "ns": e.ns, "first_seq": e.first_seq, "last_seq": e.last_seq, "path": e.path,
-                 "row_count": e.row_count, "bytes": e.bytes, "created_at": now}
+                {
+                    "kind": e.kind,
+                    "ns": e.ns,
+                    "first_seq": e.first_seq,
+                    "last_seq": e.last_seq,
+                    "path": e.path,
+                    "row_count": e.row_count,
+                    "bytes": e.bytes,
+                    "created_at": now,
+                }
                 for e in entries
             ],
         )

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -255,11 +256,12 @@ def insert_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
         conn.execute(table.insert(), rows[start : start + CHUNK_ROWS])  # executemany
 
 
-def wal_table(name: str, md: sa.MetaData | None = None) -> sa.Table:
+@cache  # one Table object per name, so clauses built by different helpers combine
+def wal_table(name: str) -> sa.Table:
     """events_wal / rels_wal as the store defines them (see models._WalRow)."""
     return sa.Table(
         name,
-        md or sa.MetaData(),
+        sa.MetaData(),
         sa.Column("ns", sa.String(64), primary_key=True),
         sa.Column("first_seq", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("last_seq", sa.BigInteger, nullable=False),
@@ -269,10 +271,11 @@ def wal_table(name: str, md: sa.MetaData | None = None) -> sa.Table:
     )
 
 
-def counters_table(md: sa.MetaData | None = None) -> sa.Table:
+@cache
+def counters_table() -> sa.Table:
     return sa.Table(
         "counters",
-        md or sa.MetaData(),
+        sa.MetaData(),
         sa.Column("name", sa.String(100), primary_key=True),
         sa.Column("value", sa.BigInteger, nullable=False),
     )
@@ -409,11 +412,12 @@ def delete_wal_range(conn: Connection, table: sa.Table, ns: str, first: int, las
 # ----- provenance: what a downgrade needs that the WAL events do not say
 
 
-def provenance_table(md: sa.MetaData | None = None) -> sa.Table:
+@cache
+def provenance_table() -> sa.Table:
     """(revision, ns, seq) -> info (codec blob of one JSON object), payload (raw bytes or NULL)."""
     return sa.Table(
         PROVENANCE_TABLE,
-        md or sa.MetaData(naming_convention=NAMING_CONVENTION),
+        sa.MetaData(naming_convention=NAMING_CONVENTION),
         sa.Column("revision", sa.String(16), primary_key=True),
         sa.Column("ns", sa.String(64), primary_key=True),
         sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),

@@ -213,7 +213,7 @@ def validate_update(update: object) -> dict[str, dict[str, Any]]:
             for path in fields:
                 _check_path(path, op)
             check_serialisable(fields)
-    return update  # type: ignore[return-value]
+    return update
 
 
 def apply_update(data: State, update: dict[str, dict[str, Any]], now: datetime) -> State:

@@ -138,8 +138,15 @@ def table_events(table: pa.Table) -> list[Event]:
     cols = table.to_pydict()
     ts = _micros(table.column("ts"))
     return [
-        Event(cols["seq"][i], ts[i], str(cols["op"][i]), cols["id"][i], cols["actor"][i],
-              None if cols["data"][i] is None else codec.loads(cols["data"][i]), cols["version"][i])
+        Event(
+            cols["seq"][i],
+            ts[i],
+            str(cols["op"][i]),
+            cols["id"][i],
+            cols["actor"][i],
+            None if cols["data"][i] is None else codec.loads(cols["data"][i]),
+            cols["version"][i],
+        )
         for i in range(table.num_rows)
     ]
 
@@ -148,8 +155,17 @@ def table_rel_events(table: pa.Table) -> list[RelEvent]:
     cols = table.to_pydict()
     ts = _micros(table.column("ts"))
     return [
-        RelEvent(cols["seq"][i], ts[i], str(cols["op"][i]), cols["from_id"][i], cols["predicate"][i], cols["to"][i],
-                 cols["reverse"][i], cols["actor"][i], None if cols["data"][i] is None else codec.loads(cols["data"][i]))
+        RelEvent(
+            cols["seq"][i],
+            ts[i],
+            str(cols["op"][i]),
+            cols["from_id"][i],
+            cols["predicate"][i],
+            cols["to"][i],
+            cols["reverse"][i],
+            cols["actor"][i],
+            None if cols["data"][i] is None else codec.loads(cols["data"][i]),
+        )
         for i in range(table.num_rows)
     ]
 
@@ -179,5 +195,7 @@ def bulk_create_events(ns: str, table: pa.Table) -> list[Event]:
     return out
 
 
-_META = frozenset({"$id", "$type", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"})
+_META = frozenset(
+    {"$id", "$type", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"}
+)
 __all__ = ["ENTITIES_SCHEMA", "EVENTS_SCHEMA", "RELS_SCHEMA", "us_to_dt"]

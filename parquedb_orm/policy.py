@@ -44,7 +44,11 @@ class FlushPolicy:
                 raise ValidationError(f"FlushPolicy.{name} must be a positive int, got {value!r}")
         if self.min_events > self.max_events:
             raise ValidationError("FlushPolicy.min_events must not exceed max_events")
-        if isinstance(self.max_interval, bool) or not isinstance(self.max_interval, (int, float)) or self.max_interval <= 0:
+        if (
+            isinstance(self.max_interval, bool)
+            or not isinstance(self.max_interval, (int, float))
+            or self.max_interval <= 0
+        ):
             raise ValidationError(f"FlushPolicy.max_interval must be a positive number, got {self.max_interval!r}")
         if self.mode not in MODES:
             raise ValidationError(f"FlushPolicy.mode must be one of {MODES}, got {self.mode!r}")
@@ -130,7 +134,7 @@ class Scheduler:
             self.flushes += 1
             log.debug("flushed %d events in %.3fs", result.events + result.rel_events, time.perf_counter() - t0)
             return result
-        except Exception as exc:  # noqa: BLE001 - a failed background flush must not kill the app
+        except Exception as exc:
             self.last_error = exc
             log.exception("parquedb-orm flush failed; events remain in the WAL and will be retried")
             return None

@@ -172,7 +172,7 @@ class Runtime:
                 return st
 
     # ------------------------------------------------------------------ archive
-    def manifest(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]:
+    def archive_files(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]:
         """Manifest entries of one kind and namespace (cached by a single owner)."""
         key = (kind, ns)
         with self.lock:
@@ -200,7 +200,7 @@ class Runtime:
         number = decode_id(entity_id)
         if self.archive is None or number is None:
             return (0, None)
-        for entry in self.manifest(conn, "entities", ns):
+        for entry in self.archive_files(conn, "entities", ns):
             if entry.bulk and entry.first_seq <= number <= entry.last_seq:
                 table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
                 states = parquet.table_states(table)
@@ -218,7 +218,7 @@ class Runtime:
         if hit is not None and not self.shared:
             return hit
         merged: dict[str, tuple[int, int, State | None]] = {}
-        for entry in self.manifest(conn, "entities", ns):
+        for entry in self.archive_files(conn, "entities", ns):
             for eid, value in parquet.table_states(self.archive.read_table(entry.path)).items():
                 old = merged.get(eid)
                 if old is None or old[0] <= value[0]:
@@ -233,11 +233,11 @@ class Runtime:
             return []
         out: list[Event] = []
         number = decode_id(entity_id)
-        for entry in self.manifest(conn, "entities", ns):
+        for entry in self.archive_files(conn, "entities", ns):
             if entry.bulk and number is not None and entry.first_seq <= number <= entry.last_seq:
                 table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
                 out.extend(parquet.bulk_create_events(ns, table))
-        for entry in self.manifest(conn, "events", ns):
+        for entry in self.archive_files(conn, "events", ns):
             table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
             out.extend(parquet.table_events(table))
         return out
@@ -246,7 +246,7 @@ class Runtime:
         if self.archive is None:
             return []
         out: list[RelEvent] = []
-        for entry in self.manifest(conn, "rels", ns):
+        for entry in self.archive_files(conn, "rels", ns):
             out.extend(parquet.table_rel_events(self.archive.read_table(entry.path)))
         return out
 
@@ -512,4 +512,3 @@ class Runtime:
     def abort(self, uow: UnitOfWork) -> None:
         with self.lock:
             self._release(uow)
-

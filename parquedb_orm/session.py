@@ -48,7 +48,7 @@ def _uow(session: Session, create: bool = True) -> UnitOfWork | None:
     uow = session.info.get(_UOW_KEY)
     if uow is None and create:
         uow = session.info[_UOW_KEY] = UnitOfWork()
-    return uow  # type: ignore[no-any-return]
+    return uow
 
 
 def _runtime(session: Session) -> Runtime:

@@ -7,16 +7,17 @@ primary-key seek and a flush that touched thousands of entities writes tens of r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from . import codec
+from .errors import CorruptBatchError
 from .models import EntitySnapshot
 
 State = dict[str, Any]
-TABLE = EntitySnapshot.__table__
+TABLE: Table = EntitySnapshot.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -33,9 +34,13 @@ def _decode(ns: str, chunk: int, blob: bytes) -> dict[str, tuple[int, State | No
     records = codec.decode_batch(blob, table="entity_snapshots", row=f"ns={ns}, chunk={chunk}")
     out: dict[str, tuple[int, State | None]] = {}
     for rec in records:
-        if not (isinstance(rec, list) and len(rec) == 3 and isinstance(rec[1], int)
-                and (rec[2] is None or isinstance(rec[2], dict))):
-            raise codec.CorruptBatchError(
+        if not (
+            isinstance(rec, list)
+            and len(rec) == 3
+            and isinstance(rec[1], int)
+            and (rec[2] is None or isinstance(rec[2], dict))
+        ):
+            raise CorruptBatchError(
                 f"corrupt snapshot record in entity_snapshots row ns={ns}, chunk={chunk}",
                 table="entity_snapshots",
                 row=f"ns={ns}, chunk={chunk}",
@@ -67,19 +72,37 @@ def read_chunks(conn: Connection, ns: str, chunks: list[int] | None = None) -> l
 
 def write_chunks(conn: Connection, new: list[Chunk], existing: set[int]) -> None:
     """Insert new chunk rows and update existing ones (one written row each)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ins, upd, gone = [], [], []
     for ch in new:
         blob = codec.encode_batch([[k, v, s] for k, (v, s) in ch.entities.items()])
         if ch.chunk in existing:
             if ch.entities:
-                upd.append({"b_ns": ch.ns, "b_chunk": ch.chunk, "state": blob, "entity_count": len(ch.entities),
-                            "version": ch.version + 1, "wal_seq": ch.wal_seq, "updated_at": now})
+                upd.append(
+                    {
+                        "b_ns": ch.ns,
+                        "b_chunk": ch.chunk,
+                        "state": blob,
+                        "entity_count": len(ch.entities),
+                        "version": ch.version + 1,
+                        "wal_seq": ch.wal_seq,
+                        "updated_at": now,
+                    }
+                )
             else:
                 gone.append(ch)
         elif ch.entities:
-            ins.append({"ns": ch.ns, "chunk": ch.chunk, "state": blob, "entity_count": len(ch.entities),
-                        "version": 1, "wal_seq": ch.wal_seq, "updated_at": now})
+            ins.append(
+                {
+                    "ns": ch.ns,
+                    "chunk": ch.chunk,
+                    "state": blob,
+                    "entity_count": len(ch.entities),
+                    "version": 1,
+                    "wal_seq": ch.wal_seq,
+                    "updated_at": now,
+                }
+            )
     if ins:
         conn.execute(insert(EntitySnapshot), ins)
     if upd:

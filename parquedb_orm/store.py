@@ -18,7 +18,22 @@ from sqlalchemy import Connection
 from .bulk import BULK_MIN, reserve_contiguous, write_bulk
 from .codec import check_serialisable
 from .errors import EntityNotFoundError, ValidationError, VersionConflictError
-from .events import CREATE, DELETE, LINK, RESTORE, UNLINK, UPDATE, Event, Link, RelEvent, State, apply_event, now_us, public, us_to_dt
+from .events import (
+    CREATE,
+    DELETE,
+    LINK,
+    RESTORE,
+    UNLINK,
+    UPDATE,
+    Event,
+    Link,
+    RelEvent,
+    State,
+    apply_event,
+    now_us,
+    public,
+    us_to_dt,
+)
 from .filters import matches, sort_docs, validate_filter, validate_sort
 from .ids import check_id, check_namespace, encode_id, split_ref
 from .operators import LINK_OPERATORS, validate_update
@@ -72,9 +87,7 @@ def _refs(value: object, op: str) -> list[str]:
 class Store:
     """Operations bound to one unit of work and a way to get its SQL connection."""
 
-    def __init__(
-        self, runtime: Runtime, uow: Callable[[], UnitOfWork], connection: Callable[[], Connection]
-    ) -> None:
+    def __init__(self, runtime: Runtime, uow: Callable[[], UnitOfWork], connection: Callable[[], Connection]) -> None:
         self._rt = runtime
         self._uow_of = uow  # resolved per call: a commit starts a fresh unit on the same session
         self._connection = connection
@@ -93,7 +106,9 @@ class Store:
     def _existing(self, ns: str, entity_id: str, *, allow_deleted: bool = False) -> Versioned:
         version, state = self._current(ns, entity_id)
         if state is None or ("deletedAt" in state and not allow_deleted):
-            raise EntityNotFoundError(f"entity {ns}/{entity_id} does not exist" + ("" if state is None else " (deleted)"))
+            raise EntityNotFoundError(
+                f"entity {ns}/{entity_id} does not exist" + ("" if state is None else " (deleted)")
+            )
         return version, state
 
     def _record(self, ns: str, entity_id: str, base_version: int, ev: Event, state: State | None) -> None:
@@ -134,8 +149,8 @@ class Store:
         _check_actor(actor)
         datas = [copy.deepcopy(_check_data(item)) for item in items]
         if self._rt.archive is not None and len(datas) >= BULK_MIN:
-            numbers = reserve_contiguous(self._rt, self._connection(), ns, len(datas))
-            entry, states = write_bulk(self._rt, self._rt.archive, ns, numbers, datas, actor)  # type: ignore[arg-type]
+            block = reserve_contiguous(self._rt, self._connection(), ns, len(datas))
+            entry, states = write_bulk(self._rt, self._rt.archive, ns, block, datas, actor)
             self._uow.bulk.append((entry, states))
             for eid, state in states:
                 self._uow.overlay[(ns, eid)] = (1, state)
@@ -145,9 +160,9 @@ class Store:
         out = []
         for number, data in zip(numbers, datas, strict=True):
             ev = Event(0, ts, CREATE, encode_id(number), actor, data, 1)
-            state = apply_event(ns, None, ev)
-            self._record(ns, ev.id, 0, ev, state)
-            out.append(public(state) or {})
+            created = apply_event(ns, None, ev)
+            self._record(ns, ev.id, 0, ev, created)
+            out.append(public(created) or {})
         return out
 
     def get(
@@ -197,7 +212,13 @@ class Store:
         return public(state) or {}
 
     def delete(
-        self, ns: str, entity_id: str, *, hard: bool = False, expected_version: int | None = None, actor: str | None = None
+        self,
+        ns: str,
+        entity_id: str,
+        *,
+        hard: bool = False,
+        expected_version: int | None = None,
+        actor: str | None = None,
     ) -> bool:
         """Soft-delete (default) or hard-delete an entity. False if it was already (soft-)deleted."""
         check_namespace(ns)
@@ -214,7 +235,9 @@ class Store:
         self._record(ns, entity_id, version, ev, apply_event(ns, state, ev))
         return True
 
-    def restore(self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None) -> State:
+    def restore(
+        self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None
+    ) -> State:
         """Undo a soft delete."""
         check_namespace(ns)
         check_id(entity_id)
@@ -234,7 +257,7 @@ class Store:
     def find(
         self,
         ns: str,
-        filter: dict[str, Any] | None = None,  # noqa: A002 - the public name
+        filter: dict[str, Any] | None = None,
         *,
         sort: dict[str, int] | None = None,
         limit: int | None = None,
@@ -289,7 +312,9 @@ class Store:
         self._existing(to_ns, to_id)
         ev = RelEvent(0, now_us(), LINK, from_id, predicate, to_ref, reverse, actor, copy.deepcopy(data))
         self._uow.add_rel(from_ns, ev)
-        self._uow.links[(from_ref, predicate, to_ref)] = Link(from_ref, predicate, to_ref, reverse, ev.data, ev.ts, actor)
+        self._uow.links[(from_ref, predicate, to_ref)] = Link(
+            from_ref, predicate, to_ref, reverse, ev.data, ev.ts, actor
+        )
 
     def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
         """Remove a relationship (a no-op event if it does not exist)."""
@@ -301,9 +326,7 @@ class Store:
         self._uow.add_rel(from_ns, ev)
         self._uow.links[(from_ref, predicate, to_ref)] = None
 
-    def links(
-        self, ref: str, predicate: str | None = None, *, direction: str = "outbound"
-    ) -> list[dict[str, Any]]:
+    def links(self, ref: str, predicate: str | None = None, *, direction: str = "outbound") -> list[dict[str, Any]]:
         """The relationships themselves (from, predicate, to, reverse, data, createdAt, createdBy)."""
         split_ref(ref)
         if predicate is not None:
@@ -371,15 +394,28 @@ class Store:
         """Every event of an entity, oldest first: entity events and the links it made."""
         ns, entity_id = split_ref(ref)
         out = [
-            {"seq": e.seq or None, "ts": us_to_dt(e.ts), "op": e.op, "$id": ref, "actor": e.actor,
-             "data": copy.deepcopy(e.data), "version": e.version}
+            {
+                "seq": e.seq or None,
+                "ts": us_to_dt(e.ts),
+                "op": e.op,
+                "$id": ref,
+                "actor": e.actor,
+                "data": copy.deepcopy(e.data),
+                "version": e.version,
+            }
             for e in self._events_of(ns, entity_id)
         ]
         rels = self._rel_events_of(ns, entity_id)
         out += [
-            {"seq": r.seq or None, "ts": us_to_dt(r.ts), "op": r.op, "$id": ref, "actor": r.actor,
-             "data": {"predicate": r.predicate, "to": r.to, "reverse": r.reverse, "data": copy.deepcopy(r.data)},
-             "version": None}
+            {
+                "seq": r.seq or None,
+                "ts": us_to_dt(r.ts),
+                "op": r.op,
+                "$id": ref,
+                "actor": r.actor,
+                "data": {"predicate": r.predicate, "to": r.to, "reverse": r.reverse, "data": copy.deepcopy(r.data)},
+                "version": None,
+            }
             for r in rels
         ]
         out.sort(key=lambda d: (d["ts"], d["op"] in (LINK, UNLINK), d["seq"] or 0))

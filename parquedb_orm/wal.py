@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, select
@@ -37,7 +37,7 @@ def _chunks(records: list[list[Any]]) -> Iterator[list[list[Any]]]:
 
 def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
     """Encoded rows for records already numbered (record[0] is the sequence)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for batch in _chunks(records):
         rows.append(
@@ -73,7 +73,9 @@ def read_tail(conn: Connection, table: Table, ns: str, after_seq: int = -1) -> l
         .where(table.c.ns == ns, table.c.first_seq > after_seq)
         .order_by(table.c.first_seq)
     ).all()
-    return [(f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows]
+    return [
+        (f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows
+    ]
 
 
 def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -> list[tuple[int, int, list[Any]]]:
@@ -87,7 +89,9 @@ def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -
         .where(table.c.ns == ns, table.c.first_seq > func.coalesce(mark, -1))
         .order_by(table.c.first_seq)
     ).all()
-    return [(f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows]
+    return [
+        (f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows
+    ]
 
 
 def decode_events(table: Table, ns: str, first_seq: int, records: Iterable[Any]) -> list[Event]:
