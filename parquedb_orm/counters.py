@@ -91,8 +91,9 @@ class IdBlocks:
         """`count` fresh id numbers for namespace `ns`.
 
         `connection` gives the caller's connection (called only when a block is needed);
-        when it is a SQLite connection already holding the write lock, a second connection would wait on ourselves, so the
-        block is reserved inside it and kept in `local` (the unit of work's) instead.
+        when it is a SQLite connection already holding the write lock, a second
+        connection would wait on ourselves, so the block is reserved inside it and kept
+        in `local` (the unit of work's) instead.
         """
         out = self.take(ns, count) or []
         while len(out) < count:

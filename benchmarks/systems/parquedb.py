@@ -66,10 +66,16 @@ class System(BenchSystem):
         before = self.stats()
         result = flush()
         info: dict[str, Any] = {"available": True, "unflushed_before": before.get("unflushed_events")}
-        if isinstance(result, (int, float)):
+        as_dict = getattr(result, "as_dict", None)
+        if callable(as_dict):
+            result = as_dict()
+        if isinstance(result, dict):
+            info["result"] = {k: v for k, v in result.items() if k != "paths"}
+            events = (result.get("events") or 0) + (result.get("rel_events") or 0)
+            if isinstance(events, int):
+                info["flushed_events"] = events
+        elif isinstance(result, (int, float)):
             info["result"] = result
-        elif isinstance(result, dict):
-            info["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
         elif result is not None:
             info["result"] = repr(result)[:200]
         return info
@@ -93,4 +99,4 @@ class System(BenchSystem):
             st = self.db.stats() if self.db is not None else {}
         except Exception as exc:  # noqa: BLE001 - introspection must not end the run
             return {"error": repr(exc)}
-        return {k: v for k, v in st.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        return {k: v for k, v in st.items() if isinstance(v, (int, float, str, bool, dict)) or v is None}

@@ -1,12 +1,16 @@
 """pq0002: add entity_snapshots, counters and archive_manifest; backfill counters.
 
-Counters, so that no sequence number and no entity id is ever issued twice:
-- `seq:<ns>` / `rseq:<ns>`: the highest last_seq of events_wal / rels_wal per namespace,
-  read with ONE `UNION ALL` query;
+Counters, read with ONE `UNION ALL` query over events_wal and rels_wal plus a scan of ids:
+- `seq:<ns>` / `rseq:<ns>` are the store's *flushed marks*: WAL rows with a first_seq
+  above them are the unflushed tail (wal.read_unflushed), and the next sequence number
+  is max(mark, highest WAL seq) + 1. No WAL row of the legacy layout has been archived
+  (there is no manifest yet), so the mark is set just below the namespace's lowest WAL
+  seq: every existing event stays visible and none is ever renumbered.
 - `id:<ns>`: the highest sqid number of any entity id found in the database for that
-  namespace: ids of events in events_wal (CREATE first of all), both ends of links in
-  rels_wal, ids in every legacy event batch (flushed or not) and both ends of every
-  legacy relationship. Decoding blobs and sqids is Python work, done in chunks.
+  namespace, so no id is ever issued again: ids of events in events_wal (CREATE first of
+  all), both ends of links in rels_wal, ids in every legacy event batch (flushed or not)
+  and both ends of every legacy relationship. Decoding blobs and sqids is Python work,
+  done in chunks.
 
 Revision ID: pq0002
 Revises: pq0001
@@ -99,16 +103,16 @@ def _backfill_counters(conn: sa.Connection) -> None:
     batches, legacy_rels = _legacy_tables()
 
     counters: dict[str, int] = {}
-    highest = sa.union_all(
-        sa.select(sa.literal("seq").label("kind"), events.c.ns, sa.func.max(events.c.last_seq).label("high")).group_by(
+    lowest = sa.union_all(
+        sa.select(sa.literal("seq").label("kind"), events.c.ns, sa.func.min(events.c.first_seq).label("low")).group_by(
             events.c.ns
         ),
-        sa.select(sa.literal("rseq").label("kind"), rels.c.ns, sa.func.max(rels.c.last_seq).label("high")).group_by(
+        sa.select(sa.literal("rseq").label("kind"), rels.c.ns, sa.func.min(rels.c.first_seq).label("low")).group_by(
             rels.c.ns
         ),
     )
-    for kind, ns, high in conn.execute(highest):
-        counters[f"{kind}:{ns}"] = int(high)
+    for kind, ns, low in conn.execute(lowest):
+        counters[f"{kind}:{ns}"] = int(low) - 1  # flushed mark: nothing of the WAL is archived yet
 
     top: dict[str, int] = {}
 

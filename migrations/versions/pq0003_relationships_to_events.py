@@ -2,8 +2,9 @@
 
 Every row becomes a LINK event (ts = created_at, actor = created_by); a soft-deleted
 row becomes LINK then UNLINK (ts = deleted_at, actor = deleted_by). Events are filed
-under from_ns, ~100 per rels_wal row, seqs continuing after the namespace's
-`rseq:<ns>` counter (or its highest rels_wal seq), which is then moved past them.
+under from_ns, ~100 per rels_wal row, seqs continuing after max(`rseq:<ns>`, highest
+rels_wal seq) as the store numbers them. `rseq:<ns>` is the store's flushed mark, so it
+is left where it is: the moved events are the unflushed tail until the store flushes.
 
 The event's data is the `data` column parsed as JSON; non-null `match_mode` and
 `similarity` are added to it as `$matchMode` and `$similarity` (a non-object JSON
@@ -175,11 +176,10 @@ def upgrade() -> None:
 
 def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int) -> None:
     prov = pqm.ensure_provenance(conn)  # DDL before any DML: see env.py on MariaDB
-    counter_before: dict[str, int | None] = {}
 
     def first_seq(ns: str) -> int:
-        before = counter_before[ns] = pqm.read_counter(conn, f"rseq:{ns}")
-        return max(before or 0, pqm.wal_high(conn, rels, ns) or 0) + 1
+        # As the store numbers events: after the flushed mark and after the WAL's highest seq.
+        return max(pqm.read_counter(conn, f"rseq:{ns}") or 0, pqm.wal_high(conn, rels, ns) or 0) + 1
 
     packer = pqm.WalPacker(first_seq)
     pending_prov: list[dict[str, Any]] = []
@@ -188,7 +188,7 @@ def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int
     def close_segment() -> None:
         ns = state["ns"]
         last = packer.last_seq(ns)
-        info = {"last_seq": last, "counter_before": counter_before[ns], "fixes": state["fixes"]}
+        info = {"last_seq": last, "fixes": state["fixes"]}
         pending_prov.append(pqm.provenance_row(revision, ns, state["seg_first"], info))
         state["seg_first"], state["fixes"] = last + 1, []
 
@@ -196,7 +196,6 @@ def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int
         ns = state["ns"]
         packer.flush(ns)
         close_segment()
-        pqm.write_counter(conn, f"rseq:{ns}", packer.last_seq(ns))
 
     def write() -> None:
         pqm.insert_many(conn, rels, packer.take())
@@ -290,10 +289,10 @@ def downgrade() -> None:
     legacy = _legacy_table()
     rels = pqm.wal_table("rels_wal")
     # First pass: where each namespace's events are (segments are small without their fixes).
-    segments: dict[str, list[tuple[int, int, int | None]]] = {}
+    segments: dict[str, list[tuple[int, int]]] = {}
     for prow in pqm.iter_provenance(conn, revision):
         info = pqm.read_info(prow)
-        segments.setdefault(prow.ns, []).append((int(prow.seq), int(info["last_seq"]), info["counter_before"]))
+        segments.setdefault(prow.ns, []).append((int(prow.seq), int(info["last_seq"])))
     total = sum(segs[-1][1] - segs[0][0] + 1 for segs in segments.values())
     with progress("pq0003 downgrade: rels_wal -> relationships", total, unit="events") as bar:
         for ns, segs in segments.items():
@@ -307,10 +306,10 @@ def _restore_namespace(
     legacy: sa.Table,
     rels: sa.Table,
     ns: str,
-    segs: list[tuple[int, int, int | None]],
+    segs: list[tuple[int, int]],
     bar: Any,
 ) -> None:
-    first, last, counter_before = segs[0][0], segs[-1][1], segs[0][2]
+    first, last = segs[0][0], segs[-1][1]
     prov = pqm.provenance_table()
     seg_index = -1
     seg_last = first - 1
@@ -329,7 +328,7 @@ def _restore_namespace(
     for _, rec in pqm.iter_wal_events(conn, rels, ns, first, last):
         while rec[0] > seg_last:  # entering the next segment: load its fixes
             seg_index += 1
-            seg_first, seg_last, _ = segs[seg_index]
+            seg_first, seg_last = segs[seg_index]
             prow = conn.execute(
                 sa.select(prov).where(prov.c.revision == revision, prov.c.ns == ns, prov.c.seq == seg_first)
             ).one()
@@ -348,8 +347,3 @@ def _restore_namespace(
         emit(pending, None)
     pqm.insert_many(conn, legacy, out)
     pqm.delete_wal_range(conn, rels, ns, first, last)
-    remaining = pqm.wal_high(conn, rels, ns)
-    if counter_before is None and remaining is None:
-        pqm.write_counter(conn, f"rseq:{ns}", None)
-    else:
-        pqm.write_counter(conn, f"rseq:{ns}", max(counter_before or 0, remaining or 0))

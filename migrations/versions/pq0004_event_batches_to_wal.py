@@ -7,8 +7,9 @@ Each event of an unflushed batch becomes an entity event of the store:
 CREATE -> data = after; UPDATE -> {"$set": changed fields, "$unset": removed fields};
 DELETE -> {"hard": false}; ts in microseconds; version counted per entity over all
 legacy batches (flushed ones too), in batch order. Events go to events_wal grouped by
-namespace, ~100 per row, in their original order, seqs continuing after the
-namespace's `seq:<ns>` counter (or its highest events_wal seq).
+namespace, ~100 per row, in their original order, seqs continuing after
+max(`seq:<ns>`, highest events_wal seq) as the store numbers them. `seq:<ns>` is the
+store's flushed mark and stays where it is: the moved events are unflushed.
 
 Batches with flushed = true are already archived: they are not moved. So that the
 downgrade can put event_batches back exactly, they are kept byte for byte in
@@ -156,11 +157,9 @@ def _move_batches(conn: sa.Connection, batches: sa.Table, total: int) -> None:
                 if isinstance(rec, dict):
                     wanted.add((rec.get("ns"), rec.get("id")))  # type: ignore[arg-type]
 
-    counter_before: dict[str, int | None] = {}
-
     def first_seq(ns: str) -> int:
-        before = counter_before[ns] = pqm.read_counter(conn, f"seq:{ns}")
-        return max(before or 0, pqm.wal_high(conn, events_wal, ns) or 0) + 1
+        # As the store numbers events: after the flushed mark and after the WAL's highest seq.
+        return max(pqm.read_counter(conn, f"seq:{ns}") or 0, pqm.wal_high(conn, events_wal, ns) or 0) + 1
 
     packer = pqm.WalPacker(first_seq)
     versions: dict[EntityKey, int] = {}
@@ -225,9 +224,8 @@ def _move_batches(conn: sa.Connection, batches: sa.Table, total: int) -> None:
         packer.flush()
         pqm.insert_many(conn, events_wal, packer.take())
     for ns in packer.namespaces():
-        info = {"last_seq": packer.last_seq(ns), "counter_before": counter_before[ns]}
+        info = {"last_seq": packer.last_seq(ns)}
         pending_prov.append(pqm.provenance_row(revision, ns, packer.started[ns], info))
-        pqm.write_counter(conn, f"seq:{ns}", packer.last_seq(ns))
     pqm.insert_many(conn, prov, pending_prov)
     for ns, number in top_id.items():
         pqm.raise_counter(conn, f"id:{ns}", number)
@@ -250,12 +248,11 @@ def downgrade() -> None:
     events_wal = pqm.wal_table("events_wal")
     prov = pqm.provenance_table()
 
-    ranges: dict[str, tuple[int, int, int | None]] = {}
+    ranges: dict[str, tuple[int, int]] = {}
     for prow in pqm.iter_provenance(conn, revision, where=prov.c.ns != ""):
-        info = pqm.read_info(prow)
-        ranges[prow.ns] = (int(prow.seq), int(info["last_seq"]), info["counter_before"])
+        ranges[prow.ns] = (int(prow.seq), int(pqm.read_info(prow)["last_seq"]))
     cursors: dict[str, Iterator[tuple[int, list[Any]]]] = {
-        ns: pqm.iter_wal_events(conn, events_wal, ns, first, last) for ns, (first, last, _) in ranges.items()
+        ns: pqm.iter_wal_events(conn, events_wal, ns, first, last) for ns, (first, last) in ranges.items()
     }
     prev_after: dict[EntityKey, Any] = {}
     out: list[dict[str, Any]] = []
@@ -293,15 +290,10 @@ def downgrade() -> None:
                 out.clear()
             bar.advance(1)
         pqm.insert_many(conn, batches, out)
-    for ns, (first, last, counter_before) in ranges.items():
+    for ns, (first, last) in ranges.items():
         if next(cursors[ns], None) is not None:
             raise RuntimeError(f"events_wal {ns}: more moved events than the recorded batches hold")
         pqm.delete_wal_range(conn, events_wal, ns, first, last)
-        remaining = pqm.wal_high(conn, events_wal, ns)
-        if counter_before is None and remaining is None:
-            pqm.write_counter(conn, f"seq:{ns}", None)
-        else:
-            pqm.write_counter(conn, f"seq:{ns}", max(counter_before or 0, remaining or 0))
     if conn.dialect.name == "postgresql":
         # Explicit ids do not move a SERIAL's sequence: put it past the restored ids.
         conn.exec_driver_sql(
