@@ -16,6 +16,7 @@ from .errors import ConfigurationError, VersionConflictError
 from .events import State
 from .flush import FlushResult
 from .group import GroupCommitter
+from .metering import EngineMeter
 from .policy import FlushPolicy
 from .runtime import Runtime
 from .session import enable, forget_runtime
@@ -23,7 +24,7 @@ from .store import Store
 from .unit import UnitOfWork
 
 T = TypeVar("T")
-_RETRIES = 5
+_RETRIES = 64  # each round at least one contender commits, so this bounds a thundering herd
 _EMPTY_UNIT = UnitOfWork()
 
 
@@ -66,6 +67,7 @@ class ParqueDB:
         shared: bool = False,
         archive_options: dict[str, Any] | None = None,
         group_commit: bool = True,
+        meter: bool = False,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -87,10 +89,18 @@ class ParqueDB:
             archive_options=archive_options,
         )
         self._group = GroupCommitter(self.runtime, enabled=group_commit)
+        self._meter: EngineMeter | None = None
+        if meter:
+            # statements and rows of every SQL statement this engine runs, for stats();
+            # faithful rows read/written when the counting SQLite library is loaded
+            self._meter = EngineMeter(self.engine, max_records=0).install()
 
     def close(self) -> None:
         """Stop timers and background flushing; committed events stay safe in the WAL."""
         forget_runtime(self.engine)
+        if self._meter is not None:
+            self._meter.uninstall()
+            self._meter = None
         if self._owns_engine:
             self.engine.dispose()
 
@@ -253,4 +263,5 @@ class ParqueDB:
             "flushes": sched.flushes if sched else 0,
             "last_flush": sched.last_result.as_dict() if sched and sched.last_result else None,
             "last_flush_error": repr(sched.last_error) if sched and sched.last_error else None,
+            "sql": self._meter.meter.snapshot() if self._meter is not None else None,
         }
