@@ -24,7 +24,7 @@ from .store import Store
 from .unit import UnitOfWork
 
 T = TypeVar("T")
-_RETRIES = 64  # each round at least one contender commits, so this bounds a thundering herd
+_RETRIES = 16
 _EMPTY_UNIT = UnitOfWork()
 
 
@@ -130,16 +130,32 @@ class ParqueDB:
             self._group.commit(uow)
 
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(_RETRIES):
+        try:
+            with self.transaction() as tx:
+                return fn(tx, *args, **kwargs)
+        except VersionConflictError:
+            if kwargs.get("expected_version") is not None:
+                raise
+        # another writer committed the entity first; a call without expected_version is
+        # recomputed on the newer state, this time with the commit path to itself
+        for _attempt in range(_RETRIES):
+            result: list[Any] = []
+
+            def build() -> UnitOfWork:
+                uow = UnitOfWork()
+                lazy = _LazyConnection(self.engine)
+                try:
+                    result.append(fn(Store(self.runtime, lambda: uow, lazy), *args, **kwargs))
+                finally:
+                    lazy.close()
+                return uow
+
             try:
-                with self.transaction() as tx:
-                    return fn(tx, *args, **kwargs)
+                self._group.exclusive(build)
+                return result[0]
             except VersionConflictError:
-                # another writer committed the entity first; a call without
-                # expected_version is simply recomputed on the newer state
-                if kwargs.get("expected_version") is not None or attempt == _RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+                continue  # only another process (shared mode) can get here
+        raise VersionConflictError("gave up after repeated concurrent changes by other processes")
 
     def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         lazy = _LazyConnection(self.engine)

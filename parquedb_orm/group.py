@@ -10,6 +10,7 @@ together): this module is not used there.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 import time
 from dataclasses import dataclass
 
@@ -107,6 +108,24 @@ class GroupCommitter:
                 self._cv.notify_all()
         if me.error is not None:
             raise me.error
+
+    def exclusive(self, build: Callable[[], UnitOfWork]) -> None:
+        """Build and commit a unit while no other commit of this process is in flight.
+
+        Used to retry an operation that lost a race: with every earlier group finished,
+        the caches it reads are current, so it cannot lose to this process again."""
+        with self._cv:
+            while self._leader:
+                self._cv.wait()
+            self._leader = True
+        try:
+            uow = build()
+            if not uow.empty:
+                self._commit_units([uow])
+        finally:
+            with self._cv:
+                self._leader = False
+                self._cv.notify_all()
 
     # ------------------------------------------------------------------ leader side
     def _admit(self, batch: list[_Pending]) -> list[_Pending]:
