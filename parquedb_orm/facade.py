@@ -138,18 +138,19 @@ class ParqueDB:
                 raise
         # another writer committed the entity first; a call without expected_version is
         # recomputed on the newer state, this time with the commit path to itself
+        result: list[Any] = []
+
+        def build() -> UnitOfWork:
+            result.clear()
+            uow = UnitOfWork()
+            lazy = _LazyConnection(self.engine)
+            try:
+                result.append(fn(Store(self.runtime, lambda: uow, lazy), *args, **kwargs))
+            finally:
+                lazy.close()
+            return uow
+
         for _attempt in range(_RETRIES):
-            result: list[Any] = []
-
-            def build() -> UnitOfWork:
-                uow = UnitOfWork()
-                lazy = _LazyConnection(self.engine)
-                try:
-                    result.append(fn(Store(self.runtime, lambda: uow, lazy), *args, **kwargs))
-                finally:
-                    lazy.close()
-                return uow
-
             try:
                 self._group.exclusive(build)
                 return result[0]

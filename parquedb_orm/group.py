@@ -10,8 +10,8 @@ together): this module is not used there.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import VersionConflictError
