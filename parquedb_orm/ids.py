@@ -54,13 +54,35 @@ def _sqids() -> Sqids:
     return Sqids(min_length=SQIDS_MIN_LENGTH)
 
 
+@lru_cache(maxsize=1)
+def _unchecked() -> tuple[Sqids, frozenset[str], int]:
+    """sqids without its blocklist scan (~15 us per id), plus the blocklist as a set: an id
+    none of whose substrings is a blocked word cannot be blocked, and only the others take
+    the standard (slow) path, so ids are exactly what the standard encoder gives."""
+    from sqids.constants import DEFAULT_BLOCKLIST
+
+    words = frozenset(w.lower() for w in DEFAULT_BLOCKLIST)
+    assert min(map(len, words)) >= 3
+    return Sqids(min_length=SQIDS_MIN_LENGTH, blocklist=[]), frozenset(w[:3] for w in words), 3
+
+
+def _maybe_blocked(entity_id: str, starts: frozenset[str], width: int) -> bool:
+    """True if some blocked word could start anywhere in the id (a superset test)."""
+    low = entity_id.lower()
+    return any(low[i : i + width] in starts for i in range(len(low) - width + 1))
+
+
 def encode_id(number: int) -> str:
-    return _sqids().encode([number])
+    fast, starts, width = _unchecked()
+    entity_id: str = fast.encode([number])
+    if _maybe_blocked(entity_id, starts, width):
+        entity_id = _sqids().encode([number])
+    return entity_id
 
 
 def decode_id(entity_id: str) -> int | None:
     """The counter value behind an id, or None if it is not a canonical sqid of ours."""
     nums = _sqids().decode(entity_id)
-    if len(nums) != 1 or _sqids().encode(nums) != entity_id:
+    if len(nums) != 1 or encode_id(nums[0]) != entity_id:
         return None
     return nums[0]

@@ -130,6 +130,30 @@ def entities_table(rows: list[tuple[str, int, int, State | None, int]]) -> pa.Ta
     )
 
 
+def bulk_entities_table(
+    ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[str], ts_us: int
+) -> pa.Table:
+    """Entities table of a bulk create: all version 1, one shared timestamp."""
+    n = len(ids)
+    ts = pa.array([ts_us] * n, pa.int64()).cast(TS)
+    names = [st.get("name") for _eid, st in states]
+    return pa.table(
+        {
+            "id": ids,
+            "number": numbers,
+            "version": pa.array([1] * n, pa.int64()),
+            "seq": pa.array([0] * n, pa.int64()),
+            "type": [st["$type"] for _eid, st in states],
+            "name": [None if v is None else str(v) for v in names],
+            "created_at": ts,
+            "updated_at": ts,
+            "deleted_at": pa.nulls(n, TS),
+            "state": jsons,
+        },
+        schema=ENTITIES_SCHEMA,
+    )
+
+
 def _micros(col: pa.ChunkedArray) -> list[int]:
     return col.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
 

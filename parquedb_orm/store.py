@@ -30,6 +30,7 @@ from .events import (
     RelEvent,
     State,
     apply_event,
+    clone,
     now_us,
     public,
     us_to_dt,
@@ -55,7 +56,9 @@ def _check_actor(actor: object) -> str | None:
     return actor
 
 
-def _check_data(data: object) -> dict[str, Any]:
+def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
+    """Validate entity data; `deep=False` leaves the value check to the encoder (which
+    raises the same SerializationError), for bulk paths that encode every item anyway."""
     if not isinstance(data, dict):
         raise ValidationError(f"entity data must be a dict, got {type(data).__name__}")
     for key in data:
@@ -67,7 +70,8 @@ def _check_data(data: object) -> dict[str, Any]:
             raise ValidationError(f"field {key!r} is maintained by the store and cannot be set")
     if "$type" in data and (not isinstance(data["$type"], str) or not data["$type"]):
         raise ValidationError(f"$type must be a non-empty string, got {data['$type']!r}")
-    check_serialisable(data)
+    if deep:
+        check_serialisable(data)
     return data
 
 
@@ -147,14 +151,18 @@ class Store:
         one manifest row (committed with this transaction), instead of events in SQL."""
         check_namespace(ns)
         _check_actor(actor)
-        datas = [copy.deepcopy(_check_data(item)) for item in items]
+        datas = [clone(_check_data(item, deep=False)) for item in items]
         if self._rt.archive is not None and len(datas) >= BULK_MIN:
             block = reserve_contiguous(self._rt, self._connection(), ns, len(datas))
             entry, states = write_bulk(self._rt, self._rt.archive, ns, block, datas, actor)
             self._uow.bulk.append((entry, states))
+            out_states = []
             for eid, state in states:
                 self._uow.overlay[(ns, eid)] = (1, state)
-            return [public(state) or {} for _eid, state in states]
+                out_states.append(clone(state))
+            return out_states
+        for data in datas:
+            check_serialisable(data)
         numbers = self._rt.ids.allocate(self._connection, ns, len(datas), self._uow.local_ids.setdefault(ns, []))
         ts = now_us()
         out = []
