@@ -98,7 +98,12 @@ def _walk(value: object) -> None:
 
 
 def encode_batch(records: list[Any]) -> bytes:
-    raw = dumps(records).encode("utf-8")
+    return encode_json(dumps(records))
+
+
+def encode_json(text: str) -> bytes:
+    """Frame JSON text that is already a list of records (callers that hold encoded parts)."""
+    raw = text.encode("utf-8")
     crc = zlib.crc32(raw)
     packed = _compressor.compress(raw)
     if len(packed) <= 0.9 * len(raw):

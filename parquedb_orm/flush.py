@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, text, update
 
-from . import dialects, manifest, parquet, snapshots, wal
+from . import codec, dialects, manifest, parquet, snapshots, wal
 from .archive import Archive
 from .counters import load_all
 from .events import Event, RelEvent, State, apply_event
@@ -81,6 +81,8 @@ class _NsPlan:
     chunks: dict[int, snapshots.Chunk] = field(default_factory=dict)
     existing_chunks: set[int] = field(default_factory=set)
     latest: dict[str, tuple[int, int, State | None]] = field(default_factory=dict)
+    latest_json: dict[str, str | None] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)
 
 
 class Flusher:
@@ -129,42 +131,50 @@ class Flusher:
                 plans[ns] = plan
         return counters, plans
 
-    def _fold(self, conn: Connection, plan: _NsPlan) -> list[tuple[Event, State | None, State | None]]:
+    def _fold(self, conn: Connection, plan: _NsPlan) -> list[tuple[Event, str | None, str | None]]:
+        """Apply the events to the touched entities' snapshot states; each state is JSON-
+        encoded once and that text serves the events file, the entities file and the chunk."""
         ns, size = plan.ns, self.rt.chunk_size
-        touched = {ev.id for ev in plan.events}
-        numbers = {eid: decode_id(eid) for eid in touched}
+        numbers = {ev.id: decode_id(ev.id) for ev in plan.events}
         wanted = sorted({n // size for n in numbers.values() if n is not None})
         for ch in snapshots.read_chunks(conn, ns, wanted) if wanted else []:
             plan.chunks[ch.chunk] = ch
             plan.existing_chunks.add(ch.chunk)
+        created = {ev.id for ev in plan.events if ev.op == "CREATE"}
         current: dict[str, Versioned] = {}
-        for eid in touched:
-            number = numbers[eid]
+        encoded: dict[str, str | None] = {}
+        for eid, number in numbers.items():
             found = plan.chunks.get(number // size) if number is not None else None
             if found is not None and eid in found.entities:
                 current[eid] = found.entities[eid]
-            elif not any(ev.op == "CREATE" for ev in plan.events if ev.id == eid):
+            elif eid not in created:
                 current[eid] = self.rt.bulk_base(conn, ns, eid)
             else:
                 current[eid] = (0, None)
-        rows: list[tuple[Event, State | None, State | None]] = []
+        rows: list[tuple[Event, str | None, str | None]] = []
         for ev in plan.events:
-            version, before = current[ev.id]
+            _version, before = current[ev.id]
             after = apply_event(ns, before, ev)
             current[ev.id] = (ev.version, after)
-            rows.append((ev, before, after))
+            before_json = encoded[ev.id] if ev.id in encoded else (None if before is None else codec.dumps(before))
+            after_json = None if after is None else codec.dumps(after)
+            encoded[ev.id] = after_json
+            rows.append((ev, before_json, after_json))
         for eid, (version, state) in current.items():
             number = numbers[eid]
             plan.latest[eid] = (version, plan.ev_last, state)
+            plan.latest_json[eid] = encoded[eid]
             if number is None:
                 continue
             ch = plan.chunks.get(number // size) or snapshots.Chunk(ns, number // size, plan.ev_last, 0, {})
             plan.chunks[number // size] = ch
             ch.entities[eid] = (version, state)
+            ch.encoded[eid] = encoded[eid]
             ch.wal_seq = plan.ev_last
+        plan.numbers = {eid: n for eid, n in numbers.items() if n is not None}
         return rows
 
-    def _write_files(self, plan: _NsPlan, rows: list[tuple[Event, State | None, State | None]]) -> list[manifest.Entry]:
+    def _write_files(self, plan: _NsPlan, rows: list[tuple[Event, str | None, str | None]]) -> list[manifest.Entry]:
         entries = []
         ns = plan.ns
         if plan.events:
@@ -173,9 +183,14 @@ class Flusher:
             size = self.archive.write_table(path, parquet.events_table(rows))
             entries.append(manifest.Entry("events", ns, first, last, path, len(rows), size))
             _step("events_file_written")
-            ent_rows = [(eid, decode_id(eid) or 0, v, st, seq) for eid, (v, seq, st) in sorted(plan.latest.items())]
+            order = sorted(plan.latest, key=lambda eid: plan.numbers.get(eid, 0))
+            ent_rows = [
+                (eid, plan.numbers.get(eid, 0), *plan.latest[eid][:1], plan.latest[eid][2], plan.ev_last)
+                for eid in order
+            ]
             path = Archive.file_name("entities", ns, first, last)
-            size = self.archive.write_table(path, parquet.entities_table(ent_rows))
+            table = parquet.entities_table(ent_rows, [plan.latest_json[eid] for eid in order])
+            size = self.archive.write_table(path, table)
             entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), size))
         if plan.rels:
             first, last = plan.rels[0].seq, plan.rel_last

@@ -80,6 +80,7 @@ def encode_id(number: int) -> str:
     return entity_id
 
 
+@lru_cache(maxsize=1 << 18)
 def decode_id(entity_id: str) -> int | None:
     """The counter value behind an id, or None if it is not a canonical sqid of ours."""
     nums = _sqids().decode(entity_id)

@@ -70,8 +70,8 @@ def _ts(us: int) -> Any:
     return us
 
 
-def events_table(rows: list[tuple[Event, State | None, State | None]]) -> pa.Table:
-    """(event, state before, state after) rows -> an events table."""
+def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
+    """(event, JSON of the state before, JSON of the state after) rows -> an events table."""
     return pa.table(
         {
             "seq": [e.seq for e, _, _ in rows],
@@ -81,8 +81,8 @@ def events_table(rows: list[tuple[Event, State | None, State | None]]) -> pa.Tab
             "version": [e.version for e, _, _ in rows],
             "actor": [e.actor for e, _, _ in rows],
             "data": [_json(e.data) for e, _, _ in rows],
-            "before": [_json(b) for _, b, _ in rows],
-            "after": [_json(a) for _, _, a in rows],
+            "before": [b for _, b, _ in rows],
+            "after": [a for _, _, a in rows],
         },
         schema=EVENTS_SCHEMA,
     )
@@ -111,8 +111,11 @@ def _us(value: Any) -> int | None:
     return None if value is None else dt_to_us(value)
 
 
-def entities_table(rows: list[tuple[str, int, int, State | None, int]]) -> pa.Table:
-    """(id, number, version, state or None, seq) rows -> an entities table."""
+def entities_table(
+    rows: list[tuple[str, int, int, State | None, int]], jsons: list[str | None] | None = None
+) -> pa.Table:
+    """(id, number, version, state or None, seq) rows -> an entities table (`jsons`: the
+    states already encoded, same order)."""
     return pa.table(
         {
             "id": [r[0] for r in rows],
@@ -124,7 +127,7 @@ def entities_table(rows: list[tuple[str, int, int, State | None, int]]) -> pa.Ta
             "created_at": pa.array([_us(r[3]["createdAt"]) if r[3] else None for r in rows], pa.int64()).cast(TS),
             "updated_at": pa.array([_us(r[3]["updatedAt"]) if r[3] else None for r in rows], pa.int64()).cast(TS),
             "deleted_at": pa.array([_us(r[3].get("deletedAt")) if r[3] else None for r in rows], pa.int64()).cast(TS),
-            "state": [_json(r[3]) for r in rows],
+            "state": jsons if jsons is not None else [_json(r[3]) for r in rows],
         },
         schema=ENTITIES_SCHEMA,
     )

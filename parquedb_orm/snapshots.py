@@ -6,7 +6,7 @@ primary-key seek and a flush that touched thousands of entities writes tens of r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ class Chunk:
     version: int  # times this row was written; guards concurrent flushers
     #: id -> (version, state); state None is a hard-delete tombstone
     entities: dict[str, tuple[int, State | None]]
+    #: id -> the state already JSON-encoded by the caller (saves encoding it again)
+    encoded: dict[str, str | None] = field(default_factory=dict)
 
 
 def _decode(ns: str, chunk: int, blob: bytes) -> dict[str, tuple[int, State | None]]:
@@ -75,7 +77,11 @@ def write_chunks(conn: Connection, new: list[Chunk], existing: set[int]) -> None
     now = datetime.now(UTC)
     ins, upd, gone = [], [], []
     for ch in new:
-        blob = codec.encode_batch([[k, v, s] for k, (v, s) in ch.entities.items()])
+        parts = []
+        for k, (v, st) in ch.entities.items():
+            text = ch.encoded[k] if k in ch.encoded else codec.dumps(st)
+            parts.append(f"[{codec.dumps(k)},{v},{'null' if text is None else text}]")
+        blob = codec.encode_json("[" + ",".join(parts) + "]")
         if ch.chunk in existing:
             if ch.entities:
                 upd.append(
