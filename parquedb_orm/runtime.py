@@ -90,6 +90,7 @@ class Runtime:
         self.archive = archive
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
         self._archived_states: dict[str, dict[str, tuple[int, int, State | None]]] = {}
+        self._arrow_entities: dict[str, Any] = {}  # ns -> the archive's entity files as one Arrow table
         self.family = dialects.family(engine)
         self.memory = dialects.is_memory_sqlite(engine)
         self.shared = shared
@@ -186,6 +187,9 @@ class Runtime:
 
     def manifest_changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
         with self.lock:
+            for e in (*added, *removed):
+                if e.kind == "entities":
+                    self._arrow_entities.pop(e.ns, None)
             for e in removed:
                 cached = self._manifest.get((e.kind, e.ns))
                 if cached is not None:
@@ -325,6 +329,52 @@ class Runtime:
                         st.cache[eid] = value
                 st.complete = True
                 return dict(st.cache)
+
+    def archived_count(self, conn: Connection, ns: str) -> int:
+        return sum(e.row_count for e in self.archive_files(conn, "entities", ns))
+
+    def find_states(self, conn: Connection, ns: str, flt: dict[str, Any]) -> dict[str, Versioned]:
+        """Candidates for `find` on a large archived namespace: DuckDB filters the archive's
+        latest states with the pushed-down predicate; the WAL tail is folded on top (an
+        entity the tail touched is always a candidate, whatever its archived state)."""
+        import duckdb
+        import pyarrow as pa
+
+        from . import codec, pushdown
+
+        st = self.ensure_tail(conn, ns)
+        with self.lock:
+            tail_ids = list(st.tail)
+            tail = {eid: list(evs) for eid, evs in st.tail.items()}
+        assert self.archive is not None
+        with self.lock:
+            table = self._arrow_entities.get(ns)
+        if table is None or self.shared:
+            parts = [
+                self.archive.read_table(e.path, columns=["id", "version", "seq", "type", "state"])
+                for e in self.archive_files(conn, "entities", ns)
+            ]
+            table = pa.concat_tables(parts) if parts else None
+            with self.lock:
+                self._arrow_entities[ns] = table
+        out: dict[str, Versioned] = {}
+        if table is not None:
+            con = duckdb.connect()
+            con.register("ents", table)
+            con.register("tail_ids", pa.table({"id": pa.array(tail_ids, pa.string())}))
+            rows = con.execute(
+                f"""SELECT id, version, seq, state FROM (
+                      SELECT *, row_number() OVER (PARTITION BY id ORDER BY version DESC) AS rn FROM ents)
+                    WHERE rn = 1 AND (({pushdown.to_sql(flt)}) OR id IN (SELECT id FROM tail_ids))"""
+            ).fetchall()
+            con.close()
+            for eid, version, seq, text in rows:
+                state = None if text is None else codec.loads(text)
+                out[eid] = fold(ns, (int(version), state), tail.get(eid, []), int(seq))
+        for eid, evs in tail.items():
+            if eid not in out:
+                out[eid] = fold(ns, (0, None), evs, 0)
+        return out
 
     def ensure_rels(self, conn: Connection) -> RelIndex:
         """Load the relationship index once: every namespace's rels WAL tail."""

@@ -36,11 +36,13 @@ from .events import (
     us_to_dt,
 )
 from .filters import matches, sort_docs, validate_filter, validate_sort
-from .ids import check_id, check_namespace, encode_id, split_ref
+from .ids import check_id, check_namespace, decode_id, encode_id, split_ref
 from .operators import LINK_OPERATORS, validate_update
 from .runtime import Runtime, Versioned
 from .unit import UnitOfWork
 
+#: namespaces with more archived entities than this are filtered by DuckDB, not cached whole
+PUSHDOWN_ABOVE = 20_000
 PREDICATE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -280,7 +282,13 @@ class Store:
             raise ValidationError(f"limit must be a non-negative int, got {limit!r}")
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise ValidationError(f"skip must be a non-negative int, got {skip!r}")
-        states = {eid: v[1] for eid, v in self._rt.committed_all(self._connection(), ns).items()}
+        conn = self._connection()
+        if self._rt.archive is not None and self._rt.archived_count(conn, ns) > PUSHDOWN_ABOVE:
+            # a large archived namespace: filter in DuckDB rather than load it all
+            found = self._rt.find_states(conn, ns, flt)
+        else:
+            found = self._rt.committed_all(conn, ns)
+        states = {eid: v[1] for eid, v in found.items()}
         for (ens, eid), (_v, st) in self._uow.overlay.items():
             if ens == ns:
                 states[eid] = st
@@ -290,7 +298,11 @@ class Store:
                 continue
             if matches(st, flt):
                 docs.append(st)
-        docs = sort_docs(docs, order) if order else sorted(docs, key=lambda d: d["createdAt"])
+        # creation order first (createdAt, then the id number: ids are issued in order), so
+        # ties of an explicit sort come out the same whichever path found the documents
+        docs.sort(key=lambda d: (d["createdAt"], decode_id(d["$id"].split("/", 1)[1]) or 0))
+        if order:
+            docs = sort_docs(docs, order)
         docs = docs[skip:] if limit is None else docs[skip : skip + limit]
         return [copy.deepcopy(d) for d in docs]
 
