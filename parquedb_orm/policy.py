@@ -68,10 +68,15 @@ class Scheduler:
         self.last_error: BaseException | None = None
         self.last_result: FlushResult | None = None
         self.flushes = 0
+        # an in-memory SQLite database is one connection shared by every thread: a flush
+        # from another thread would interleave with the caller's transaction, so there
+        # every flush runs in the committing thread (the interval is checked at commits)
+        self.serial = runtime.memory
+        self._pending_since: float | None = None
 
     def start(self) -> None:
         self.rt.after_commit_hooks.append(self.on_commit)
-        if self.policy.mode != "manual":
+        if self.policy.mode != "manual" and not self.serial:
             self._arm(0.0)  # flush whatever a previous process left pending
 
     def close(self) -> None:
@@ -91,6 +96,17 @@ class Scheduler:
         if self.policy.mode == "manual":
             return
         pending = self.rt.unflushed
+        if self.serial:
+            now = time.monotonic()
+            if pending < self.policy.min_events:
+                self._pending_since = None
+                return
+            if self._pending_since is None:
+                self._pending_since = now
+            if pending >= self.policy.max_events or now - self._pending_since >= self.policy.max_interval:
+                self._pending_since = None
+                self.run()
+            return
         if pending >= self.policy.max_events:
             if self.policy.mode == "inline":
                 self.run()
