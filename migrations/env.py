@@ -54,7 +54,7 @@ def _options(dialect_name: str) -> dict[str, object]:
 
 
 @contextmanager
-def _sqlite_transactional_ddl(conn: Connection) -> Iterator[None]:
+def _sqlite_transactional_ddl(conn: Connection) -> Iterator[bool]:
     """Make pysqlite run DDL inside our transactions.
 
     pysqlite only opens a transaction before INSERT/UPDATE/DELETE, so a CREATE or DROP
@@ -64,7 +64,7 @@ def _sqlite_transactional_ddl(conn: Connection) -> Iterator[None]:
     so a caller's Engine is left as it was.
     """
     if conn.dialect.name != "sqlite" or conn.dialect.driver != "pysqlite" or conn.in_transaction():
-        yield
+        yield False
         return
     dbapi_conn = conn.connection.driver_connection
     saved = dbapi_conn.isolation_level  # type: ignore[union-attr]
@@ -75,7 +75,7 @@ def _sqlite_transactional_ddl(conn: Connection) -> Iterator[None]:
 
     event.listen(conn, "begin", begin)
     try:
-        yield
+        yield True
     finally:
         event.remove(conn, "begin", begin)
         if conn.in_transaction():
@@ -84,10 +84,10 @@ def _sqlite_transactional_ddl(conn: Connection) -> Iterator[None]:
 
 
 def _run(conn: Connection) -> None:
-    with _sqlite_transactional_ddl(conn):
+    with _sqlite_transactional_ddl(conn) as ddl_in_transaction:
         context.configure(
             connection=conn,
-            transactional_ddl=True if conn.dialect.name == "sqlite" else None,
+            transactional_ddl=True if ddl_in_transaction else None,  # None: the dialect's own answer
             **_options(conn.dialect.name),  # type: ignore[arg-type]
         )
         with context.begin_transaction():

@@ -57,6 +57,8 @@ BRANCH = "parquedb"
 PROVENANCE_TABLE = "parquedb_migration_provenance"
 #: Comma-separated checkpoint labels at which a revision raises InjectedFailure (tests).
 FAIL_AT_ENV = "PARQUEDB_MIGRATION_FAIL_AT"
+#: Set to 1 to let the pq0002 downgrade drop a non-empty archive manifest.
+ALLOW_LOSS_ENV = "PARQUEDB_MIGRATION_ALLOW_DATA_LOSS"
 
 CHUNK_ROWS = 10_000  # rows read per SELECT and written per executemany
 EVENTS_PER_ROW = 100  # events packed into one WAL row, as the store does

@@ -19,6 +19,7 @@ Create Date: 2025-01-01
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -163,8 +164,17 @@ def _backfill_counters(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
-    # The snapshots can be rebuilt from events and the counters from the WAL; the
-    # manifest's rows go with it (the Parquet files stay where they are).
+    # Snapshots can be rebuilt from the events. The manifest cannot: without it the
+    # archived events (and the id high-water marks they imply) are lost to the store,
+    # so refuse unless told otherwise.
+    if not context.is_offline_mode() and not os.environ.get(pqm.ALLOW_LOSS_ENV):
+        manifest = sa.table("archive_manifest", sa.column("path"))
+        files = op.get_bind().execute(sa.select(sa.func.count()).select_from(manifest)).scalar_one()
+        if files:
+            raise RuntimeError(
+                f"pq0002 downgrade would drop archive_manifest with {files} archived file(s): the store "
+                f"would no longer see those events. Back up first; set {pqm.ALLOW_LOSS_ENV}=1 to go ahead."
+            )
     op.drop_table("archive_manifest")
     op.drop_table("counters")
     op.drop_table("entity_snapshots")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -146,7 +145,7 @@ def row_from_events(ns: str, link: list[Any], unlink: list[Any] | None) -> dict[
 
 
 def _normalised(row: sa.Row[Any]) -> dict[str, Any]:
-    out = {c: row._mapping[c] for c in COLUMNS}
+    out = row._asdict()
     out["created_at"] = pqm.as_utc(out["created_at"])
     if out["deleted_at"] is not None:
         out["deleted_at"] = pqm.as_utc(out["deleted_at"])
@@ -154,11 +153,14 @@ def _normalised(row: sa.Row[Any]) -> dict[str, Any]:
 
 
 def _differs(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is not b
-    if isinstance(a, datetime) and isinstance(b, datetime):
-        return a != b
-    return pqm.canonical(a) != pqm.canonical(b)
+    """Type-strict: 1 and 1.0 and True differ, so do 0.0 and -0.0."""
+    if type(a) is not type(b):
+        return True
+    if isinstance(a, float):
+        return repr(a) != repr(b)
+    if isinstance(a, (dict, list)):
+        return pqm.canonical(a) != pqm.canonical(b)
+    return bool(a != b)
 
 
 def upgrade() -> None:
