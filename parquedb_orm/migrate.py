@@ -45,6 +45,7 @@ __all__ = [
     "include_name",
     "include_object",
     "migrations_dir",
+    "stamp",
     "upgrade",
     "version_locations",
 ]
@@ -121,6 +122,14 @@ def downgrade(url_or_engine: UrlOrEngine, revision: str) -> None:
     """Revert our revisions down to `revision` (`"pq0001"`, `"base"`, `"-1"`...)."""
     with _connection(url_or_engine) as conn:
         command.downgrade(_config(conn), revision)
+
+
+def stamp(url_or_engine: UrlOrEngine, revision: str = "heads") -> None:
+    """Record `revision` as applied without running it (a schema made another way)."""
+    with _connection(url_or_engine) as conn:
+        command.stamp(_config(conn), revision)
+        if conn.in_transaction() and not isinstance(url_or_engine, Connection):
+            conn.commit()
 
 
 def current(url_or_engine: UrlOrEngine) -> tuple[str, ...]:

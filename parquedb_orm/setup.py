@@ -5,13 +5,46 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from .archive import Archive
 from .errors import ConfigurationError
 from .models import metadata
 from .policy import FlushPolicy, Scheduler
 from .runtime import Runtime
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the database to our newest revision with the packaged migrations.
+
+    A fresh database is created by running them (so it is recorded in
+    `parquedb_alembic_version` like any upgraded one); one at an older revision is
+    upgraded. A legacy database that never ran them is refused with the command to run:
+    its data must be moved on purpose (see docs/migrations.md)."""
+    from . import migrate
+
+    tables = set(inspect(engine).get_table_names())
+    if migrate.VERSION_TABLE in tables:
+        if set(migrate.current(engine)) != set(migrate.heads()):
+            migrate.upgrade(engine)
+        return
+    legacy = tables & {"event_batches", "relationships"}
+    ours = tables & set(metadata.tables)
+    if legacy:
+        raise ConfigurationError(
+            f"this database has the legacy parquedb layout ({', '.join(sorted(legacy))}) but no "
+            "migration record: run `alembic -x url=<url> stamp pq0001` then `parquedb upgrade <url>` "
+            "(docs/migrations.md)"
+        )
+    if ours and ours != set(metadata.tables):
+        raise ConfigurationError(
+            f"this database has some of parquedb's tables ({', '.join(sorted(ours))}) but no migration "
+            "record: stamp the revision it is at, then run `parquedb upgrade <url>`"
+        )
+    if ours:  # made by metadata.create_all: the newest layout, record it as such
+        migrate.stamp(engine, "heads")
+        return
+    migrate.upgrade(engine)
 
 
 def prepare(
@@ -29,7 +62,7 @@ def prepare(
     if policy is not None and not isinstance(policy, FlushPolicy):
         raise ConfigurationError(f"policy must be a parquedb_orm.FlushPolicy, got {type(policy).__name__}")
     if create_tables:
-        metadata.create_all(engine, checkfirst=True)
+        ensure_schema(engine)
     rt = runtime_for(engine, shared=shared)
     rt.shared = rt.shared or shared
     if archive is not None and rt.archive is None:

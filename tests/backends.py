@@ -54,6 +54,9 @@ def server_url(kind: str) -> str:
 def reset_schema(engine: Engine) -> None:
     legacy_metadata.drop_all(engine)
     metadata.drop_all(engine)
+    with engine.begin() as conn:
+        for table in ("parquedb_alembic_version", "parquedb_migration_provenance"):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
 
 
 def make_engine(kind: str, tmp_path: Path) -> Engine:
