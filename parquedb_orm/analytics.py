@@ -46,8 +46,8 @@ def connect(db: ParqueDB) -> Any:
     con = duckdb.connect()
     events = _read(db, _files(db, "events"), parquet.EVENTS_SCHEMA)
     rels = _read(db, _files(db, "rels"), parquet.RELS_SCHEMA)
-    ents = _read(db, _files(db, "entities"), parquet.ENTITIES_SCHEMA)
-    bulk_entries = [(ns, e) for ns, e in _files(db, "entities") if e.bulk]
+    ents = _read(db, _files(db, "entities") + _files(db, manifest.BULK), parquet.ENTITIES_SCHEMA)
+    bulk_entries = _files(db, manifest.BULK)
     bulk = _read(db, bulk_entries, parquet.ENTITIES_SCHEMA)
 
     # the WAL tail: committed events not yet flushed

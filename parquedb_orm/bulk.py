@@ -55,7 +55,7 @@ def write_bulk(
     table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, dt_to_us(when))
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
     size = archive.write_table(path, table)
-    return manifest.Entry("entities", ns, numbers[0], numbers[-1], path, len(ids), size), states
+    return manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size), states
 
 
 def created_at(state: State) -> datetime:

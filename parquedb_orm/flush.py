@@ -106,7 +106,7 @@ class Flusher:
                     (kind, ns)
                     for ns in names
                     for kind in manifest.KINDS
-                    if sum(1 for e in self.rt.archive_files(conn, kind, ns) if not e.bulk) > threshold
+                    if len(self.rt.archive_files(conn, kind, ns)) > threshold
                 ]
             for kind, ns in due:
                 merged = _compact_kind(self, kind, ns, threshold)
@@ -321,7 +321,7 @@ def _merge(kind: str, tables: list[Any]) -> Any:
 def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manifest.Entry | None:
     rt, archive = flusher.rt, flusher.archive
     with rt.engine.connect() as conn:
-        sources = [e for e in manifest.load(conn, kind, ns) if not e.bulk]
+        sources = manifest.load(conn, kind, ns)
     if len(sources) <= threshold:
         return None
     first, last = sources[0].first_seq, max(e.last_seq for e in sources)

@@ -9,12 +9,15 @@ from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from .models import ArchiveFile
 
+#: kinds of files a flush writes (and compaction merges)
 KINDS = ("events", "rels", "entities")
+#: create_many files: stored under entities/ns=<ns>/bulk-*.parquet, keyed by id-number range
+BULK = "bulk"
 
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str  # events | rels | entities
+    kind: str  # events | rels | entities | bulk
     ns: str
     first_seq: int  # events/rels/flushed entities: sequence range; bulk entities: id-number range
     last_seq: int
@@ -24,7 +27,7 @@ class Entry:
 
     @property
     def bulk(self) -> bool:
-        return self.kind == "entities" and "/bulk-" in self.path
+        return self.kind == BULK
 
 
 def load(conn: Connection, kind: str, ns: str) -> list[Entry]:

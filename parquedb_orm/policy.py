@@ -73,6 +73,10 @@ class Scheduler:
         # every flush runs in the committing thread (the interval is checked at commits)
         self.serial = runtime.memory
         self._pending_since: float | None = None
+        # after a failed flush, commits stop retrying it until this time (backoff doubles
+        # from 1 s up to max_interval): a persistent error must not slow every commit
+        self._retry_at = 0.0
+        self._backoff = 0.0
 
     def start(self) -> None:
         self.rt.after_commit_hooks.append(self.on_commit)
@@ -96,6 +100,10 @@ class Scheduler:
         if self.policy.mode == "manual":
             return
         pending = self.rt.unflushed
+        if self._backoff and time.monotonic() < self._retry_at:
+            if pending >= self.policy.min_events and not self.serial:
+                self._arm(max(0.0, self._retry_at - time.monotonic()))
+            return
         if self.serial:
             now = time.monotonic()
             if pending < self.policy.min_events:
@@ -148,9 +156,12 @@ class Scheduler:
             self.flusher.compact_due(self.policy.compact_after, result.namespaces)
             self.last_result = result
             self.flushes += 1
+            self._backoff = 0.0
             log.debug("flushed %d events in %.3fs", result.events + result.rel_events, time.perf_counter() - t0)
             return result
-        except Exception as exc:
+        except Exception as exc:  # a failed flush must not fail the caller's commit
             self.last_error = exc
+            self._backoff = min(max(1.0, self._backoff * 2), self.policy.max_interval)
+            self._retry_at = time.monotonic() + self._backoff
             log.exception("parquedb-orm flush failed; events remain in the WAL and will be retried")
             return None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
 
-from . import dialects, manifest, parquet, snapshots, wal
+from . import codec, dialects, manifest, parquet, snapshots, wal
 from .archive import Archive
 from .counters import IdBlocks, load_all
 from .errors import VersionConflictError
@@ -90,6 +90,7 @@ class Runtime:
         self.archive = archive
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
         self._archived_states: dict[str, dict[str, tuple[int, int, State | None]]] = {}
+        self._bulk_files: dict[str, tuple[dict[str, int], Any]] = {}
         self._arrow_entities: dict[str, Any] = {}  # ns -> the archive's entity files as one Arrow table
         self.family = dialects.family(engine)
         self.memory = dialects.is_memory_sqlite(engine)
@@ -188,7 +189,7 @@ class Runtime:
     def manifest_changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
         with self.lock:
             for e in (*added, *removed):
-                if e.kind == "entities":
+                if e.kind in ("entities", manifest.BULK):
                     self._arrow_entities.pop(e.ns, None)
             for e in removed:
                 cached = self._manifest.get((e.kind, e.ns))
@@ -204,14 +205,26 @@ class Runtime:
         number = decode_id(entity_id)
         if self.archive is None or number is None:
             return (0, None)
-        for entry in self.archive_files(conn, "entities", ns):
-            if entry.bulk and entry.first_seq <= number <= entry.last_seq:
-                table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
-                states = parquet.table_states(table)
-                if entity_id in states:
-                    version, _seq, state = states[entity_id]
-                    return (version, state)
+        for entry in self.archive_files(conn, manifest.BULK, ns):
+            if entry.first_seq <= number <= entry.last_seq:
+                index, table = self._bulk_file(entry)
+                row = index.get(entity_id)
+                if row is not None:
+                    text = table.column("state")[row].as_py()
+                    return (1, codec.loads(text))
         return (0, None)
+
+    def _bulk_file(self, entry: manifest.Entry) -> tuple[dict[str, int], Any]:
+        """A bulk file's (id -> row, table), read once per process (it never changes)."""
+        with self.lock:
+            hit = self._bulk_files.get(entry.path)
+        if hit is None:
+            assert self.archive is not None
+            table = self.archive.read_table(entry.path, columns=["id", "state"])
+            hit = ({eid: i for i, eid in enumerate(table.column("id").to_pylist())}, table)
+            with self.lock:
+                self._bulk_files[entry.path] = hit
+        return hit
 
     def archived_states(self, conn: Connection, ns: str) -> dict[str, tuple[int, int, State | None]]:
         """Latest archived state of every entity of `ns` (flushed and bulk files)."""
@@ -222,7 +235,7 @@ class Runtime:
         if hit is not None and not self.shared:
             return hit
         merged: dict[str, tuple[int, int, State | None]] = {}
-        for entry in self.archive_files(conn, "entities", ns):
+        for entry in [*self.archive_files(conn, manifest.BULK, ns), *self.archive_files(conn, "entities", ns)]:
             for eid, value in parquet.table_states(self.archive.read_table(entry.path)).items():
                 old = merged.get(eid)
                 if old is None or old[0] <= value[0]:
@@ -237,8 +250,8 @@ class Runtime:
             return []
         out: list[Event] = []
         number = decode_id(entity_id)
-        for entry in self.archive_files(conn, "entities", ns):
-            if entry.bulk and number is not None and entry.first_seq <= number <= entry.last_seq:
+        for entry in self.archive_files(conn, manifest.BULK, ns):
+            if number is not None and entry.first_seq <= number <= entry.last_seq:
                 table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
                 out.extend(parquet.bulk_create_events(ns, table))
         for entry in self.archive_files(conn, "events", ns):
@@ -331,7 +344,7 @@ class Runtime:
                 return dict(st.cache)
 
     def archived_count(self, conn: Connection, ns: str) -> int:
-        return sum(e.row_count for e in self.archive_files(conn, "entities", ns))
+        return sum(e.row_count for kind in ("entities", manifest.BULK) for e in self.archive_files(conn, kind, ns))
 
     def find_states(self, conn: Connection, ns: str, flt: dict[str, Any]) -> dict[str, Versioned]:
         """Candidates for `find` on a large archived namespace: DuckDB filters the archive's
@@ -352,7 +365,8 @@ class Runtime:
         if table is None or self.shared:
             parts = [
                 self.archive.read_table(e.path, columns=["id", "version", "seq", "type", "state"])
-                for e in self.archive_files(conn, "entities", ns)
+                for kind in (manifest.BULK, "entities")
+                for e in self.archive_files(conn, kind, ns)
             ]
             table = pa.concat_tables(parts) if parts else None
             with self.lock:
