@@ -50,10 +50,11 @@ FIND_LIMIT = 20
 MAX_INITIAL_VIEWS = 1_000
 
 _WORDS = (
-    "sql rows events parquet archive snapshot billing durable object cloud edge worker "
-    "query index cursor page cache batch commit flush stream replay history version "
-    "python sqlalchemy duckdb polars spark trino schema table column"
-).split()
+    "sql", "rows", "events", "parquet", "archive", "snapshot", "billing", "durable", "object", "cloud", "edge",
+    "worker", "query", "index", "cursor", "page", "cache", "batch", "commit", "flush", "stream", "replay",
+    "history", "version", "python", "sqlalchemy", "duckdb", "polars", "spark", "trino", "schema", "table",
+    "column",
+)
 
 Ref = tuple[str, int]  # (namespace, index)
 

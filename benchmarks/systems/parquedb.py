@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,12 @@ class System(BenchSystem):
     def _connect(self) -> Any:
         kwargs: dict[str, Any] = {}
         policy_cls = getattr(pq, "FlushPolicy", None)
-        if policy_cls is not None:
+        manual = os.environ.get("PARQUEDB_BENCH_POLICY") == "manual"
+        if policy_cls is not None and manual:
+            kwargs["policy"] = policy_cls(mode="manual")
+            if not any("manual" in n for n in self.notes):
+                self.notes.append("--parquedb-policy manual: FlushPolicy(mode='manual'), only phase 8 flushes")
+        elif policy_cls is not None:
             kwargs["policy"] = policy_cls()  # the defaults: min 100, max 10,000 events, 60 s
         elif not any("FlushPolicy" in n for n in self.notes):
             self.notes.append("pq.FlushPolicy is missing in this build: ran with policy=None")
@@ -97,6 +103,6 @@ class System(BenchSystem):
     def stats(self) -> dict[str, Any]:
         try:
             st = self.db.stats() if self.db is not None else {}
-        except Exception as exc:  # noqa: BLE001 - introspection must not end the run
+        except Exception as exc:
             return {"error": repr(exc)}
         return {k: v for k, v in st.items() if isinstance(v, (int, float, str, bool, dict)) or v is None}
