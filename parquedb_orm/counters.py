@@ -63,6 +63,11 @@ class IdBlocks:
     _issued: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def namespaces(self) -> set[str]:
+        """Namespaces this process reserved ids for (their `id:` counter rows exist)."""
+        with self._lock:
+            return set(self._issued) | set(self._free)
+
     def take(self, ns: str, count: int) -> list[int] | None:
         """Up to `count` numbers from the durable pool, or None if it is empty."""
         with self._lock:

@@ -121,10 +121,15 @@ class Flusher:
         plans: dict[str, _NsPlan] = {}
         for ns in names:
             plan = _NsPlan(ns, ev_mark=counters.get(f"seq:{ns}", 0), rel_mark=counters.get(f"rseq:{ns}", 0))
-            for first, _last, recs in wal.read_tail(conn, wal.EVENTS, ns, plan.ev_mark):
-                plan.events.extend(wal.decode_events(wal.EVENTS, ns, first, recs))
-            for first, _last, recs in wal.read_tail(conn, wal.RELS, ns, plan.rel_mark):
-                plan.rels.extend(wal.decode_rel_events(wal.RELS, ns, first, recs))
+            memory = self.rt.memory_tail(ns, plan.ev_mark, plan.rel_mark)
+            if memory is not None:
+                # single owner with the tail in memory: the WAL rows need not be read again
+                plan.events, plan.rels = memory
+            else:
+                for first, _last, recs in wal.read_tail(conn, wal.EVENTS, ns, plan.ev_mark):
+                    plan.events.extend(wal.decode_events(wal.EVENTS, ns, first, recs))
+                for first, _last, recs in wal.read_tail(conn, wal.RELS, ns, plan.rel_mark):
+                    plan.rels.extend(wal.decode_rel_events(wal.RELS, ns, first, recs))
             if plan.events or plan.rels:
                 plan.ev_last = plan.events[-1].seq if plan.events else plan.ev_mark
                 plan.rel_last = plan.rels[-1].seq if plan.rels else plan.rel_mark
@@ -228,14 +233,20 @@ class Flusher:
         return True
 
     def _retire(self, conn: Connection, plans: dict[str, _NsPlan]) -> None:
-        for table, attr in ((wal.EVENTS, "ev_last"), (wal.RELS, "rel_last")):
-            done = [(ns, getattr(p, attr)) for ns, p in plans.items() if (p.events if attr == "ev_last" else p.rels)]
+        sqlite = dialects.family(conn) == "sqlite"
+        # every namespace with WAL rows has a counter row (runtime._register_namespaces);
+        # read them here, under the flush lock, so one created since step 1 is kept too
+        marks = load_all(conn) if sqlite else {}
+        for table, attr, prefix in ((wal.EVENTS, "ev_last", "seq:"), (wal.RELS, "rel_last", "rseq:")):
+            done = {ns: getattr(p, attr) for ns, p in plans.items() if (p.events if attr == "ev_last" else p.rels)}
             if not done:
                 continue
-            flushed = or_(*[and_(table.c.ns == ns, table.c.first_seq <= last) for ns, last in done])
-            if dialects.family(conn) == "sqlite":
-                _rebuild_sqlite(conn, table, flushed)
+            if sqlite:
+                names = {n.split(":", 1)[1] for n in marks if ":" in n} | set(done)
+                keep = {ns: done.get(ns, marks.get(f"{prefix}{ns}", 0)) for ns in sorted(names)}
+                _rebuild_sqlite(conn, table, keep)
             else:
+                flushed = or_(*[and_(table.c.ns == ns, table.c.first_seq <= last) for ns, last in done.items()])
                 conn.execute(delete(table).where(flushed))
 
     def _flush(self) -> FlushResult:
@@ -294,10 +305,17 @@ def lock_flush(conn: Connection) -> None:
         dialects.lock_namespaces(conn, ["_flush"])
 
 
-def _rebuild_sqlite(conn: Connection, table: Table, flushed: Any) -> None:
-    """Retire flushed rows without paying a written row per row (see module doc)."""
+def _rebuild_sqlite(conn: Connection, table: Table, marks: dict[str, int]) -> None:
+    """Retire flushed rows without paying a written row per row (see module doc): keep each
+    namespace's rows above its mark (one seek each), drop the table, put them back."""
     conn.execute(text(f"DROP TABLE IF EXISTS temp.keep_{table.name}"))
-    keep_sql = select(table).where(~flushed).compile(conn, compile_kwargs={"literal_binds": True})
+    parts = [
+        select(table).where(table.c.ns == ns, table.c.first_seq > mark).compile(
+            conn, compile_kwargs={"literal_binds": True}
+        )
+        for ns, mark in marks.items()
+    ]
+    keep_sql = " UNION ALL ".join(str(p) for p in parts) if parts else f"SELECT * FROM {table.name} WHERE 0"
     conn.execute(text(f"CREATE TEMP TABLE keep_{table.name} AS {keep_sql}"))
     table.drop(conn)
     table.create(conn)

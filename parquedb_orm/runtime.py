@@ -46,6 +46,9 @@ class NsState:
     # relationships filed under this namespace
     rel_next_seq: int | None = None
     rel_tail_max: int = 0
+    #: relationship events in the WAL above the flushed mark, in sequence order (valid
+    #: while the runtime's relationship index is loaded)
+    rel_tail: list[RelEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +107,9 @@ class Runtime:
         self._ns: dict[str, NsState] = {}
         self._counters: dict[str, int] | None = None
         self._inflight: dict[tuple[str, str], int] = {}
+        #: units between prepare_commit and finish_commit/abort: while any is in flight the
+        #: in-memory WAL tail may lag the table, so a flush reads the table instead
+        self._committing = 0
         #: called after every commit with the number of new events (the flush policy hooks in)
         self.after_commit_hooks: list[Callable[[int], None]] = []
         self.flusher: Flusher | None = None
@@ -423,6 +429,7 @@ class Runtime:
                             if ev.seq > st.rel_tail_max:
                                 self.rels.apply(n, ev)
                                 st.rel_tail_max = ev.seq
+                                st.rel_tail.append(ev)
                 self.rels.loaded = True
                 return self.rels
 
@@ -459,8 +466,10 @@ class Runtime:
                                 cached[eid] = value
                     if self._counters is not None:
                         self._counters[f"seq:{ns}"] = ev_mark
-                if rel_mark and self._counters is not None:
-                    self._counters[f"rseq:{ns}"] = rel_mark
+                if rel_mark:
+                    st.rel_tail = [r for r in st.rel_tail if r.seq > rel_mark]
+                    if self._counters is not None:
+                        self._counters[f"rseq:{ns}"] = rel_mark
                 total += n_ev + n_rel
             self.unflushed = max(0, self.unflushed - total)
 
@@ -498,7 +507,18 @@ class Runtime:
             manifest.add(conn, [entry for entry, _states in uow.bulk])
         if not uow.events and not uow.rel_events:
             return
+        with self.lock:
+            self._committing += 1
+        uow.committing = True
         dialects.lock_namespaces(conn, [*uow.events, *uow.rel_events])
+        self._register_namespaces(conn, [*uow.events, *uow.rel_events])
+        # the first commit to a namespace loads its WAL tail (one seek; nothing to read on
+        # a fresh database), so later reads and flushes are served from memory
+        for ns in uow.events:
+            if not self.ns(ns).tail_loaded:
+                self.ensure_tail(conn, ns)
+        if uow.rel_events and not self.rels.loaded:
+            self.ensure_rels(conn)
         # concurrent writers: every entity this unit changed must still be at the version it read
         for (ns, eid), base in uow.base_versions.items():
             current = self.committed(conn, ns, eid)[0]
@@ -555,6 +575,7 @@ class Runtime:
                         if rev.seq > st.rel_tail_max:
                             self.rels.apply(ns, rev)
                             st.rel_tail_max = rev.seq
+                            st.rel_tail.append(rev)
                 self.rels.epoch += 1
             self._release(uow)
             for ns, ranges in uow.local_ids.items():
@@ -567,11 +588,39 @@ class Runtime:
             for hook in list(self.after_commit_hooks):
                 hook(count)
 
+    def _register_namespaces(self, conn: Connection, names: list[str]) -> None:
+        """Every namespace with WAL rows has a counter row (`id:`, `seq:` or `rseq:`), so a
+        flush knows every namespace from one small table. Namespaces with entities have their
+        `id:` row already; any other gets `seq:<ns>` once, ever."""
+        known = self.counters(conn)
+        with self.lock:
+            have = {n.split(":", 1)[1] for n in known if ":" in n} | self.ids.namespaces()
+        missing = sorted(f"seq:{ns}" for ns in set(names) - have)
+        if missing:
+            dialects.insert_ignore(conn, Counter.__table__, [{"name": n, "value": 0} for n in missing])  # type: ignore[arg-type]
+            with self.lock:
+                for n in missing:
+                    known.setdefault(n, 0)
+
+    def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event], list[RelEvent]] | None:
+        """The namespace's unflushed events from memory, if memory is known to equal the WAL
+        (single owner, tails loaded, no commit in flight); None means read the table."""
+        with self.lock:
+            st = self._ns.get(ns)
+            if self.shared or self._committing or st is None or not st.tail_loaded or not self.rels.loaded:
+                return None
+            events = sorted((e for evs in st.tail.values() for e in evs if e.seq > ev_mark), key=lambda e: e.seq)
+            rels = [r for r in st.rel_tail if r.seq > rel_mark]
+            return events, rels
+
     def _release(self, uow: UnitOfWork) -> None:
         if uow.inflight:
             for key in uow.overlay:
                 self._inflight.pop(key, None)
             uow.inflight = False
+        if uow.committing:
+            self._committing -= 1
+            uow.committing = False
 
     def abort(self, uow: UnitOfWork) -> None:
         with self.lock:

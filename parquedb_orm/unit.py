@@ -21,6 +21,7 @@ class UnitOfWork:
     #: id blocks reserved inside this transaction (SQLite): usable by it alone until commit
     local_ids: dict[str, list[range]] = field(default_factory=dict)
     inflight: bool = False
+    committing: bool = False
     #: create_many bypass: manifest rows of bulk files written by this unit, committed with it
     bulk: list[tuple[Any, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)
 
