@@ -121,13 +121,16 @@ class Flusher:
         plans: dict[str, _NsPlan] = {}
         for ns in names:
             plan = _NsPlan(ns, ev_mark=counters.get(f"seq:{ns}", 0), rel_mark=counters.get(f"rseq:{ns}", 0))
-            memory = self.rt.memory_tail(ns, plan.ev_mark, plan.rel_mark)
-            if memory is not None:
-                # single owner with the tail in memory: the WAL rows need not be read again
-                plan.events, plan.rels = memory
+            # single owner with the tail in memory: the WAL rows need not be read again
+            events, rels = self.rt.memory_tail(ns, plan.ev_mark, plan.rel_mark)
+            if events is not None:
+                plan.events = events
             else:
                 for first, _last, recs in wal.read_tail(conn, wal.EVENTS, ns, plan.ev_mark):
                     plan.events.extend(wal.decode_events(wal.EVENTS, ns, first, recs))
+            if rels is not None:
+                plan.rels = rels
+            else:
                 for first, _last, recs in wal.read_tail(conn, wal.RELS, ns, plan.rel_mark):
                     plan.rels.extend(wal.decode_rel_events(wal.RELS, ns, first, recs))
             if plan.events or plan.rels:
@@ -310,9 +313,9 @@ def _rebuild_sqlite(conn: Connection, table: Table, marks: dict[str, int]) -> No
     namespace's rows above its mark (one seek each), drop the table, put them back."""
     conn.execute(text(f"DROP TABLE IF EXISTS temp.keep_{table.name}"))
     parts = [
-        select(table).where(table.c.ns == ns, table.c.first_seq > mark).compile(
-            conn, compile_kwargs={"literal_binds": True}
-        )
+        select(table)
+        .where(table.c.ns == ns, table.c.first_seq > mark)
+        .compile(conn, compile_kwargs={"literal_binds": True})
         for ns, mark in marks.items()
     ]
     keep_sql = " UNION ALL ".join(str(p) for p in parts) if parts else f"SELECT * FROM {table.name} WHERE 0"

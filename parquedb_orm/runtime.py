@@ -602,15 +602,18 @@ class Runtime:
                 for n in missing:
                     known.setdefault(n, 0)
 
-    def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event], list[RelEvent]] | None:
-        """The namespace's unflushed events from memory, if memory is known to equal the WAL
-        (single owner, tails loaded, no commit in flight); None means read the table."""
+    def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event] | None, list[RelEvent] | None]:
+        """The namespace's unflushed entity and relationship events from memory, each only if
+        memory is known to equal the WAL (single owner, that tail loaded, no commit in
+        flight); None for a part means: read it from the table."""
         with self.lock:
             st = self._ns.get(ns)
-            if self.shared or self._committing or st is None or not st.tail_loaded or not self.rels.loaded:
-                return None
-            events = sorted((e for evs in st.tail.values() for e in evs if e.seq > ev_mark), key=lambda e: e.seq)
-            rels = [r for r in st.rel_tail if r.seq > rel_mark]
+            if self.shared or self._committing or st is None:
+                return None, None
+            events = None
+            if st.tail_loaded:
+                events = sorted((e for evs in st.tail.values() for e in evs if e.seq > ev_mark), key=lambda e: e.seq)
+            rels = [r for r in st.rel_tail if r.seq > rel_mark] if self.rels.loaded else None
             return events, rels
 
     def _release(self, uow: UnitOfWork) -> None:
