@@ -7,6 +7,7 @@ other threads may hold the database write lock while waiting for it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .flush import Flusher
     from .policy import Scheduler
     from .unit import UnitOfWork
+
+log = logging.getLogger("parquedb_orm")
 
 Versioned = tuple[int, State | None]  # (version, state); state None = absent (0) or hard-deleted
 
@@ -474,17 +477,35 @@ class Runtime:
             self.unflushed = max(0, self.unflushed - total)
 
     # ------------------------------------------------------------------ commit
-    def _next_seqs(self, conn: Connection, uow: UnitOfWork) -> None:
+    def _check_floors(self, conn: Connection, uow: UnitOfWork) -> dict[tuple[str, str], int]:
+        """Read the namespaces' highest sequences (one statement, ~2 rows read per
+        namespace) under the commit locks. If they are beyond what this process knows,
+        another process writes this database: the runtime switches to shared mode for
+        good, so caches are checked against the database from now on."""
+        floors = wal.seq_floors(conn, list(uow.events), list(uow.rel_events))
+        foreign = False
+        with self.lock:
+            for (kind, ns), floor in floors.items():
+                st = self.ns(ns)
+                known = st.next_seq if kind == "e" else st.rel_next_seq
+                if known is not None and floor >= known:
+                    foreign = True
+        if foreign and not self.shared:
+            log.warning(
+                "another process writes this database: parquedb-orm switches to shared=True "
+                "(pass shared=True to ParqueDB()/enable() when several processes write)"
+            )
+            with self.lock:
+                self.shared = True
+                self.rels.loaded = False
+                self._ns = {
+                    name: NsState(name, next_seq=st.next_seq, rel_next_seq=st.rel_next_seq)
+                    for name, st in self._ns.items()
+                }
+        return floors
+
+    def _next_seqs(self, conn: Connection, uow: UnitOfWork, floors: dict[tuple[str, str], int]) -> None:
         """Number the unit's events; the caller holds the namespaces' commit locks."""
-        need_ev = [ns for ns in uow.events if self.shared or self.ns(ns).next_seq is None]
-        need_rel = [ns for ns in uow.rel_events if self.shared or self.ns(ns).rel_next_seq is None]
-        floors: dict[tuple[str, str], int] = {}
-        if need_ev or need_rel:
-            counters = self.counters(conn)
-            for ns in need_ev:
-                floors[("e", ns)] = max(wal.last_seq(conn, wal.EVENTS, ns), counters.get(f"seq:{ns}", 0))
-            for ns in need_rel:
-                floors[("r", ns)] = max(wal.last_seq(conn, wal.RELS, ns), counters.get(f"rseq:{ns}", 0))
         with self.lock:
             for ns, evs in uow.events.items():
                 st = self.ns(ns)
@@ -512,6 +533,7 @@ class Runtime:
         uow.committing = True
         dialects.lock_namespaces(conn, [*uow.events, *uow.rel_events])
         self._register_namespaces(conn, [*uow.events, *uow.rel_events])
+        floors = self._check_floors(conn, uow)
         # the first commit to a namespace loads its WAL tail (one seek; nothing to read on
         # a fresh database), so later reads and flushes are served from memory
         for ns in uow.events:
@@ -531,7 +553,7 @@ class Runtime:
                     expected=base,
                     actual=current,
                 )
-        self._next_seqs(conn, uow)
+        self._next_seqs(conn, uow, floors)
         with self.lock:
             for key, (version, _state) in uow.overlay.items():
                 self._inflight[key] = max(self._inflight.get(key, 0), version)

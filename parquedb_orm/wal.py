@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, select
+from sqlalchemy import Connection, Table, func, insert, literal, select, union_all
 
 from . import codec
 from .events import Event, RelEvent
@@ -64,6 +64,24 @@ def last_seq(conn: Connection, table: Table, ns: str) -> int:
         select(table.c.last_seq).where(table.c.ns == ns).order_by(table.c.first_seq.desc()).limit(1)
     ).first()
     return int(row[0]) if row else 0
+
+
+def seq_floors(conn: Connection, events_ns: list[str], rels_ns: list[str]) -> dict[tuple[str, str], int]:
+    """The highest sequence used so far per namespace, in ONE statement: the newest WAL row
+    (a seek on the primary key) or the flushed mark, whichever is higher. Keys:
+    ("e", ns) for entity events, ("r", ns) for relationship events."""
+    parts = []
+    for kind, table, prefix, names in (("e", EVENTS, "seq:", events_ns), ("r", RELS, "rseq:", rels_ns)):
+        for ns in names:
+            newest = (
+                select(table.c.last_seq).where(table.c.ns == ns).order_by(table.c.first_seq.desc()).limit(1)
+            ).scalar_subquery()
+            mark = select(Counter.value).where(Counter.name == f"{prefix}{ns}").scalar_subquery()
+            parts.append(select(literal(kind), literal(ns), newest, mark))
+    if not parts:
+        return {}
+    rows = conn.execute(union_all(*parts) if len(parts) > 1 else parts[0]).all()
+    return {(k, ns): max(w or 0, m or 0) for k, ns, w, m in rows}
 
 
 def read_tail(conn: Connection, table: Table, ns: str, after_seq: int = -1) -> list[tuple[int, int, list[Any]]]:
