@@ -44,10 +44,15 @@ class Archive:
         Extra keyword options go to the filesystem constructor (S3: access_key,
         secret_key, endpoint_override, scheme, region...)."""
         text = os.fspath(location)
+        if not text.strip():
+            raise ConfigurationError("archive location is empty: pass a folder path or a URI such as s3://bucket/prefix")
         parsed = urlparse(text)
         if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
             path = Path(parsed.path if parsed.scheme == "file" else text).resolve()
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot use {text!r} as the archive folder: {exc}") from None
             return cls(pafs.LocalFileSystem(), path.as_posix(), path.as_uri(), True)
         if parsed.scheme == "s3":
             query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
@@ -144,6 +149,20 @@ class Archive:
             pass
         except OSError as exc:
             raise ArchiveError(f"cannot delete {self.path(rel)}: {exc}") from exc
+
+    def listing(self, directory: str) -> list[tuple[str, float]]:
+        """(relative path, modification time) of the files directly in an archive folder."""
+        selector = pafs.FileSelector(self.path(directory), allow_not_found=True, recursive=False)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise ArchiveError(f"cannot list {self.path(directory)}: {exc}") from exc
+        out = []
+        for info in infos:
+            if info.type == pafs.FileType.File:
+                mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+                out.append((f"{directory}/{info.base_name}", mtime))
+        return out
 
     def exists(self, rel: str) -> bool:
         return bool(self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)

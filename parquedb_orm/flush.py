@@ -101,7 +101,7 @@ class Flusher:
         done = []
         with self._lock:
             with self.rt.engine.connect() as conn:
-                names = namespaces if namespaces is not None else self.rt.known_namespaces()
+                names = namespaces if namespaces is not None else sorted({e.ns for e in manifest.load_all(conn)})
                 due = [
                     (kind, ns)
                     for ns in names
@@ -214,6 +214,8 @@ class Flusher:
         for ns, plan in plans.items():
             if now.get(f"seq:{ns}", 0) != plan.ev_mark or now.get(f"rseq:{ns}", 0) != plan.rel_mark:
                 return False  # another flusher committed these rows first
+        if any(not self.archive.exists(e.path) for e in entries):
+            return False  # swept as an orphan by another flusher: write them again next time
         manifest.add(conn, entries)
         _step("manifest_added")
         for plan in plans.values():
@@ -233,6 +235,7 @@ class Flusher:
         _step("snapshots_written")
         self._retire(conn, plans)
         _step("wal_retired")
+        sweep_orphans(conn, self.archive, sorted(plans))
         return True
 
     def _retire(self, conn: Connection, plans: dict[str, _NsPlan]) -> None:
@@ -295,6 +298,33 @@ def plans_summary(
         ns: (p.ev_last if p.events else 0, p.rel_last if p.rels else 0, len(p.events), len(p.rels), p.latest)
         for ns, p in plans.items()
     }
+
+
+#: an unlisted temporary or bulk file younger than this may belong to a write in progress
+ORPHAN_GRACE_SECONDS = 3600.0
+
+
+def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str]) -> int:
+    """Delete Parquet files of these namespaces that the manifest does not list: leftovers
+    of a crash (a flush that was retried over a longer range, the sources of a compaction
+    committed just before the crash). Runs under the flush lock; a flusher checks its own
+    files still exist under that lock before listing them, so a sweep never loses data.
+    Readers that glob the folders (DuckDB's read_parquet) then see each event once."""
+    now = time.time()
+    removed = 0
+    for ns in namespaces:
+        listed = {e.path for kind in (*manifest.KINDS, manifest.BULK) for e in manifest.load(conn, kind, ns)}
+        for kind in manifest.KINDS:
+            for path, mtime in archive.listing(f"{kind}/ns={ns}"):
+                name = path.rsplit("/", 1)[1]
+                if path in listed:
+                    continue
+                young = now - mtime < ORPHAN_GRACE_SECONDS
+                if (name.startswith(".") or name.startswith("bulk-")) and young:
+                    continue  # a write (or an application transaction's create_many) in progress
+                archive.delete(path)
+                removed += 1
+    return removed
 
 
 def lock_flush(conn: Connection) -> None:

@@ -215,7 +215,8 @@ def bulk_create_events(ns: str, table: pa.Table) -> list[Event]:
     for eid, text in zip(cols["id"], cols["state"], strict=True):
         state = codec.loads(text)
         data = {k: v for k, v in state.items() if k not in _META}
-        data["$type"] = state.get("$type", ns)
+        if state.get("$type", ns) != ns:
+            data["$type"] = state["$type"]  # the default type is not part of what was passed
         from .events import dt_to_us
 
         out.append(Event(0, dt_to_us(state["createdAt"]), CREATE, eid, state.get("createdBy"), data, 1))
