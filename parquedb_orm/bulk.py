@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from . import codec, manifest, parquet
 from .archive import Archive
 from .counters import reserve, reserve_autonomous
+from .errors import SerializationError
 from .events import State, dt_to_us, now_us, us_to_dt
 from .ids import encode_id
 from .runtime import Runtime
@@ -51,11 +52,23 @@ def write_bulk(
         state["createdBy"] = state["updatedBy"] = actor
         states.append((eid, state))
         ids.append(eid)
-        jsons.append(codec.dumps(state))
+        text = codec.dumps(state)
+        if '"$' in text[1:] and _nested_dollar(data):
+            raise SerializationError("keys starting with '$' are reserved inside values")
+        jsons.append(text)
     table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, dt_to_us(when))
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
     size = archive.write_table(path, table)
     return manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size), states
+
+
+def _nested_dollar(data: dict[str, Any]) -> bool:
+    try:
+        for value in data.values():
+            codec.check_serialisable(value)
+    except SerializationError:
+        return True
+    return False
 
 
 def created_at(state: State) -> datetime:

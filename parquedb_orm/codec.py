@@ -8,6 +8,7 @@ Datetimes travel as `{"$date": "<iso>"}` so a decoded state equals the live one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import struct
@@ -69,8 +70,25 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text, object_hook=_hook)
 
 
+def clone(value: Any) -> Any:
+    """Deep copy of JSON-like data (dicts, lists; the rest is immutable): ~10x faster than
+    copy.deepcopy, which matters on the cached-read path."""
+    if type(value) is dict:
+        return {k: clone(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+    if type(value) is list or type(value) is tuple:
+        # tuples become lists, as they come back from storage
+        return [clone(v) if type(v) in _CONTAINERS else v for v in value]
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
 def check_serialisable(value: object) -> None:
-    """Validate a user value early, so a bad one fails the call and not the commit."""
+    """Validate a user value early, so a bad one fails the call and not the commit.
+
+    Keys starting with `$` are reserved inside stored values (`{"$date": ...}` is how a
+    datetime is stored; a user dict of that shape would come back as something else)."""
     _walk(value)
 
 
@@ -92,6 +110,10 @@ def _walk(value: object) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise SerializationError(f"dict key {key!r} cannot be stored: keys must be strings")
+            if key.startswith("$"):
+                raise SerializationError(
+                    f"dict key {key!r} cannot be stored: keys starting with '$' are reserved inside values"
+                )
             _walk(item)
         return
     _default(value)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .codec import clone
 from .errors import CorruptBatchError
 from .operators import apply_update
 
@@ -111,19 +112,6 @@ def apply_event(ns: str, state: State | None, ev: Event) -> State | None:
 _META_KEYS = frozenset(
     {"$id", "$type", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"}
 )
-
-
-def clone(value: Any) -> Any:
-    """Deep copy of JSON-like data (dicts, lists; the rest is immutable): ~10x faster than
-    copy.deepcopy, which matters on the cached-read path."""
-    if type(value) is dict:
-        return {k: clone(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
-    if type(value) is list:
-        return [clone(v) if type(v) in _CONTAINERS else v for v in value]
-    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
-
-
-_CONTAINERS = (dict, list)
 
 
 def public(state: State | None, include_deleted: bool = False) -> State | None:

@@ -383,6 +383,9 @@ def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manif
     _step("compacted_file_written")
     with rt.engine.begin() as conn:
         lock_flush(conn)
+        if not archive.exists(merged.path):
+            conn.rollback()  # swept as an orphan by a flush elsewhere: the sources stay listed
+            return None
         if manifest.remove(conn, sources) != len(sources):
             conn.rollback()  # someone compacted first; our file is an unlisted orphan
             return None

@@ -6,12 +6,12 @@ UPDATE event reproduces exactly the state the live call returned.
 
 from __future__ import annotations
 
-import copy
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from .codec import check_serialisable
+from .codec import check_serialisable, clone
 from .errors import UnknownOperatorError, ValidationError
 
 #: Fields the store maintains; updates may not touch them.
@@ -92,7 +92,7 @@ def _existing_list(state: State, parts: list[str], op: str, path: str) -> list[A
 
 
 def _op_set(state: State, path: str, value: Any, now: datetime) -> None:
-    _set(state, _check_path(path, "$set"), copy.deepcopy(value))
+    _set(state, _check_path(path, "$set"), clone(value))
 
 
 def _op_unset(state: State, path: str, value: Any, now: datetime) -> None:
@@ -106,14 +106,22 @@ def _op_inc(state: State, path: str, value: Any, now: datetime) -> None:
     parts = _check_path(path, "$inc")
     amount = _number(value, "$inc", path)
     cur = _get(state, parts)
-    _set(state, parts, amount if cur is _MISSING or cur is None else _number(cur, "$inc", path) + amount)
+    _set(
+        state,
+        parts,
+        _finite(amount if cur is _MISSING or cur is None else _number(cur, "$inc", path) + amount, "$inc", path),
+    )
 
 
 def _op_mul(state: State, path: str, value: Any, now: datetime) -> None:
     parts = _check_path(path, "$mul")
     factor = _number(value, "$mul", path)
     cur = _get(state, parts)
-    _set(state, parts, 0 * factor if cur is _MISSING or cur is None else _number(cur, "$mul", path) * factor)
+    _set(
+        state,
+        parts,
+        _finite(0 * factor if cur is _MISSING or cur is None else _number(cur, "$mul", path) * factor, "$mul", path),
+    )
 
 
 def _compare_op(pick_new: Callable[[Any, Any], bool], name: str) -> Callable[[State, str, Any, datetime], None]:
@@ -121,29 +129,29 @@ def _compare_op(pick_new: Callable[[Any, Any], bool], name: str) -> Callable[[St
         parts = _check_path(path, name)
         cur = _get(state, parts)
         if cur is _MISSING or cur is None:
-            _set(state, parts, copy.deepcopy(value))
+            _set(state, parts, clone(value))
             return
         try:
             better = pick_new(value, cur)
         except TypeError:
             raise ValidationError(f"{name} {path!r}: cannot compare {value!r} with {cur!r}") from None
         if better:
-            _set(state, parts, copy.deepcopy(value))
+            _set(state, parts, clone(value))
 
     return apply
 
 
 def _op_push(state: State, path: str, value: Any, now: datetime) -> None:
     parts = _check_path(path, "$push")
-    _set(state, parts, _existing_list(state, parts, "$push", path) + copy.deepcopy(_each(value)))
+    _set(state, parts, _existing_list(state, parts, "$push", path) + clone(_each(value)))
 
 
 def _op_add_to_set(state: State, path: str, value: Any, now: datetime) -> None:
     parts = _check_path(path, "$addToSet")
     items = _existing_list(state, parts, "$addToSet", path)
     for item in _each(value):
-        if item not in items:
-            items.append(copy.deepcopy(item))
+        if not any(same(item, have) for have in items):
+            items.append(clone(item))
     _set(state, parts, items)
 
 
@@ -159,7 +167,7 @@ def _op_pull(state: State, path: str, value: Any, now: datetime) -> None:
     if isinstance(value, dict) and value and all(k.startswith("$") for k in value):
         kept = [item for item in cur if not match_value(item, value)]
     else:
-        kept = [item for item in cur if item != value]
+        kept = [item for item in cur if not same(item, value)]
     _set(state, parts, kept)
 
 
@@ -199,6 +207,38 @@ OPERATORS: dict[str, Callable[[State, str, Any, datetime], None]] = {
 }
 
 
+def _check_operand(op: str, value: Any) -> None:
+    """Values are stored as given, so they follow the storage rules (no `$` keys inside);
+    the operator modifiers themselves (`$each`, `$pull` conditions) are allowed."""
+    if op == "$currentDate":
+        return  # true or {"$type": "date"}, checked when applied
+    if op in ("$push", "$addToSet") and isinstance(value, dict) and value and all(k.startswith("$") for k in value):
+        if "$each" in value:
+            check_serialisable(value["$each"])  # other modifiers are refused when applied
+    elif op == "$pull" and isinstance(value, dict) and value and all(k.startswith("$") for k in value):
+        for arg in value.values():
+            check_serialisable(arg)
+    else:
+        check_serialisable(value)
+
+
+def _finite(value: Any, op: str, path: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(f"{op} {path!r}: the result {value!r} is not a finite number and cannot be stored")
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality as stored data sees it: a boolean is not the number 1 or 0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
 def validate_update(update: object) -> dict[str, dict[str, Any]]:
     """Check the shape of an update document; returns it typed. Writes nothing."""
     if not isinstance(update, dict) or not update:
@@ -210,16 +250,14 @@ def validate_update(update: object) -> dict[str, dict[str, Any]]:
         if not isinstance(fields, dict) or not fields:
             raise ValidationError(f"{op} expects a non-empty dict of fields, got {fields!r}")
         if op in OPERATORS:
-            for path in fields:
+            for path, value in fields.items():
                 _check_path(path, op)
-            check_serialisable(fields)
+                _check_operand(op, value)
     return update
 
 
 def apply_update(data: State, update: dict[str, dict[str, Any]], now: datetime) -> State:
     """A new state: `data` with every operator applied in document order."""
-    from .events import clone
-
     state: State = clone(data)
     for op, fields in update.items():
         fn = OPERATORS.get(op)

@@ -47,6 +47,24 @@ def ensure_schema(engine: Engine) -> None:
     migrate.upgrade(engine)
 
 
+def _ensure_schema_retrying(engine: Engine, attempts: int = 8) -> None:
+    """Several processes opening a fresh database at once race to create the schema; the
+    losers fail on "already exists" or a lock. Retry: they then find it done."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            ensure_schema(engine)
+            return
+        except ConfigurationError:
+            raise
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (2**attempt) * (1 + random.random()))
+
+
 def prepare(
     engine: Engine,
     *,
@@ -62,7 +80,7 @@ def prepare(
     if policy is not None and not isinstance(policy, FlushPolicy):
         raise ConfigurationError(f"policy must be a parquedb_orm.FlushPolicy, got {type(policy).__name__}")
     if create_tables:
-        ensure_schema(engine)
+        _ensure_schema_retrying(engine)
     rt = runtime_for(engine, shared=shared)
     rt.shared = rt.shared or shared
     if archive is not None and rt.archive is None:

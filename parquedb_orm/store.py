@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from .bulk import BULK_MIN, reserve_contiguous, write_bulk
-from .codec import check_serialisable
+from .codec import check_serialisable, clone
 from .errors import EntityNotFoundError, ValidationError, VersionConflictError
 from .events import (
     CREATE,
@@ -30,7 +30,6 @@ from .events import (
     RelEvent,
     State,
     apply_event,
-    clone,
     now_us,
     public,
     us_to_dt,
@@ -73,7 +72,8 @@ def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
     if "$type" in data and (not isinstance(data["$type"], str) or not data["$type"]):
         raise ValidationError(f"$type must be a non-empty string, got {data['$type']!r}")
     if deep:
-        check_serialisable(data)
+        for value in data.values():  # top-level "$type" is allowed; nested "$" keys are not
+            check_serialisable(value)
     return data
 
 
@@ -137,7 +137,7 @@ class Store:
     def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
         """Create an entity; returns it with its new `$id` (`ns/<sqid>`)."""
         check_namespace(ns)
-        data = copy.deepcopy(_check_data(data))
+        data = clone(_check_data(data))
         _check_actor(actor)
         number = self._rt.ids.allocate(self._connection, ns, 1, self._uow.local_ids.setdefault(ns, []))[0]
         entity_id = encode_id(number)
@@ -164,7 +164,8 @@ class Store:
                 out_states.append(clone(state))
             return out_states
         for data in datas:
-            check_serialisable(data)
+            for value in data.values():
+                check_serialisable(value)
         numbers = self._rt.ids.allocate(self._connection, ns, len(datas), self._uow.local_ids.setdefault(ns, []))
         ts = now_us()
         out = []
@@ -209,7 +210,7 @@ class Store:
         self._expect(ns, entity_id, expected_version, version)
         ops = {op: fields for op, fields in update.items() if op not in LINK_OPERATORS}
         if ops:
-            ev = Event(0, now_us(), UPDATE, entity_id, actor, copy.deepcopy(ops), version + 1)
+            ev = Event(0, now_us(), UPDATE, entity_id, actor, clone(ops), version + 1)
             new = apply_event(ns, state, ev)  # raises on a type error before anything is recorded
             self._record(ns, entity_id, version, ev, new)
             state = new

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ class StoreContract:
 
     def test_update_operators(self, db: pq.ParqueDB) -> None:
         e = db.create("posts", {"name": "p", "views": 1, "score": 5, "tags": ["a", "b", "a"], "old": 1, "n": {"x": 1}})
-        when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         out = db.update(
             "posts",
             sqid(e),
@@ -155,7 +155,7 @@ class StoreContract:
 
     def test_history_and_as_of(self, db: pq.ParqueDB) -> None:
         e = db.create("posts", {"name": "p", "views": 0})
-        t1 = datetime.now(timezone.utc)
+        t1 = datetime.now(UTC)
         db.update("posts", sqid(e), {"$inc": {"views": 1}})
         db.update("posts", sqid(e), {"$set": {"name": "q"}})
         db.delete("posts", sqid(e))

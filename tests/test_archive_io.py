@@ -495,6 +495,35 @@ def test_compact_right_after_a_restart(open_db: Opener, tmp_path: Path) -> None:
     assert len(files_of(tmp_path, "events", "posts")) == 1
 
 
+def test_a_flush_elsewhere_during_a_compaction_loses_nothing(open_db: Opener, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    db = open_db()
+    made = []
+    for i in range(3):
+        made.append(db.create("posts", {"name": f"p{i}"}))
+        db.flush()
+    made.append(db.create("posts", {"name": "pending"}))
+    before = [db.history(e["$id"]) for e in made]
+    other = open_db(url=url)  # another engine: another process's store on the same database and archive
+
+    def interleave(step: str) -> None:
+        if step == "compacted_file_written":  # the merged file is written, the manifest not yet swapped
+            flush_module.CRASH_HOOK = None
+            other.flush()
+
+    flush_module.CRASH_HOOK = interleave
+    try:
+        db.compact(1)
+    finally:
+        flush_module.CRASH_HOOK = None
+    db.close()
+    other.close()
+    fresh = open_db()
+    assert [fresh.history(e["$id"]) for e in made] == before
+    listed = {r[4] for r in manifest_rows(fresh.engine)}
+    assert all((tmp_path / "archive" / p).exists() for p in listed)
+
+
 # ---------------------------------------------------------------------------- (f) bad locations
 @pytest.mark.parametrize(
     "rel", ["../escape.parquet", "/etc/passwd", "events/../../x.parquet", "events\\x.parquet", "events/./x", "a//b"]

@@ -25,7 +25,7 @@ def _hammer(db: pq.ParqueDB, results: list[str], errors: list[BaseException]) ->
                 e = db.create("posts", {"name": f"p{i}"})
                 # returned => committed: a fresh connection must see it
                 results.append(e["$id"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(THREADS)]
@@ -65,7 +65,7 @@ def test_conflicting_updates_in_one_group_lose_nothing(tmp_path: Path) -> None:
             start.wait()
             for _ in range(25):
                 db.update("stats", sid, {"$inc": {"n": 1}})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
