@@ -53,7 +53,7 @@ def merge(units: list[UnitOfWork]) -> UnitOfWork:
 
 
 class GroupCommitter:
-    def __init__(self, runtime: Runtime, *, enabled: bool = True, max_delay: float = 0.005) -> None:
+    def __init__(self, runtime: Runtime, *, enabled: bool = True, max_delay: float = 0.002) -> None:
         self.rt = runtime
         self.enabled = enabled
         #: how long a leader may wait for writers still building their operation
@@ -63,6 +63,7 @@ class GroupCommitter:
         self._queue: list[_Pending] = []
         self._leader = False
         self._building = 0
+        self._last_group = 0
         self.stats = GroupStats()
 
     def begin(self) -> None:
@@ -91,10 +92,17 @@ class GroupCommitter:
                         raise me.error
                     return
                 self._leader = True
-                deadline = time.monotonic() + self.max_delay
-                while self._building > 0 and (left := deadline - time.monotonic()) > 0:
-                    self._cv.wait(left)
+                # writers that just returned from the previous group are about to come back:
+                # under contention (the last group was shared) give them a moment to enqueue
+                now = time.monotonic()
+                deadline = now + self.max_delay
+                settle = now + (self.max_delay / 2 if self._last_group > 1 else 0.0)
+                while (left := deadline - time.monotonic()) > 0 and (
+                    self._building > 0 or time.monotonic() < settle
+                ):
+                    self._cv.wait(min(left, max(settle - time.monotonic(), 0.0002)))
                 batch, self._queue = self._queue, []
+                self._last_group = len(batch)
         if not self.enabled:
             self._commit_batch(batch)
             if me.error is not None:
