@@ -30,37 +30,26 @@ class Entry:
         return self.kind == BULK
 
 
+_COLUMNS = (
+    ArchiveFile.kind,
+    ArchiveFile.ns,
+    ArchiveFile.first_seq,
+    ArchiveFile.last_seq,
+    ArchiveFile.path,
+    ArchiveFile.row_count,
+    ArchiveFile.bytes,
+)
+
+
 def load(conn: Connection, kind: str, ns: str) -> list[Entry]:
     """The files of one kind and namespace: a seek on the primary-key prefix."""
-    rows = conn.execute(
-        select(
-            ArchiveFile.kind,
-            ArchiveFile.ns,
-            ArchiveFile.first_seq,
-            ArchiveFile.last_seq,
-            ArchiveFile.path,
-            ArchiveFile.row_count,
-            ArchiveFile.bytes,
-        )
-        .where(ArchiveFile.kind == kind, ArchiveFile.ns == ns)
-        .order_by(ArchiveFile.first_seq)
-    ).all()
-    return [Entry(*row) for row in rows]
+    stmt = select(*_COLUMNS).where(ArchiveFile.kind == kind, ArchiveFile.ns == ns).order_by(ArchiveFile.first_seq)
+    return [Entry(*row) for row in conn.execute(stmt)]
 
 
 def load_all(conn: Connection) -> list[Entry]:
-    rows = conn.execute(
-        select(
-            ArchiveFile.kind,
-            ArchiveFile.ns,
-            ArchiveFile.first_seq,
-            ArchiveFile.last_seq,
-            ArchiveFile.path,
-            ArchiveFile.row_count,
-            ArchiveFile.bytes,
-        )
-    ).all()
-    return [Entry(*row) for row in rows]
+    """Every file (db.compact() and db.duckdb() only: the table has a row per file)."""
+    return [Entry(*row) for row in conn.execute(select(*_COLUMNS))]
 
 
 def add(conn: Connection, entries: list[Entry]) -> None:
