@@ -44,11 +44,11 @@ def create_engine_for(url: str, **kwargs: Any) -> Engine:
             kwargs.setdefault("pool_size", 32)  # many writer threads may wait on the write lock
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        event.listen(engine, "connect", _sqlite_file_pragmas)
+        event.listen(engine, "connect", sqlite_file_pragmas)
     return engine
 
 
-def _sqlite_file_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_file_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL journal: readers never block the writer; NORMAL sync is durable at commit in WAL mode
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

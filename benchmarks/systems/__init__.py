@@ -123,11 +123,6 @@ def sqlite_pragmas(engine: Any) -> None:
     WAL journal, synchronous=NORMAL (durable at commit in WAL mode), a busy timeout."""
     from sqlalchemy import event
 
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
+    from parquedb_orm.dialects import sqlite_file_pragmas
 
-    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "connect", sqlite_file_pragmas)
