@@ -47,6 +47,12 @@ def load(conn: Connection, kind: str, ns: str) -> list[Entry]:
     return [Entry(*row) for row in conn.execute(stmt)]
 
 
+def load_kind(conn: Connection, kind: str) -> list[Entry]:
+    """Every file of one kind, all namespaces: a seek on the primary key's first column."""
+    stmt = select(*_COLUMNS).where(ArchiveFile.kind == kind).order_by(ArchiveFile.ns, ArchiveFile.first_seq)
+    return [Entry(*row) for row in conn.execute(stmt)]
+
+
 def load_all(conn: Connection) -> list[Entry]:
     """Every file (db.compact() and db.duckdb() only: the table has a row per file)."""
     return [Entry(*row) for row in conn.execute(select(*_COLUMNS))]

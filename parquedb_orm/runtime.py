@@ -408,14 +408,18 @@ class Runtime:
             names = self.namespaces(conn)
             with self.lock:
                 after = {n: (self.ns(n).rel_tail_max if self.rels.loaded else -1) for n in names}
-            loaded: list[tuple[str, list[tuple[int, int, list[Any]]]]] = []
             archived: dict[str, list[RelEvent]] = {}
-            for n in names:
-                if after[n] < 0:
+            fresh = [n for n in names if after[n] < 0]
+            if fresh and self.archive is not None:
+                # every namespace's rels files in one seek (the manifest key starts with kind)
+                entries = manifest.load_kind(conn, "rels")
+                with self.lock:
+                    for n in fresh:
+                        self._manifest[("rels", n)] = [e for e in entries if e.ns == n]
+                for n in fresh:
                     archived[n] = self.archived_rel_events(conn, n)
-                    loaded.append((n, wal.read_unflushed(conn, wal.RELS, n, f"rseq:{n}")))
-                else:
-                    loaded.append((n, wal.read_tail(conn, wal.RELS, n, after[n])))
+            specs = [(n, None if after[n] < 0 else after[n], f"rseq:{n}") for n in names]
+            loaded = list(wal.read_many(conn, wal.RELS, specs).items())  # one statement
             with self.lock:
                 if self.rels.epoch != epoch:
                     continue

@@ -112,6 +112,33 @@ def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -
     ]
 
 
+def read_many(
+    conn: Connection, table: Table, specs: list[tuple[str, int | None, str]]
+) -> dict[str, list[tuple[int, int, list[Any]]]]:
+    """Several namespaces' WAL rows in ONE statement (a seek per namespace, UNION ALL).
+
+    spec = (ns, after, mark_counter): rows with first_seq > after, or, when after is None,
+    above the flushed mark kept in counter `mark_counter`."""
+    out: dict[str, list[tuple[int, int, list[Any]]]] = {ns: [] for ns, _a, _m in specs}
+    if not specs:
+        return out
+    parts = []
+    for ns, after, mark_counter in specs:
+        floor: Any = after
+        if after is None:
+            floor = func.coalesce(select(Counter.value).where(Counter.name == mark_counter).scalar_subquery(), -1)
+        parts.append(
+            select(table.c.ns, table.c.first_seq, table.c.last_seq, table.c.events).where(
+                table.c.ns == ns, table.c.first_seq > floor
+            )
+        )
+    stmt = union_all(*parts) if len(parts) > 1 else parts[0]
+    rows = sorted(conn.execute(stmt).all(), key=lambda r: (r[0], r[1]))
+    for ns, first, last, blob in rows:
+        out[ns].append((first, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={first}")))
+    return out
+
+
 def decode_events(table: Table, ns: str, first_seq: int, records: Iterable[Any]) -> list[Event]:
     row = f"ns={ns}, first_seq={first_seq}"
     return [Event.from_record(r, table=table.name, row=row) for r in records]
