@@ -40,22 +40,30 @@ def write_bulk(
     The hot loop builds each state once (the same dict a replay of its CREATE event gives)
     and encodes it once; the shared timestamps are encoded once for the whole batch."""
     when = us_to_dt(now_us())
+    # the store-maintained fields are the same for the whole batch: encode them once
+    when_json, actor_json = codec.dumps(when), codec.dumps(actor)
+    meta = (
+        f'"version":1,"createdAt":{when_json},"updatedAt":{when_json},'
+        f'"createdBy":{actor_json},"updatedBy":{actor_json}}}'
+    )
     states: list[tuple[str, State]] = []
     ids: list[str] = []
     jsons: list[str] = []
     for number, data in zip(numbers, datas, strict=True):
         eid = encode_id(number)
-        state: State = {"$id": f"{ns}/{eid}", "$type": data.pop("$type", ns)}
+        type_ = data.pop("$type", ns)
+        state: State = {"$id": f"{ns}/{eid}", "$type": type_}
         state.update(data)
         state["version"] = 1
         state["createdAt"] = state["updatedAt"] = when
         state["createdBy"] = state["updatedBy"] = actor
         states.append((eid, state))
         ids.append(eid)
-        text = codec.dumps(state)
-        if '"$' in text[1:] and _nested_dollar(data):
+        body = codec.dumps(data)  # the same text codec.dumps(state) gives, without the shared part
+        if '"$' in body and _nested_dollar(data):
             raise SerializationError("keys starting with '$' are reserved inside values")
-        jsons.append(text)
+        head = f'{{"$id":"{ns}/{eid}","$type":{codec.dumps(type_)},'
+        jsons.append(head + (body[1:-1] + "," if len(body) > 2 else "") + meta)
     table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, dt_to_us(when))
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
     size = archive.write_table(path, table)
