@@ -57,6 +57,10 @@ def sqlite_file_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+#: a write statement that touches no row: it only takes SQLite's write lock
+SQLITE_WRITE_LOCK = text("UPDATE counters SET value = value WHERE 0")
+
+
 def lock_namespaces(conn: Connection, namespaces: list[str]) -> None:
     """Serialise committers of the same namespaces until the transaction ends, so that
     sequence numbers follow commit order. Costs no written row on any backend:
@@ -69,7 +73,7 @@ def lock_namespaces(conn: Connection, namespaces: list[str]) -> None:
     fam = family(conn)
     names = sorted(set(namespaces))
     if fam == "sqlite":
-        conn.execute(text("UPDATE counters SET value = value WHERE 0"))
+        conn.execute(SQLITE_WRITE_LOCK)
     elif fam == "postgresql":
         for ns in names:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(ns)})

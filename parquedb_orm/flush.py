@@ -331,7 +331,7 @@ def lock_flush(conn: Connection) -> None:
     """One flusher at a time per database (SQLite: the write lock; others: a lock row/key)."""
     fam = dialects.family(conn)
     if fam == "sqlite":
-        conn.execute(text("UPDATE counters SET value = value WHERE 0"))
+        conn.execute(dialects.SQLITE_WRITE_LOCK)
     elif fam == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": dialects._lock_key("flush")})
     else:

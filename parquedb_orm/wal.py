@@ -19,6 +19,7 @@ ROW_CAP_BYTES = 1_000_000
 
 EVENTS: Table = EventsWal.__table__  # type: ignore[assignment]
 RELS: Table = RelsWal.__table__  # type: ignore[assignment]
+_INSERTS = {t.name: insert(t) for t in (EVENTS, RELS)}  # built once: this runs on every commit
 
 
 def _chunks(records: list[list[Any]]) -> Iterator[list[list[Any]]]:
@@ -56,7 +57,7 @@ def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(insert(table), rows)
+        conn.execute(_INSERTS[table.name], rows)
 
 
 def last_seq(conn: Connection, table: Table, ns: str) -> int:
