@@ -54,10 +54,13 @@ def connect(db: ParqueDB) -> Any:
     tail_events: list[tuple[str, Any]] = []
     tail_rels: list[tuple[str, Any]] = []
     with rt.engine.connect() as conn:
-        for ns in rt.namespaces(conn):
-            for first, _l, recs in wal.read_unflushed(conn, wal.EVENTS, ns, f"seq:{ns}"):
+        names = rt.namespaces(conn)
+        ev_rows = wal.read_many(conn, wal.EVENTS, [(ns, None, f"seq:{ns}") for ns in names])
+        rel_rows = wal.read_many(conn, wal.RELS, [(ns, None, f"rseq:{ns}") for ns in names])
+        for ns in names:
+            for first, _l, recs in ev_rows[ns]:
                 tail_events += [(ns, e) for e in wal.decode_events(wal.EVENTS, ns, first, recs)]
-            for first, _l, recs in wal.read_unflushed(conn, wal.RELS, ns, f"rseq:{ns}"):
+            for first, _l, recs in rel_rows[ns]:
                 tail_rels += [(ns, r) for r in wal.decode_rel_events(wal.RELS, ns, first, recs)]
         current = {ns: rt.committed_all(conn, ns) for ns in {ns for ns, _ in tail_events}}
 

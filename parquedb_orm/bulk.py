@@ -7,7 +7,6 @@ finds the range, reads the file with a filter on `id`.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -77,9 +76,3 @@ def _nested_dollar(data: dict[str, Any]) -> bool:
     except SerializationError:
         return True
     return False
-
-
-def created_at(state: State) -> datetime:
-    value = state["createdAt"]
-    assert isinstance(value, datetime)
-    return value

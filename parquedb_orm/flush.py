@@ -119,20 +119,31 @@ class Flusher:
         counters = load_all(conn)
         names = sorted({n.split(":", 1)[1] for n in counters if ":" in n} | set(self.rt.known_namespaces()))
         plans: dict[str, _NsPlan] = {}
-        for ns in names:
-            plan = _NsPlan(ns, ev_mark=counters.get(f"seq:{ns}", 0), rel_mark=counters.get(f"rseq:{ns}", 0))
-            # single owner with the tail in memory: the WAL rows need not be read again
-            events, rels = self.rt.memory_tail(ns, plan.ev_mark, plan.rel_mark)
+        all_plans = [
+            _NsPlan(ns, ev_mark=counters.get(f"seq:{ns}", 0), rel_mark=counters.get(f"rseq:{ns}", 0)) for ns in names
+        ]
+        # single owner with the tail in memory: the WAL rows need not be read again; the
+        # namespaces that must be read are read together, one statement per table
+        need_ev: list[tuple[str, int | None, str]] = []
+        need_rel: list[tuple[str, int | None, str]] = []
+        for plan in all_plans:
+            events, rels = self.rt.memory_tail(plan.ns, plan.ev_mark, plan.rel_mark)
             if events is not None:
                 plan.events = events
             else:
-                for first, _last, recs in wal.read_tail(conn, wal.EVENTS, ns, plan.ev_mark):
-                    plan.events.extend(wal.decode_events(wal.EVENTS, ns, first, recs))
+                need_ev.append((plan.ns, plan.ev_mark, ""))
             if rels is not None:
                 plan.rels = rels
             else:
-                for first, _last, recs in wal.read_tail(conn, wal.RELS, ns, plan.rel_mark):
-                    plan.rels.extend(wal.decode_rel_events(wal.RELS, ns, first, recs))
+                need_rel.append((plan.ns, plan.rel_mark, ""))
+        ev_rows = wal.read_many(conn, wal.EVENTS, need_ev) if need_ev else {}
+        rel_rows = wal.read_many(conn, wal.RELS, need_rel) if need_rel else {}
+        for plan in all_plans:
+            ns = plan.ns
+            for first, _last, recs in ev_rows.get(ns, []):
+                plan.events.extend(wal.decode_events(wal.EVENTS, ns, first, recs))
+            for first, _last, recs in rel_rows.get(ns, []):
+                plan.rels.extend(wal.decode_rel_events(wal.RELS, ns, first, recs))
             if plan.events or plan.rels:
                 plan.ev_last = plan.events[-1].seq if plan.events else plan.ev_mark
                 plan.rel_last = plan.rels[-1].seq if plan.rels else plan.rel_mark

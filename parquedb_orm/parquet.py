@@ -66,10 +66,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else codec.dumps(value)
 
 
-def _ts(us: int) -> Any:
-    return us
-
-
 def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
     """(event, JSON of the state before, JSON of the state after) rows -> an events table."""
     return pa.table(

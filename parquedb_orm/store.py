@@ -447,13 +447,15 @@ class Store:
 
         conn = self._connection()
         archived = [r for r in self._rt.archived_rel_events(conn, ns) if r.from_id == entity_id]
-        rows = wal.read_unflushed(conn, wal.RELS, ns, f"rseq:{ns}")
-        evs = archived + [
-            r
-            for first, _l, recs in rows
-            for r in wal.decode_rel_events(wal.RELS, ns, first, recs)
-            if r.from_id == entity_id
-        ]
+        if self._rt.shared:
+            rows = wal.read_unflushed(conn, wal.RELS, ns, f"rseq:{ns}")
+            tail = [r for first, _l, recs in rows for r in wal.decode_rel_events(wal.RELS, ns, first, recs)]
+        else:
+            # a single owner keeps the unflushed relationship events in memory
+            self._rt.ensure_rels(conn)
+            with self._rt.lock:
+                tail = list(self._rt.ns(ns).rel_tail)
+        evs = archived + [r for r in tail if r.from_id == entity_id]
         evs += [r for r in self._uow.rel_events.get(ns, []) if r.from_id == entity_id]
         return evs
 

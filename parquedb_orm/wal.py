@@ -60,14 +60,6 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         conn.execute(_INSERTS[table.name], rows)
 
 
-def last_seq(conn: Connection, table: Table, ns: str) -> int:
-    """Highest sequence in the WAL for `ns` (0 if none): one seek on the primary key."""
-    row = conn.execute(
-        select(table.c.last_seq).where(table.c.ns == ns).order_by(table.c.first_seq.desc()).limit(1)
-    ).first()
-    return int(row[0]) if row else 0
-
-
 @lru_cache(maxsize=64)
 def _floors_sql(events: int, rels: int) -> TextClause:
     """The floors statement for `events` + `rels` namespaces, built once per shape: it runs
@@ -100,14 +92,7 @@ def seq_floors(conn: Connection, events_ns: list[str], rels_ns: list[str]) -> di
 
 def read_tail(conn: Connection, table: Table, ns: str, after_seq: int = -1) -> list[tuple[int, int, list[Any]]]:
     """WAL rows of `ns` with first_seq > after_seq, decoded: (first_seq, last_seq, records)."""
-    rows = conn.execute(
-        select(table.c.first_seq, table.c.last_seq, table.c.events)
-        .where(table.c.ns == ns, table.c.first_seq > after_seq)
-        .order_by(table.c.first_seq)
-    ).all()
-    return [
-        (f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows
-    ]
+    return read_many(conn, table, [(ns, after_seq, "")])[ns]
 
 
 def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -> list[tuple[int, int, list[Any]]]:
@@ -115,15 +100,7 @@ def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -
 
     Flushed rows may stay in the table until it is retired (see flush.py); the mark makes
     the seek skip them."""
-    mark = select(Counter.value).where(Counter.name == mark_counter).scalar_subquery()
-    rows = conn.execute(
-        select(table.c.first_seq, table.c.last_seq, table.c.events)
-        .where(table.c.ns == ns, table.c.first_seq > func.coalesce(mark, -1))
-        .order_by(table.c.first_seq)
-    ).all()
-    return [
-        (f, last, codec.decode_batch(blob, table=table.name, row=f"ns={ns}, first_seq={f}")) for f, last, blob in rows
-    ]
+    return read_many(conn, table, [(ns, None, mark_counter)])[ns]
 
 
 def read_many(
