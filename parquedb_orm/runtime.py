@@ -282,10 +282,11 @@ class Runtime:
             return chunk.entities[entity_id], chunk.wal_seq
         return (0, None), (chunk.wal_seq if chunk is not None else 0)
 
-    def committed(self, conn: Connection, ns: str, entity_id: str) -> Versioned:
-        """The committed state of one entity: cache, else snapshot chunk + WAL tail."""
+    def committed(self, conn: Connection, ns: str, entity_id: str, *, fresh: bool = False) -> Versioned:
+        """The committed state of one entity: cache, else snapshot chunk + WAL tail.
+        `fresh`: the caller has just refreshed this namespace's tail (shared mode)."""
         st = self.ns(ns)
-        if not self.shared:
+        if not self.shared or fresh:
             with self.lock:
                 hit = st.cache.get(entity_id)
             if hit is not None:
@@ -546,8 +547,11 @@ class Runtime:
         if uow.rel_events and not self.rels.loaded:
             self.ensure_rels(conn)
         # concurrent writers: every entity this unit changed must still be at the version it read
+        if self.shared:  # one refresh per namespace, not one per entity
+            for ns in {ns for ns, _eid in uow.base_versions}:
+                self.ensure_tail(conn, ns)
         for (ns, eid), base in uow.base_versions.items():
-            current = self.committed(conn, ns, eid)[0]
+            current = self.committed(conn, ns, eid, fresh=self.shared)[0]
             with self.lock:
                 current = max(current, self._inflight.get((ns, eid), 0))
             if current != base:
@@ -618,9 +622,13 @@ class Runtime:
         """Every namespace with WAL rows has a counter row (`id:`, `seq:` or `rseq:`), so a
         flush knows every namespace from one small table. Namespaces with entities have their
         `id:` row already; any other gets `seq:<ns>` once, ever."""
-        known = self.counters(conn)
+        known = self._counters if self._counters is not None else self.counters(conn)
         with self.lock:
             have = {n.split(":", 1)[1] for n in known if ":" in n} | self.ids.namespaces()
+        if set(names) - have and self.shared:  # another process may have registered it
+            known = self.counters(conn)
+            with self.lock:
+                have |= {n.split(":", 1)[1] for n in known if ":" in n}
         missing = sorted(f"seq:{ns}" for ns in set(names) - have)
         if missing:
             dialects.insert_ignore(conn, Counter.__table__, [{"name": n, "value": 0} for n in missing])  # type: ignore[arg-type]
