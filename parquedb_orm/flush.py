@@ -220,8 +220,9 @@ class Flusher:
 
     def _commit(self, conn: Connection, plans: dict[str, _NsPlan], entries: list[manifest.Entry]) -> bool:
         lock_flush(conn)
-        names = [f"seq:{ns}" for ns in plans] + [f"rseq:{ns}" for ns in plans]
-        now = dict(conn.execute(select(Counter.name, Counter.value).where(Counter.name.in_(names))).all())
+        # every counter, read once under the lock: the marks to check here and, on SQLite,
+        # the namespaces whose unflushed rows the WAL retirement must keep
+        now = load_all(conn)
         for ns, plan in plans.items():
             if now.get(f"seq:{ns}", 0) != plan.ev_mark or now.get(f"rseq:{ns}", 0) != plan.rel_mark:
                 return False  # another flusher committed these rows first
@@ -244,16 +245,16 @@ class Flusher:
             else:
                 conn.execute(insert(Counter).values(name=name, value=value))
         _step("snapshots_written")
-        self._retire(conn, plans)
+        self._retire(conn, plans, now)
         _step("wal_retired")
         sweep_orphans(conn, self.archive, sorted(plans))
         return True
 
-    def _retire(self, conn: Connection, plans: dict[str, _NsPlan]) -> None:
+    def _retire(self, conn: Connection, plans: dict[str, _NsPlan], counters: dict[str, int]) -> None:
         sqlite = dialects.family(conn) == "sqlite"
         # every namespace with WAL rows has a counter row (runtime._register_namespaces);
         # read them here, under the flush lock, so one created since step 1 is kept too
-        marks = load_all(conn) if sqlite else {}
+        marks = counters
         for table, attr, prefix in ((wal.EVENTS, "ev_last", "seq:"), (wal.RELS, "rel_last", "rseq:")):
             done = {ns: getattr(p, attr) for ns, p in plans.items() if (p.events if attr == "ev_last" else p.rels)}
             if not done:
