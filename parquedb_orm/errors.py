@@ -59,3 +59,8 @@ class ArchiveError(ParqueDBError):
 
 class MeterUnavailableError(ParqueDBError):
     """The faithful SQLite row meter could not be built or loaded."""
+
+
+class TransactionError(ParqueDBError):
+    """A store operation at a point of the session's life where it cannot be committed
+    (e.g. in an `after_commit` listener, once the transaction's events are written)."""
