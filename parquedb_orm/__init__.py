@@ -16,6 +16,7 @@ from .errors import (
     InvalidNamespaceError,
     ParqueDBError,
     SerializationError,
+    TransactionError,
     UnknownOperatorError,
     ValidationError,
     VersionConflictError,
@@ -25,7 +26,7 @@ from .flush import FlushResult
 from .ids import NAMESPACE_PATTERN
 from .models import metadata
 from .policy import FlushPolicy
-from .session import disable, enable, store
+from .session import disable, enable, handle, store
 from .store import Store
 
 __all__ = [
@@ -42,12 +43,14 @@ __all__ = [
     "ParqueDBError",
     "SerializationError",
     "Store",
+    "TransactionError",
     "UnknownOperatorError",
     "ValidationError",
     "VersionConflictError",
     "disable",
     "enable",
     "errors",
+    "handle",
     "metadata",
     "store",
 ]

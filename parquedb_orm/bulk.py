@@ -22,13 +22,22 @@ from .runtime import Runtime
 BULK_MIN = 5
 
 
-def reserve_contiguous(rt: Runtime, conn: Connection | None, ns: str, count: int) -> range:
-    """A fresh contiguous block of ids (the pool's leftovers are not contiguous)."""
+def reserve_contiguous(
+    rt: Runtime, conn: Connection | None, ns: str, count: int, reserved: list[tuple[str, range]] | None = None
+) -> range:
+    """A fresh contiguous block of ids (the pool's leftovers are not contiguous), above
+    every id this process has issued; all of it counts as issued from now on."""
     from . import dialects
 
+    floor = rt.ids.floor(ns)
     if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
-        return reserve(conn, f"id:{ns}", count)
-    return reserve_autonomous(rt.engine, f"id:{ns}", count)
+        block = reserve(conn, f"id:{ns}", count, floor)
+        if reserved is not None:
+            reserved.append((ns, block))
+    else:
+        block = reserve_autonomous(rt.engine, f"id:{ns}", count, floor)
+    rt.ids.issued(ns, block[-1])
+    return block
 
 
 def write_bulk(

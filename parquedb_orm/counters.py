@@ -4,7 +4,11 @@
 (100 by default) in one UPDATE, so N creates cost at most N/100 counter-row writes; an
 id is never issued twice because a block is committed before any id of it is handed
 out, or (SQLite, inside a transaction that already holds the write lock) belongs only
-to that transaction until it commits and is dropped if it rolls back.
+to that transaction until it commits. Such a block is gone if the transaction (or the
+savepoint that reserved it) rolls back, but its ids may have been shown: every later
+reservation of this process starts above the highest id it ever issued, and the
+session extension raises the stored counter to that floor after the rollback, so no
+process issues them again.
 """
 
 from __future__ import annotations
@@ -39,12 +43,21 @@ def reserve(conn: Connection, name: str, count: int, floor: int = 0) -> range:
     return range(end - count + 1, end + 1)
 
 
-def reserve_autonomous(engine: Engine, name: str, count: int) -> range:
+def raise_to(conn: Connection, name: str, floor: int) -> None:
+    """Counter `name` = max(counter, floor): numbers up to `floor` are never reserved again."""
+    res = conn.execute(
+        update(Counter).where(Counter.name == name, Counter.value < floor).values(value=floor)
+    )
+    if res.rowcount == 0:
+        dialects.insert_ignore(conn, Counter.__table__, [{"name": name, "value": floor}])  # type: ignore[arg-type]
+
+
+def reserve_autonomous(engine: Engine, name: str, count: int, floor: int = 0) -> range:
     """Reserve in a transaction of its own, committed before the ids are used."""
     for attempt in range(5):
         try:
-            with engine.begin() as conn:
-                return reserve(conn, name, count)
+            with dialects.begin(engine) as conn:
+                return reserve(conn, name, count, floor)
         except IntegrityError:
             if attempt == 4:
                 raise
@@ -90,15 +103,30 @@ class IdBlocks:
             with self._lock:
                 self._free.setdefault(ns, []).append(numbers)
 
+    def floor(self, ns: str) -> int:
+        """The highest id number this process ever handed out in `ns`."""
+        with self._lock:
+            return self._issued.get(ns, 0)
+
+    def issued(self, ns: str, number: int) -> None:
+        """Record that `number` was handed out (ids at or below it are never reserved again)."""
+        with self._lock:
+            self._issued[ns] = max(self._issued.get(ns, 0), number)
+
     def allocate(
-        self, connection: Callable[[], Connection] | None, ns: str, count: int, local: list[range]
+        self,
+        connection: Callable[[], Connection] | None,
+        ns: str,
+        count: int,
+        local: list[range],
+        reserved: list[tuple[str, range]] | None = None,
     ) -> list[int]:
         """`count` fresh id numbers for namespace `ns`.
 
         `connection` gives the caller's connection (called only when a block is needed);
         when it is a SQLite connection already holding the write lock, a second
         connection would wait on ourselves, so the block is reserved inside it and kept
-        in `local` (the unit of work's) instead.
+        in `local` (the unit of work's) instead, and logged in `reserved`.
         """
         out = self.take(ns, count) or []
         while len(out) < count:
@@ -113,16 +141,17 @@ class IdBlocks:
                 break
             want = max(self.block, count - len(out))
             conn = connection() if connection is not None else None
+            floor = self.floor(ns)
             if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
-                with self._lock:
-                    floor = self._issued.get(ns, 0)
-                local.append(reserve(conn, f"id:{ns}", want, floor))
+                block = reserve(conn, f"id:{ns}", want, floor)
+                local.append(block)
+                if reserved is not None:
+                    reserved.append((ns, block))
             else:
-                got = reserve_autonomous(self.engine, f"id:{ns}", want)
+                got = reserve_autonomous(self.engine, f"id:{ns}", want, floor)
                 n = count - len(out)
                 out.extend(got[:n])
                 self.give(ns, got[n:])
         if out:
-            with self._lock:
-                self._issued[ns] = max(self._issued.get(ns, 0), max(out))
+            self.issued(ns, max(out))
         return out

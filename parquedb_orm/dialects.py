@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, event, insert, select, text
@@ -115,6 +117,31 @@ def greatest(conn: Connection, column: Any, value: int) -> Any:
     if family(conn) == "sqlite":
         return func.max(column, literal(value))
     return func.greatest(column, literal(value))
+
+
+def ensure_transaction(conn: Connection) -> None:
+    """Make the store's statements on `conn` one transaction, whatever the engine's setup.
+
+    pysqlite in driver-autocommit mode (`isolation_level=None`: SQLAlchemy's
+    `isolation_level="AUTOCOMMIT"`, or the pysqlite savepoint recipe) commits each
+    statement on its own unless someone emits BEGIN. The recipe's own `begin` listener
+    does; where nobody has, emit it here. pysqlite's default mode opens a transaction at
+    the first write by itself and is left to do so."""
+    if conn.dialect.name != "sqlite":
+        return
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is None or getattr(dbapi, "in_transaction", True):
+        return
+    if getattr(dbapi, "isolation_level", "") is None:
+        conn.exec_driver_sql("BEGIN")
+
+
+@contextlib.contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """`engine.begin()` for the store's own transactions, atomic on every engine setup."""
+    with engine.begin() as conn:
+        ensure_transaction(conn)
+        yield conn
 
 
 def in_write_transaction(conn: Connection) -> bool:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import sessionmaker
 
 from . import dialects
 from .errors import ConfigurationError, VersionConflictError
@@ -19,7 +18,7 @@ from .group import GroupCommitter
 from .metering import EngineMeter
 from .policy import FlushPolicy
 from .runtime import Runtime
-from .session import enable, forget_runtime
+from .setup import MigrateMode, prepare, release_runtime
 from .store import Store
 from .unit import UnitOfWork
 
@@ -55,7 +54,11 @@ class ParqueDB:
 
     `url_or_engine`: a SQLAlchemy URL (`sqlite:///app.db`, `postgresql+psycopg://...`,
     `mysql+pymysql://...`) or an Engine. `shared=True` when several processes write the
-    same database.
+    same database. `migrate`: "auto" (default) creates or upgrades the store's schema,
+    "check" only verifies it, False skips the step (docs/migrations.md).
+
+    `pq.enable(Session)` returns one of these too: the handle of the store its sessions
+    write to (same runtime, caches and flushing).
     """
 
     def __init__(
@@ -68,7 +71,10 @@ class ParqueDB:
         archive_options: dict[str, Any] | None = None,
         group_commit: bool = True,
         meter: bool = False,
+        migrate: MigrateMode = "auto",
     ) -> None:
+        self._on_close: Callable[[Runtime], None] | None = None
+        self._closed = False
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
             self._owns_engine = False
@@ -79,15 +85,19 @@ class ParqueDB:
             raise ConfigurationError(
                 f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}"
             )
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.runtime: Runtime = enable(
-            self._sessions,
-            archive=archive,
-            policy=policy,
-            shared=shared,
-            engine=self.engine,
-            archive_options=archive_options,
-        )
+        try:
+            self.runtime: Runtime = prepare(
+                self.engine,
+                archive=archive,
+                policy=policy,
+                shared=shared,
+                migrate=migrate,
+                archive_options=archive_options,
+            )
+        except BaseException:
+            if self._owns_engine:
+                self.engine.dispose()
+            raise
         self._group = GroupCommitter(self.runtime, enabled=group_commit)
         self._meter: EngineMeter | None = None
         if meter:
@@ -95,9 +105,30 @@ class ParqueDB:
             # faithful rows read/written when the counting SQLite library is loaded
             self._meter = EngineMeter(self.engine, max_records=0).install()
 
+    @classmethod
+    def _attached(cls, runtime: Runtime, on_close: Callable[[Runtime], None]) -> ParqueDB:
+        """A handle on a runtime someone already prepared (`enable()`'s); it holds the
+        caller's reference to it, and `on_close` runs first when it closes."""
+        self = cls.__new__(cls)
+        self._on_close = on_close
+        self._closed = False
+        self.engine = runtime.engine
+        self._owns_engine = False
+        self.runtime = runtime
+        self._group = GroupCommitter(runtime)
+        self._meter = None
+        return self
+
     def close(self) -> None:
-        """Stop timers and background flushing; committed events stay safe in the WAL."""
-        forget_runtime(self.engine)
+        """Stop timers and background flushing, waiting for a flush in progress; committed
+        events stay safe in the WAL. A handle from `enable()` also disables its
+        sessionmakers. Closing twice is a no-op."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._on_close is not None:
+            self._on_close(self.runtime)
+        release_runtime(self.runtime)
         if self._meter is not None:
             self._meter.uninstall()
             self._meter = None

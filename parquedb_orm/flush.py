@@ -282,7 +282,7 @@ class Flusher:
                 entries.extend(self._write_files(plan, rows))
             conn.rollback()
         _step("files_written")
-        with self.rt.engine.begin() as conn:
+        with dialects.begin(self.rt.engine) as conn:
             ok = self._commit(conn, plans, entries)
             if not ok:
                 conn.rollback()
@@ -393,7 +393,7 @@ def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manif
     size = archive.write_table(path, table)
     merged = manifest.Entry(kind, ns, first, last, path, table.num_rows, size)
     _step("compacted_file_written")
-    with rt.engine.begin() as conn:
+    with dialects.begin(rt.engine) as conn:
         lock_flush(conn)
         if not archive.exists(merged.path):
             conn.rollback()  # swept as an orphan by a flush elsewhere: the sources stay listed

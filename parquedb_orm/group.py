@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import dialects
 from .errors import VersionConflictError
 from .runtime import Runtime, Versioned
 from .unit import UnitOfWork
@@ -37,6 +38,8 @@ def merge(units: list[UnitOfWork]) -> UnitOfWork:
     """One unit standing for several: events in arrival order, first base versions."""
     out = UnitOfWork()
     for u in units:
+        for ns, floor in u.id_floors.items():
+            out.id_floors[ns] = max(out.id_floors.get(ns, 0), floor)
         for ns, evs in u.events.items():
             out.events.setdefault(ns, []).extend(evs)
         for ns, revs in u.rel_events.items():
@@ -181,7 +184,7 @@ class GroupCommitter:
     def _commit_units(self, units: list[UnitOfWork]) -> None:
         merged = units[0] if len(units) == 1 else merge(units)
         try:
-            with self.rt.engine.begin() as conn:
+            with dialects.begin(self.rt.engine) as conn:
                 self.rt.prepare_commit(conn, merged)
         except BaseException:
             self.rt.abort(merged)

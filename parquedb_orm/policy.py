@@ -62,6 +62,9 @@ class Scheduler:
         self.flusher = flusher
         self.policy = policy
         self._lock = threading.Lock()
+        #: held while a flush runs, in whichever thread: close() waits on it (re-entrant,
+        #: so a close() from inside a flush's own thread cannot deadlock)
+        self._running = threading.RLock()
         self._timer: threading.Timer | None = None
         self._worker: threading.Thread | None = None
         self._closed = False
@@ -93,7 +96,9 @@ class Scheduler:
         if self.on_commit in self.rt.after_commit_hooks:
             self.rt.after_commit_hooks.remove(self.on_commit)
         if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=60)
+            worker.join()
+        with self._running:  # a timer-fired or inline flush still in progress
+            pass
 
     # ------------------------------------------------------------------ decisions
     def on_commit(self, _count: int) -> None:
@@ -148,8 +153,12 @@ class Scheduler:
     def run(self) -> FlushResult | None:
         """Flush now (and compact if due); errors are logged and kept, never raised here:
         the events stay safe in the WAL and the next flush retries."""
-        if self._closed:
-            return None
+        with self._running:
+            if self._closed:
+                return None
+            return self._run()
+
+    def _run(self) -> FlushResult | None:
         try:
             t0 = time.perf_counter()
             result = self.flusher.flush()

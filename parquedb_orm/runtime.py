@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, select
 
 from . import codec, dialects, manifest, parquet, snapshots, wal
 from .archive import Archive
-from .counters import IdBlocks, load_all
+from .counters import IdBlocks, load_all, raise_to
 from .errors import VersionConflictError
 from .events import Event, Link, LinkKey, RelEvent, State, apply_event, apply_rel_event
 from .ids import decode_id
@@ -531,6 +531,8 @@ class Runtime:
         """Inside the committing transaction: lock, check versions, number and write the events."""
         if uow.bulk:
             manifest.add(conn, [entry for entry, _states in uow.bulk])
+        for ns, floor in sorted(uow.id_floors.items()):
+            raise_to(conn, f"id:{ns}", floor)
         if not uow.events and not uow.rel_events:
             return
         with self.lock:

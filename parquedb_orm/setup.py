@@ -1,11 +1,21 @@
-"""Preparing a database for the store: tables, the process runtime, archive and flushing."""
+"""Preparing a database for the store: the schema step, the process runtime, archive and flushing.
+
+One `Runtime` exists per engine in a process, shared by the `ParqueDB` handles and the
+sessions of enabled sessionmakers; each holder takes a reference (`runtime_for`) and gives
+it back (`release_runtime`); the last one out stops its flushing and waits for a flush
+that is running.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import random
+import threading
+import time
+from typing import Any, Literal
 
 from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import DBAPIError
 
 from .archive import Archive
 from .errors import ConfigurationError
@@ -13,55 +23,144 @@ from .models import metadata
 from .policy import FlushPolicy, Scheduler
 from .runtime import Runtime
 
+MigrateMode = Literal["auto", "check", False]
+MIGRATE_MODES: tuple[MigrateMode, ...] = ("auto", "check", False)
+#: the version table of an application's own Alembic (way B of docs/migrations.md)
+HOST_VERSION_TABLE = "alembic_version"
 
-def ensure_schema(engine: Engine) -> None:
-    """Bring the database to our newest revision with the packaged migrations.
+_runtimes: dict[int, Runtime] = {}
+_users: dict[int, int] = {}
+_runtimes_lock = threading.Lock()
 
-    A fresh database is created by running them (so it is recorded in
-    `parquedb_alembic_version` like any upgraded one); one at an older revision is
-    upgraded. A legacy database that never ran them is refused with the command to run:
-    its data must be moved on purpose (see docs/migrations.md)."""
+
+def runtime_for(engine: Engine, **options: Any) -> Runtime:
+    """The one Runtime of this engine in this process (created on first use); the caller
+    holds a reference until `release_runtime`."""
+    with _runtimes_lock:
+        rt = _runtimes.get(id(engine))
+        if rt is None or rt.engine is not engine:
+            rt = _runtimes[id(engine)] = Runtime(engine, **options)
+            _users[id(engine)] = 0
+        _users[id(engine)] += 1
+        return rt
+
+
+def release_runtime(rt: Runtime) -> None:
+    """Give back a reference; the last one stops the runtime's flushing (waiting for a
+    flush in progress: no thread is left behind)."""
+    with _runtimes_lock:
+        key = id(rt.engine)
+        if _runtimes.get(key) is not rt:
+            return
+        _users[key] -= 1
+        if _users[key] > 0:
+            return
+        del _runtimes[key], _users[key]
+    if rt.scheduler is not None:
+        rt.scheduler.close()
+
+
+def _our_revisions() -> set[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     from . import migrate
 
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrate.migrations_dir()))
+    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+
+
+def _recorded(engine: Engine, table: str) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": table})
+        heads = set(ctx.get_current_heads())
+        if conn.in_transaction():
+            conn.rollback()
+    return heads
+
+
+def ensure_schema(engine: Engine, mode: MigrateMode = "auto") -> None:
+    """The schema step, by `mode` (docs/migrations.md):
+
+    - "auto": bring the database to our newest revision with the packaged migrations,
+      recorded in `parquedb_alembic_version`; but if the host app's own Alembic records
+      our revisions (its `alembic_version`), only verify, as "check" does;
+    - "check": verify the schema is at our newest revision; never write;
+    - False: nothing.
+
+    A legacy database that never ran them is refused with the command to run: its data
+    must be moved on purpose."""
+    from . import migrate
+
+    if mode is False:
+        return
     tables = set(inspect(engine).get_table_names())
+    ours = set(migrate.heads())
+    by_us = _recorded(engine, migrate.VERSION_TABLE) if migrate.VERSION_TABLE in tables else set()
+    by_host = (_recorded(engine, HOST_VERSION_TABLE) & _our_revisions()) if HOST_VERSION_TABLE in tables else set()
+    url = engine.url.render_as_string(hide_password=True)
+    if by_us and by_host:
+        raise ConfigurationError(
+            f"both {HOST_VERSION_TABLE} (your Alembic) and {migrate.VERSION_TABLE} record parquedb's schema: keep "
+            f"one. If your Alembic runs parquedb's revisions, drop {migrate.VERSION_TABLE} and pass "
+            'migrate="check" to enable(); otherwise take them out of yours (`alembic stamp --purge` to your '
+            "own heads). See docs/migrations.md, 'Applications with their own Alembic'"
+        )
+    if by_host:
+        if not ours <= by_host:
+            raise ConfigurationError(
+                f"parquedb's schema is at {sorted(by_host)}, this version needs {sorted(ours)}: your Alembic "
+                "owns it, run `alembic upgrade heads` in your application"
+            )
+        return
+    if mode == "check":
+        if not by_us or not ours <= by_us:
+            what = f"at {sorted(by_us)}" if by_us else "not created"
+            raise ConfigurationError(
+                f"parquedb's schema is {what}, this version needs {sorted(ours)}: run `parquedb upgrade {url}` "
+                "(or `alembic upgrade heads`, if your Alembic runs parquedb's revisions)"
+            )
+        return
     if migrate.VERSION_TABLE in tables:
-        if set(migrate.current(engine)) != set(migrate.heads()):
+        if by_us != ours:
             migrate.upgrade(engine)
         return
     legacy = tables & {"event_batches", "relationships"}
-    ours = tables & set(metadata.tables)
+    have = tables & set(metadata.tables)
     if legacy:
         raise ConfigurationError(
             f"this database has the legacy parquedb layout ({', '.join(sorted(legacy))}) but no "
-            "migration record: run `alembic -x url=<url> stamp pq0001` then `parquedb upgrade <url>` "
+            f"migration record: run `alembic -x url={url} stamp pq0001` then `parquedb upgrade {url}` "
             "(docs/migrations.md)"
         )
-    if ours and ours != set(metadata.tables):
+    if have and have != set(metadata.tables):
         raise ConfigurationError(
-            f"this database has some of parquedb's tables ({', '.join(sorted(ours))}) but no migration "
-            "record: stamp the revision it is at, then run `parquedb upgrade <url>`"
+            f"this database has some of parquedb's tables ({', '.join(sorted(have))}) but no migration "
+            f"record: stamp the revision it is at, then run `parquedb upgrade {url}`"
         )
-    if ours:  # made by metadata.create_all: the newest layout, record it as such
+    if have:  # made by metadata.create_all: the newest layout, record it as such
         migrate.stamp(engine, "heads")
         return
     migrate.upgrade(engine)
 
 
-def _ensure_schema_retrying(engine: Engine, attempts: int = 8) -> None:
+def _ensure_schema_retrying(engine: Engine, mode: MigrateMode, attempts: int = 6) -> None:
     """Several processes opening a fresh database at once race to create the schema; the
-    losers fail on "already exists" or a lock. Retry: they then find it done."""
-    import random
-    import time
-
+    losers fail on "already exists" or a lock. Retry (they then find it done); a database
+    error that persists is reported as a ConfigurationError naming it."""
     for attempt in range(attempts):
         try:
-            ensure_schema(engine)
+            ensure_schema(engine, mode)
             return
-        except ConfigurationError:
-            raise
-        except Exception:
+        except DBAPIError as exc:
             if attempt == attempts - 1:
-                raise
+                raise ConfigurationError(
+                    f"could not prepare parquedb's schema on {engine.url.render_as_string(hide_password=True)}: "
+                    f"{type(exc.orig).__name__}: {exc.orig}"
+                ) from exc
             time.sleep(0.05 * (2**attempt) * (1 + random.random()))
 
 
@@ -71,20 +170,24 @@ def prepare(
     archive: str | os.PathLike[str] | Archive | None = None,
     policy: FlushPolicy | None = None,
     shared: bool = False,
-    create_tables: bool = True,
+    migrate: MigrateMode = "auto",
     archive_options: dict[str, Any] | None = None,
 ) -> Runtime:
-    """The runtime of `engine` in this process, with its archive and flush policy set up."""
-    from .session import runtime_for
-
+    """The runtime of `engine` in this process, with its archive and flush policy set up;
+    the caller holds a reference to it (`release_runtime`)."""
     if policy is not None and not isinstance(policy, FlushPolicy):
         raise ConfigurationError(f"policy must be a parquedb_orm.FlushPolicy, got {type(policy).__name__}")
-    if create_tables:
-        _ensure_schema_retrying(engine)
+    if migrate not in MIGRATE_MODES or (isinstance(migrate, int) and migrate is not False):
+        raise ConfigurationError(f'migrate must be "auto", "check" or False, got {migrate!r}')
+    _ensure_schema_retrying(engine, migrate)
     rt = runtime_for(engine, shared=shared)
     rt.shared = rt.shared or shared
     if archive is not None and rt.archive is None:
-        rt.archive = archive if isinstance(archive, Archive) else Archive.open(archive, **(archive_options or {}))
+        try:
+            rt.archive = archive if isinstance(archive, Archive) else Archive.open(archive, **(archive_options or {}))
+        except BaseException:
+            release_runtime(rt)
+            raise
         from .flush import Flusher
 
         rt.flusher = Flusher(rt, rt.archive)

@@ -93,14 +93,27 @@ def _refs(value: object, op: str) -> list[str]:
 class Store:
     """Operations bound to one unit of work and a way to get its SQL connection."""
 
-    def __init__(self, runtime: Runtime, uow: Callable[[], UnitOfWork], connection: Callable[[], Connection]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        uow: Callable[[], UnitOfWork],
+        connection: Callable[[], Connection],
+        write_uow: Callable[[], UnitOfWork] | None = None,
+    ) -> None:
         self._rt = runtime
-        self._uow_of = uow  # resolved per call: a commit starts a fresh unit on the same session
+        # resolved per call: a session's unit belongs to its current transaction. Reads
+        # take the unit if there is one; writes make sure there is (a session autobegins)
+        self._uow_of = uow
+        self._write_of = write_uow or uow
         self._connection = connection
 
     @property
     def _uow(self) -> UnitOfWork:
         return self._uow_of()
+
+    @property
+    def _w(self) -> UnitOfWork:
+        return self._write_of()
 
     # ------------------------------------------------------------------ state access
     def _current(self, ns: str, entity_id: str) -> Versioned:
@@ -119,10 +132,11 @@ class Store:
 
     def _record(self, ns: str, entity_id: str, base_version: int, ev: Event, state: State | None) -> None:
         key = (ns, entity_id)
-        if ev.op != CREATE and key not in self._uow.base_versions and key not in self._uow.overlay:
-            self._uow.base_versions[key] = base_version
-        self._uow.add(ns, ev)
-        self._uow.overlay[key] = (ev.version, state)
+        uow = self._w
+        if ev.op != CREATE and key not in uow.base_versions and key not in uow.overlay:
+            uow.base_versions[key] = base_version
+        uow.add(ns, ev)
+        uow.overlay[key] = (ev.version, state)
 
     @staticmethod
     def _expect(ns: str, entity_id: str, expected: int | None, actual: int) -> None:
@@ -139,7 +153,8 @@ class Store:
         check_namespace(ns)
         data = clone(_check_data(data))
         _check_actor(actor)
-        number = self._rt.ids.allocate(self._connection, ns, 1, self._uow.local_ids.setdefault(ns, []))[0]
+        uow = self._w
+        number = self._rt.ids.allocate(self._connection, ns, 1, uow.local_ids.setdefault(ns, []), uow.reserved)[0]
         entity_id = encode_id(number)
         ev = Event(0, now_us(), CREATE, entity_id, actor, data, 1)
         state = apply_event(ns, None, ev)
@@ -154,19 +169,22 @@ class Store:
         check_namespace(ns)
         _check_actor(actor)
         datas = [clone(_check_data(item, deep=False)) for item in items]
+        uow = self._w
         if self._rt.archive is not None and len(datas) >= BULK_MIN:
-            block = reserve_contiguous(self._rt, self._connection(), ns, len(datas))
+            block = reserve_contiguous(self._rt, self._connection(), ns, len(datas), uow.reserved)
             entry, states = write_bulk(self._rt, self._rt.archive, ns, block, datas, actor)
-            self._uow.bulk.append((entry, states))
+            uow.bulk.append((entry, states))
             out_states = []
             for eid, state in states:
-                self._uow.overlay[(ns, eid)] = (1, state)
+                uow.overlay[(ns, eid)] = (1, state)
                 out_states.append(clone(state))
             return out_states
         for data in datas:
             for value in data.values():
                 check_serialisable(value)
-        numbers = self._rt.ids.allocate(self._connection, ns, len(datas), self._uow.local_ids.setdefault(ns, []))
+        numbers = self._rt.ids.allocate(
+            self._connection, ns, len(datas), uow.local_ids.setdefault(ns, []), uow.reserved
+        )
         ts = now_us()
         out = []
         for number, data in zip(numbers, datas, strict=True):
@@ -332,8 +350,9 @@ class Store:
         self._existing(from_ns, from_id)
         self._existing(to_ns, to_id)
         ev = RelEvent(0, now_us(), LINK, from_id, predicate, to_ref, reverse, actor, copy.deepcopy(data))
-        self._uow.add_rel(from_ns, ev)
-        self._uow.links[(from_ref, predicate, to_ref)] = Link(
+        uow = self._w
+        uow.add_rel(from_ns, ev)
+        uow.links[(from_ref, predicate, to_ref)] = Link(
             from_ref, predicate, to_ref, reverse, ev.data, ev.ts, actor
         )
 
@@ -344,8 +363,9 @@ class Store:
         _check_predicate(predicate)
         _check_actor(actor)
         ev = RelEvent(0, now_us(), UNLINK, from_id, predicate, to_ref, None, actor, None)
-        self._uow.add_rel(from_ns, ev)
-        self._uow.links[(from_ref, predicate, to_ref)] = None
+        uow = self._w
+        uow.add_rel(from_ns, ev)
+        uow.links[(from_ref, predicate, to_ref)] = None
 
     def links(self, ref: str, predicate: str | None = None, *, direction: str = "outbound") -> list[dict[str, Any]]:
         """The relationships themselves (from, predicate, to, reverse, data, createdAt, createdBy)."""

@@ -301,7 +301,7 @@ class StoreContract:
     def test_enable_commits_with_app_rows_and_rollback_leaves_no_trace(self, engine: Engine) -> None:
         AppBase.metadata.create_all(engine)
         Session = sessionmaker(engine, expire_on_commit=False)
-        rt = pq.enable(Session)
+        handle = pq.enable(Session)
         try:
             with Session() as s:
                 made = pq.store(s).create("orders", {"name": "o1"})
@@ -313,7 +313,7 @@ class StoreContract:
             with Session() as s:
                 assert pq.store(s).get("orders", sqid(made)) is None  # no trace in caches either
                 assert pq.store(s).find("orders") == []
-            assert rt.unflushed == 0
+            assert handle.stats()["unflushed_events"] == 0
             with Session() as s:
                 st = pq.store(s)
                 kept = st.create("orders", {"name": "o2"})
@@ -323,7 +323,7 @@ class StoreContract:
                 again = st.create("orders", {"name": "o3"})  # the same Store after a commit
                 s.commit()
             assert row_count(engine, EventsWal) == 2 and row_count(engine, Order) == 1
-            assert rt.unflushed == 3
+            assert handle.stats()["unflushed_events"] == 3
             with Session() as s:
                 got = pq.store(s).get("orders", sqid(kept))
                 assert got is not None and got["paid"] is True

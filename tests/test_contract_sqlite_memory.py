@@ -1,5 +1,10 @@
 from contract import StoreContract
+from session_contract import SessionContract
 
 
 class TestSqliteMemoryStore(StoreContract):
+    backend = "sqlite-memory"
+
+
+class TestSqliteMemorySession(SessionContract):
     backend = "sqlite-memory"
