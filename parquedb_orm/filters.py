@@ -1,7 +1,17 @@
-"""`find` filters (`$eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not`) and sorting."""
+"""`find` filters (`$eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not`) and sorting.
+
+Comparisons are Python's: numbers (int, float, Decimal) with numbers, strings with
+strings, datetimes with datetimes of the same kind (naive or aware), dates, times,
+timedeltas, UUIDs, bytes with their own kind. A pair Python cannot order (str vs int,
+naive vs aware datetime, date vs datetime...) simply does not match.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from .errors import UnknownOperatorError, ValidationError
@@ -34,7 +44,7 @@ def _cmp(a: Any, b: Any, op: str) -> bool:
         if op == "$lt":
             return bool(a < b)
         return bool(a <= b)
-    except TypeError:
+    except (TypeError, ArithmeticError):  # ArithmeticError: a custom type's comparison refusing
         return False
 
 
@@ -128,17 +138,42 @@ def _validate_cond(cond: Any) -> None:
                 _validate_cond(arg)
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    # total order across types: missing/None first, then bool, numbers, strings, others
+def _sort_key(value: Any) -> tuple[Any, ...]:
+    """A total order across types, so sorting never raises: missing/None, bool, numbers
+    (int, float, Decimal together), strings, datetimes, dates, times, timedeltas, UUIDs,
+    bytes, enum members, then anything else by its text."""
     if value is _MISSING or value is None:
         return (0, 0)
     if isinstance(value, bool):
         return (1, value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, Decimal)):  # IntEnum members are ints and sort as such
         return (2, value)
     if isinstance(value, str):
         return (3, value)
-    return (4, str(value))
+    if isinstance(value, datetime):
+        # naive and aware cannot be compared: aware ones sort by their UTC wall time, among
+        # the naive ones, which count as UTC here (a tie puts the naive one first)
+        if value.utcoffset() is None:
+            return (4, value.replace(tzinfo=None), 0)
+        try:
+            return (4, value.astimezone(UTC).replace(tzinfo=None), 1)
+        except OverflowError:  # near datetime.min/max
+            return (4, value.replace(tzinfo=None), 1)
+    if isinstance(value, date):
+        return (5, value)
+    if isinstance(value, time):
+        offset = value.utcoffset()
+        us = ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+        return (6, us - (0 if offset is None else offset // timedelta(microseconds=1)), offset is not None)
+    if isinstance(value, timedelta):
+        return (7, value)
+    if isinstance(value, uuid.UUID):
+        return (8, value.int)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (9, bytes(value))
+    if isinstance(value, Enum):
+        return (10, type(value).__qualname__, _sort_key(value.value))
+    return (11, type(value).__qualname__, str(value))
 
 
 def validate_sort(sort: object) -> list[tuple[str, int]]:

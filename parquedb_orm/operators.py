@@ -6,9 +6,11 @@ UPDATE event reproduces exactly the state the live call returned.
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from .codec import check_serialisable, clone
@@ -65,10 +67,48 @@ def _set(state: State, parts: list[str], value: Any) -> None:
     parent[parts[-1]] = value
 
 
-def _number(value: object, op: str, path: str) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+Number = int | float | Decimal
+
+#: Decimal $inc/$mul are exact whatever the application's (thread-local) context says, so
+#: a replay computes the same digits as the live call; a result that would need rounding
+#: (more than 10,000 digits) is refused rather than silently changed
+_EXACT = decimal.Context(
+    prec=10_000,
+    Emax=decimal.MAX_EMAX,
+    Emin=decimal.MIN_EMIN,
+    traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Rounded, decimal.Overflow],
+)
+
+
+def _number(value: object, op: str, path: str) -> Number:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise ValidationError(f"{op} {path!r}: {value!r} is not a number")
     return value
+
+
+def _mixed(a: object, b: object, op: str, path: str) -> ValidationError:
+    # Python refuses Decimal + float (a float is not exact); say so instead of a TypeError
+    return ValidationError(
+        f"{op} {path!r}: cannot combine Decimal and float ({a!r}, {b!r}): use Decimal (or int) for both"
+    )
+
+
+def _no_float_with_decimal(a: object, b: object, op: str, path: str) -> None:
+    if (isinstance(a, Decimal) and isinstance(b, float)) or (isinstance(a, float) and isinstance(b, Decimal)):
+        raise _mixed(a, b, op, path)
+
+
+def _arith(cur: Number, amount: Number, op: str, path: str) -> Number:
+    if isinstance(cur, Decimal) or isinstance(amount, Decimal):
+        if isinstance(cur, float) or isinstance(amount, float):
+            raise _mixed(cur, amount, op, path)
+        try:
+            return _EXACT.add(cur, amount) if op == "$inc" else _EXACT.multiply(cur, amount)
+        except decimal.DecimalException as exc:
+            raise ValidationError(
+                f"{op} {path!r}: the exact result of {cur!r} and {amount!r} cannot be stored ({type(exc).__name__})"
+            ) from None
+    return cur + amount if op == "$inc" else cur * amount
 
 
 def _each(value: Any) -> list[Any]:
@@ -106,22 +146,16 @@ def _op_inc(state: State, path: str, value: Any, now: datetime) -> None:
     parts = _check_path(path, "$inc")
     amount = _number(value, "$inc", path)
     cur = _get(state, parts)
-    _set(
-        state,
-        parts,
-        _finite(amount if cur is _MISSING or cur is None else _number(cur, "$inc", path) + amount, "$inc", path),
-    )
+    result = amount if cur is _MISSING or cur is None else _arith(_number(cur, "$inc", path), amount, "$inc", path)
+    _set(state, parts, _finite(result, "$inc", path))
 
 
 def _op_mul(state: State, path: str, value: Any, now: datetime) -> None:
     parts = _check_path(path, "$mul")
     factor = _number(value, "$mul", path)
     cur = _get(state, parts)
-    _set(
-        state,
-        parts,
-        _finite(0 * factor if cur is _MISSING or cur is None else _number(cur, "$mul", path) * factor, "$mul", path),
-    )
+    base: Number = 0 if cur is _MISSING or cur is None else _number(cur, "$mul", path)
+    _set(state, parts, _finite(_arith(base, factor, "$mul", path), "$mul", path))
 
 
 def _compare_op(pick_new: Callable[[Any, Any], bool], name: str) -> Callable[[State, str, Any, datetime], None]:
@@ -131,10 +165,15 @@ def _compare_op(pick_new: Callable[[Any, Any], bool], name: str) -> Callable[[St
         if cur is _MISSING or cur is None:
             _set(state, parts, clone(value))
             return
+        _no_float_with_decimal(value, cur, name, path)
         try:
             better = pick_new(value, cur)
-        except TypeError:
-            raise ValidationError(f"{name} {path!r}: cannot compare {value!r} with {cur!r}") from None
+        except (TypeError, ArithmeticError):
+            # naive vs aware datetime, date vs datetime, str vs int...: refuse, never guess
+            raise ValidationError(
+                f"{name} {path!r}: cannot compare {value!r} with the stored {cur!r} "
+                f"({type(value).__name__} vs {type(cur).__name__})"
+            ) from None
         if better:
             _set(state, parts, clone(value))
 
@@ -207,23 +246,25 @@ OPERATORS: dict[str, Callable[[State, str, Any, datetime], None]] = {
 }
 
 
-def _check_operand(op: str, value: Any) -> None:
+def _check_operand(op: str, path: str, value: Any) -> None:
     """Values are stored as given, so they follow the storage rules (no `$` keys inside);
     the operator modifiers themselves (`$each`, `$pull` conditions) are allowed."""
     if op == "$currentDate":
         return  # true or {"$type": "date"}, checked when applied
     if op in ("$push", "$addToSet") and isinstance(value, dict) and value and all(k.startswith("$") for k in value):
         if "$each" in value:
-            check_serialisable(value["$each"])  # other modifiers are refused when applied
+            check_serialisable(value["$each"], path)  # other modifiers are refused when applied
     elif op == "$pull" and isinstance(value, dict) and value and all(k.startswith("$") for k in value):
         for arg in value.values():
-            check_serialisable(arg)
+            check_serialisable(arg, path)
     else:
-        check_serialisable(value)
+        check_serialisable(value, path)
 
 
 def _finite(value: Any, op: str, path: str) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
+    if (isinstance(value, float) and not math.isfinite(value)) or (
+        isinstance(value, Decimal) and not value.is_finite()
+    ):
         raise ValidationError(f"{op} {path!r}: the result {value!r} is not a finite number and cannot be stored")
     return value
 
@@ -252,7 +293,7 @@ def validate_update(update: object) -> dict[str, dict[str, Any]]:
         if op in OPERATORS:
             for path, value in fields.items():
                 _check_path(path, op)
-                _check_operand(op, value)
+                _check_operand(op, path, value)
     return update
 
 
