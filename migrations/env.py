@@ -55,18 +55,37 @@ def _options(dialect_name: str) -> dict[str, object]:
 
 @contextmanager
 def _sqlite_transactional_ddl(conn: Connection) -> Iterator[bool]:
-    """Make pysqlite run DDL inside our transactions.
+    """Make pysqlite run DDL inside our transactions; yields whether it does.
 
     pysqlite only opens a transaction before INSERT/UPDATE/DELETE, so a CREATE or DROP
     would commit on its own and a failed revision could not be rolled back. The known
     workaround: switch its implicit BEGIN off and emit BEGIN ourselves whenever
-    SQLAlchemy begins a transaction. Scoped to this connection and undone afterwards,
-    so a caller's Engine is left as it was.
+    SQLAlchemy begins a transaction.
+
+    Some engines already do exactly that (SQLAlchemy's pysqlite savepoint recipe: a
+    `connect` listener setting `isolation_level = None` and a `begin` listener emitting
+    BEGIN), and a second BEGIN would fail ("cannot start a transaction within a
+    transaction"). Our listener would run before the engine's (connection listeners come
+    first), so we ask first: begin once, see whether the driver is then in a transaction,
+    roll back. If it is, the engine's BEGIN makes DDL transactional and we add nothing.
+    Otherwise (the default engine, `isolation_level="AUTOCOMMIT"`) we emit BEGIN. Scoped to
+    this connection and undone afterwards, so a caller's Engine is left as it was.
     """
     if conn.dialect.name != "sqlite" or conn.dialect.driver != "pysqlite" or conn.in_transaction():
         yield False
         return
     dbapi_conn = conn.connection.driver_connection
+    conn.begin()
+    engine_begins = bool(getattr(dbapi_conn, "in_transaction", False))
+    conn.rollback()
+    if engine_begins:
+        try:
+            yield True
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+        return
+
     saved = dbapi_conn.isolation_level  # type: ignore[union-attr]
     dbapi_conn.isolation_level = None  # type: ignore[union-attr]
 
