@@ -35,7 +35,7 @@ def reserve_contiguous(
         if reserved is not None:
             reserved.append((ns, block))
     else:
-        block = reserve_autonomous(rt.engine, f"id:{ns}", count, floor)
+        block = reserve_autonomous(rt.ids.engine, f"id:{ns}", count, floor)
     rt.ids.issued(ns, block[-1])
     return block
 

@@ -50,6 +50,19 @@ def create_engine_for(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def side_engine(engine: Engine) -> Engine:
+    """An engine with a pool of its own on the same database, for the store's short
+    autonomous transactions (id blocks) taken while a caller holds a connection: drawing
+    them from the app's pool could wait forever once its sessions hold every connection.
+    Same creator and connect listeners (pragmas, search_path); an in-memory SQLite database
+    exists only in its one connection, so it keeps that."""
+    if is_memory_sqlite(engine):
+        return engine
+    from sqlalchemy import create_engine
+
+    return create_engine(engine.url, pool=engine.pool.recreate())
+
+
 def sqlite_file_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL journal: readers never block the writer; NORMAL sync is durable at commit in WAL mode
     cur = dbapi_conn.cursor()

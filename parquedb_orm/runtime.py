@@ -102,7 +102,7 @@ class Runtime:
         self.memory = dialects.is_memory_sqlite(engine)
         self.shared = shared
         self.chunk_size = chunk_size
-        self.ids = IdBlocks(engine, id_block)
+        self.ids = IdBlocks(dialects.side_engine(engine), id_block)
         self.lock = threading.RLock()
         self.rels = RelIndex()
         self.unflushed = 0  # committed events not yet in the archive (in memory: no SQL to know)
@@ -117,6 +117,11 @@ class Runtime:
         self.after_commit_hooks: list[Callable[[int], None]] = []
         self.flusher: Flusher | None = None
         self.scheduler: Scheduler | None = None
+
+    def close(self) -> None:
+        """Release what the runtime opened itself (the id blocks' own pool)."""
+        if self.ids.engine is not self.engine:
+            self.ids.engine.dispose()
 
     # ------------------------------------------------------------------ namespaces
     def ns(self, name: str) -> NsState:

@@ -173,7 +173,7 @@ def _discard(txn: _Txn) -> None:
     if not floors:
         return
     try:
-        with dialects.begin(rt.engine) as conn:
+        with dialects.begin(rt.ids.engine) as conn:
             for ns, floor in sorted(floors.items()):
                 counters.raise_to(conn, f"id:{ns}", floor)
     except Exception:  # this process never reissues them (its floor); other processes might

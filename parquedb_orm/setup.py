@@ -58,6 +58,7 @@ def release_runtime(rt: Runtime) -> None:
         del _runtimes[key], _users[key]
     if rt.scheduler is not None:
         rt.scheduler.close()
+    rt.close()
 
 
 def _our_revisions() -> set[str]:

@@ -1,0 +1,157 @@
+"""SQLite engines the way users configure them: the store adapts to the engine, never fights it.
+
+- SQLAlchemy's documented pysqlite recipe for working SAVEPOINTs (driver autocommit plus a
+  `begin` listener that emits BEGIN);
+- `isolation_level="AUTOCOMMIT"`;
+- the user's own pragmas (journal mode, synchronous), which the store must leave as set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, String, create_engine, event, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+import parquedb_orm as pq
+from parquedb_orm.models import EventsWal
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(String(50))
+
+
+def savepoint_recipe(url: str) -> Engine:
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def emit_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def own_pragmas(url: str) -> Engine:
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=DELETE")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.close()
+
+    return engine
+
+
+SETUPS = {
+    "savepoint-recipe": savepoint_recipe,
+    "autocommit": lambda url: create_engine(url, isolation_level="AUTOCOMMIT"),
+    "own-pragmas": own_pragmas,
+}
+
+
+@pytest.fixture(params=sorted(SETUPS))
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    engine = SETUPS[request.param](f"sqlite:///{tmp_path / 'app.db'}")
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def wal_counts(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(EventsWal.event_count).order_by(EventsWal.ns, EventsWal.first_seq)).scalars())
+
+
+def notes(engine: Engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(Note.id)).scalars())
+
+
+def test_enable_on_a_fresh_database_and_savepoints(engine: Engine, tmp_path: Path) -> None:
+    Session = sessionmaker(engine)
+    handle = pq.enable(Session, archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual"))
+    try:
+        with Session() as s:
+            st = pq.store(s)
+            sp = s.begin_nested()  # a savepoint as the transaction's first statement
+            gone = st.create("posts", {"name": "dropped"})
+            s.add(Note(id=1, text="dropped"))
+            sp.rollback()
+            with s.begin_nested():
+                kept = st.create("posts", {"name": "kept"})
+                s.add(Note(id=2, text="kept"))
+            s.commit()
+        with Session() as s:
+            pq.store(s).create("posts", {"name": "rolled back"})
+            s.add(Note(id=3, text="rolled back"))
+            s.flush()
+            s.rollback()
+        if _autocommit(engine):
+            # an AUTOCOMMIT engine commits each app statement on its own: its rows are the
+            # app's choice; the store's own rows still commit only with the session's commit
+            assert 2 in notes(engine)
+        else:
+            assert notes(engine) == {2}
+        assert wal_counts(engine) == [1]
+        with Session() as s:
+            assert pq.store(s).get("posts", kept["$id"].split("/")[1]) is not None
+            assert pq.store(s).get("posts", gone["$id"].split("/")[1]) is None
+        assert handle.flush().events == 1
+        assert handle.duckdb().sql("SELECT count(*) FROM entities").fetchall() == [(1,)]
+    finally:
+        handle.close()
+
+
+def _autocommit(engine: Engine) -> bool:
+    return engine.dialect._on_connect_isolation_level == "AUTOCOMMIT"  # type: ignore[attr-defined]
+
+
+def test_parquedb_on_the_engine(engine: Engine, tmp_path: Path) -> None:
+    db = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual"))
+    try:
+        e = db.create("posts", {"n": 0})
+        for _ in range(3):
+            db.update("posts", e["$id"].split("/")[1], {"$inc": {"n": 1}})
+        with pytest.raises(RuntimeError), db.transaction() as tx:
+            tx.create("posts", {"n": 99})
+            raise RuntimeError("boom")
+        many = db.create_many("posts", [{"i": i} for i in range(10)])
+        assert db.flush().events == 4
+        assert len(db.find("posts")) == 11
+        assert db.get("posts", many[3]["$id"].split("/")[1]) == many[3]
+    finally:
+        db.close()
+    again = pq.ParqueDB(engine, archive=tmp_path / "archive")
+    try:
+        assert again.get("posts", e["$id"].split("/")[1])["n"] == 3  # type: ignore[index]
+    finally:
+        again.close()
+
+
+def test_the_store_leaves_the_users_pragmas(tmp_path: Path) -> None:
+    engine = own_pragmas(f"sqlite:///{tmp_path / 'p.db'}")
+    db = pq.ParqueDB(engine)
+    try:
+        db.create("posts", {"n": 1})
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.execute(select(func.count()).select_from(EventsWal)).scalar_one() == 1
+    finally:
+        db.close()
+        engine.dispose()
