@@ -1,6 +1,8 @@
 """The wheel carries the migrations: build it, install it into a fresh venv, run `parquedb upgrade`.
 
-The venv sees the system site-packages (so no dependency is downloaded), but the package
+The venv sees the site-packages of the interpreter running the tests (so no dependency is
+downloaded): the system ones, and those of the user's own venv when the tests run in one
+(`--system-site-packages` alone would see only the base interpreter's). The package
 itself must come from the wheel: it is installed into the venv (which comes first on
 sys.path), commands run from a temporary directory with PYTHONPATH cleared, and the test
 checks where `parquedb_orm` and its migrations were imported from.
@@ -13,6 +15,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -60,6 +63,12 @@ def test_wheel_installs_and_migrates(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=tmp_path, env=env)
     py, parquedb = venv / "bin" / "python", venv / "bin" / "parquedb"
+    if sys.prefix != sys.base_prefix:
+        # plain path lines: the outer venv's own .pth files (its editable install of this
+        # package among them) are not processed, so parquedb_orm still comes from the wheel
+        site = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env=env)
+        outer = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        (Path(site.stdout.strip()) / "_outer_venv.pth").write_text("".join(f"{p}\n" for p in outer))
     _run([py, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", wheel], cwd=tmp_path, env=env)
 
     work = tmp_path / "work"
