@@ -14,12 +14,11 @@ import threading
 import time
 from typing import Any, Literal
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .archive import Archive
 from .errors import ConfigurationError
-from .models import metadata
 from .policy import FlushPolicy, Scheduler
 from .runtime import Runtime
 
@@ -61,28 +60,6 @@ def release_runtime(rt: Runtime) -> None:
     rt.close()
 
 
-def _our_revisions() -> set[str]:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from . import migrate
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrate.migrations_dir()))
-    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
-
-
-def _recorded(engine: Engine, table: str) -> set[str]:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": table})
-        heads = set(ctx.get_current_heads())
-        if conn.in_transaction():
-            conn.rollback()
-    return heads
-
-
 def ensure_schema(engine: Engine, mode: MigrateMode = "auto") -> None:
     """The schema step, by `mode` (docs/migrations.md):
 
@@ -98,51 +75,47 @@ def ensure_schema(engine: Engine, mode: MigrateMode = "auto") -> None:
 
     if mode is False:
         return
-    tables = set(inspect(engine).get_table_names())
-    ours = set(migrate.heads())
-    by_us = _recorded(engine, migrate.VERSION_TABLE) if migrate.VERSION_TABLE in tables else set()
-    by_host = (_recorded(engine, HOST_VERSION_TABLE) & _our_revisions()) if HOST_VERSION_TABLE in tables else set()
+    status = migrate.schema_status(engine, HOST_VERSION_TABLE)
     url = engine.url.render_as_string(hide_password=True)
-    if by_us and by_host:
+    need = sorted(status.heads)
+    if status.owner == "both":
         raise ConfigurationError(
             f"both {HOST_VERSION_TABLE} (your Alembic) and {migrate.VERSION_TABLE} record parquedb's schema: keep "
             f"one. If your Alembic runs parquedb's revisions, drop {migrate.VERSION_TABLE} and pass "
-            'migrate="check" to enable(); otherwise take them out of yours (`alembic stamp --purge` to your '
-            "own heads). See docs/migrations.md, 'Applications with their own Alembic'"
+            'migrate="check" to enable(); otherwise take them out of yours. See docs/migrations.md, '
+            "'Applications with their own Alembic'"
         )
-    if by_host:
-        if not ours <= by_host:
+    if status.owner == "host":
+        if not status.at_head:
             raise ConfigurationError(
-                f"parquedb's schema is at {sorted(by_host)}, this version needs {sorted(ours)}: your Alembic "
+                f"parquedb's schema is at {list(status.host_revisions)}, this version needs {need}: your Alembic "
                 "owns it, run `alembic upgrade heads` in your application"
             )
         return
     if mode == "check":
-        if not by_us or not ours <= by_us:
-            what = f"at {sorted(by_us)}" if by_us else "not created"
+        if not status.at_head:
+            what = f"at {list(status.parquedb_revisions)}" if status.parquedb_revisions else "not created"
             raise ConfigurationError(
-                f"parquedb's schema is {what}, this version needs {sorted(ours)}: run `parquedb upgrade {url}` "
+                f"parquedb's schema is {what}, this version needs {need}: run `parquedb upgrade {url}` "
                 "(or `alembic upgrade heads`, if your Alembic runs parquedb's revisions)"
             )
         return
-    if migrate.VERSION_TABLE in tables:
-        if by_us != ours:
+    if status.owner == "parquedb":
+        if not status.at_head:
             migrate.upgrade(engine)
         return
-    legacy = tables & {"event_batches", "relationships"}
-    have = tables & set(metadata.tables)
-    if legacy:
+    if status.legacy:
         raise ConfigurationError(
-            f"this database has the legacy parquedb layout ({', '.join(sorted(legacy))}) but no "
+            f"this database has the legacy parquedb layout ({', '.join(sorted(status.legacy_tables))}) but no "
             f"migration record: run `alembic -x url={url} stamp pq0001` then `parquedb upgrade {url}` "
             "(docs/migrations.md)"
         )
-    if have and have != set(metadata.tables):
+    if status.tables and status.missing_tables:
         raise ConfigurationError(
-            f"this database has some of parquedb's tables ({', '.join(sorted(have))}) but no migration "
+            f"this database has some of parquedb's tables ({', '.join(sorted(status.tables))}) but no migration "
             f"record: stamp the revision it is at, then run `parquedb upgrade {url}`"
         )
-    if have:  # made by metadata.create_all: the newest layout, record it as such
+    if status.tables:  # made by metadata.create_all: the newest layout, record it as such
         migrate.stamp(engine, "heads")
         return
     migrate.upgrade(engine)
