@@ -182,7 +182,7 @@ def main() -> None:
         engine.dispose()
     print("| pattern | app rows | store events | WAL rows | statements | rows read | rows written | journal/sync |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, app, ev, walr, stmts, read, written, app_ins, js, faithful in rows:
+    for name, app, ev, walr, stmts, read, written, _app_ins, js, faithful in rows:
         note = "" if faithful else " (not faithful)"
         print(f"| {name} | {app} | {ev} | {walr} | {stmts} | {read} | {written}{note} | {js} |")
     print("\nrows written include the app's own rows (1 per app INSERT here: orders has no secondary index)")

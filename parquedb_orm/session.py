@@ -237,9 +237,10 @@ def _maker(target: object, what: str) -> sessionmaker[Any]:
         target = target.session_factory
     if isinstance(target, sessionmaker):
         return target
-    from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker
-
-    if isinstance(target, (async_sessionmaker, async_scoped_session)):
+    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")  # loaded wherever an async maker exists
+    if asyncio_ext is not None and isinstance(
+        target, (asyncio_ext.async_sessionmaker, asyncio_ext.async_scoped_session)
+    ):
         raise ConfigurationError(f"{what}: AsyncSession support is not available yet; use a sync sessionmaker")
     raise ConfigurationError(f"{what} takes a sessionmaker or scoped_session, got {type(target).__name__}")
 

@@ -49,7 +49,8 @@ def wal(engine: Engine) -> dict[str, list[int]]:
     """ns -> event_count of each of its events_wal rows."""
     out: dict[str, list[int]] = {}
     with engine.connect() as conn:
-        for ns, n in conn.execute(select(EventsWal.ns, EventsWal.event_count).order_by(EventsWal.ns, EventsWal.first_seq)):
+        stmt = select(EventsWal.ns, EventsWal.event_count).order_by(EventsWal.ns, EventsWal.first_seq)
+        for ns, n in conn.execute(stmt):
             out.setdefault(ns, []).append(n)
     return out
 
