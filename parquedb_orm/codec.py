@@ -242,7 +242,7 @@ def _encoder_for(t: type) -> _Encoder | None:
         if enc is None:
             return None
         _RESOLVED[t] = enc
-        if t not in _BUILTIN_ENCODERS and (t in _EXT_BY_TYPE or any(b in _EXT_BY_TYPE for b in t.__mro__)):
+        if any(b in _EXT_BY_TYPE for b in t.__mro__):
             _COPY.add(t)  # a subclass of a registered type: clone copies it like its base
     return enc
 

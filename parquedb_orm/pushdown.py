@@ -64,8 +64,9 @@ def _double(value: Any) -> float | None:
 
 def _number_sql(field: str, op: str, value: float) -> str:
     """Numbers (plain JSON or `$decimal`) compared as DOUBLE. Both sides are rounded to a
-    double, so the bounds are widened by one ulp and strict comparisons made inclusive:
-    rounding is monotonic, so no exact match is lost (Python re-checks exactly)."""
+    double (2**53 + 1 > 2**53, but not as doubles): rounding is monotonic, so inclusive
+    bounds lose no exact match; they are also widened by one ulp in case DuckDB's parsing
+    and Python's round a value differently. Python re-checks every candidate exactly."""
     num = (
         f"COALESCE(TRY_CAST(json_extract(state, {_path(field)}) AS DOUBLE), "
         f"TRY_CAST({_tagged(field, '$decimal')} AS DOUBLE))"
