@@ -215,6 +215,11 @@ def _write_unit(session: Session, bridge: _Bridge) -> UnitOfWork:
                 "after_commit listener or later): run store operations in a new transaction"
             )
         return txn.unit
+    if isinstance(session.bind, Connection):
+        raise ConfigurationError(
+            "this session is bound to a Connection (joined to an outside transaction): the store cannot "
+            "commit its events with that transaction; bind sessions to the Engine"
+        )
     conn = session.connection(bind_arguments={"bind": bridge.rt.engine})  # autobegins
     root = session.get_transaction()
     assert root is not None
@@ -251,10 +256,6 @@ def _engine_of(maker: sessionmaker[Any]) -> Engine:
     bind = maker.kw.get("bind")
     if isinstance(bind, Engine):
         return bind
-    if isinstance(bind, Connection):
-        raise ConfigurationError(
-            "enable(): the sessionmaker is bound to a Connection; pass engine=<the Engine of the store's database>"
-        )
     binds = maker.kw.get("binds") or {}
     engines = {id(b): b for b in binds.values() if isinstance(b, Engine)}
     if len(engines) == 1:
@@ -302,6 +303,11 @@ def enable(
     maker = _maker(target, "enable()")
     if engine is not None and not isinstance(engine, Engine):
         raise ConfigurationError(f"enable(engine=...) takes an Engine, got {type(engine).__name__}")
+    if isinstance(maker.kw.get("bind"), Connection):
+        raise ConfigurationError(
+            "enable(): the sessionmaker is bound to a Connection (an outside transaction the sessions join): "
+            "the store cannot commit its events with it; bind the sessionmaker to the Engine"
+        )
     bind = engine or _engine_of(maker)
     rt = prepare(
         bind, archive=archive, policy=policy, shared=shared, archive_options=archive_options, migrate=migrate

@@ -155,3 +155,73 @@ def test_the_store_leaves_the_users_pragmas(tmp_path: Path) -> None:
     finally:
         db.close()
         engine.dispose()
+
+
+def test_several_engines_in_one_process(tmp_path: Path) -> None:
+    engines = [create_engine(f"sqlite:///{tmp_path / f'db{i}.db'}") for i in range(2)]
+    makers = [sessionmaker(e) for e in engines]
+    handles = [pq.enable(m) for m in makers]
+    try:
+        assert handles[0] is not handles[1]
+        s0, s1 = makers[0](), makers[1]()
+        a = pq.store(s0).create("posts", {"db": 0})
+        b = pq.store(s1).create("posts", {"db": 1})
+        s1.rollback()
+        s0.commit()
+        c = pq.store(s1).create("posts", {"db": 1})
+        s1.commit()
+        s0.close()
+        s1.close()
+        assert [d["db"] for d in handles[0].find("posts")] == [0]
+        assert [d["db"] for d in handles[1].find("posts")] == [1]
+        assert handles[1].get("posts", b["$id"].split("/")[1]) is None
+        assert {a["$id"], c["$id"]} and wal_counts(engines[0]) == [1] == wal_counts(engines[1])
+    finally:
+        for h in handles:
+            h.close()
+        for e in engines:
+            e.dispose()
+
+
+def test_sessions_joined_to_an_outside_connection_are_refused(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'j.db'}")
+    with engine.connect() as conn:
+        with pytest.raises(pq.ConfigurationError, match="Connection"):
+            pq.enable(sessionmaker(bind=conn), engine=engine)
+        maker = sessionmaker(engine)
+        handle = pq.enable(maker)
+        try:
+            with maker(bind=conn, join_transaction_mode="create_savepoint") as s, pytest.raises(
+                pq.ConfigurationError, match="Connection"
+            ):
+                pq.store(s).create("posts", {"n": 1})
+        finally:
+            handle.close()
+    engine.dispose()
+
+
+def test_close_waits_for_a_running_flush_and_leaves_no_thread(tmp_path: Path) -> None:
+    import threading
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    maker = sessionmaker(engine)
+    before = {t.ident for t in threading.enumerate()}
+    policy = pq.FlushPolicy(min_events=1, max_events=1, mode="background")
+    handle = pq.enable(maker, archive=tmp_path / "archive", policy=policy)
+    with maker() as s:
+        for i in range(300):
+            pq.store(s).create("posts", {"n": i})
+        s.commit()  # >= max_events: a background flush starts now
+    handle.close()
+    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert left == [], left
+    with engine.connect() as conn:  # the flush committed (events + entities files) or never began
+        assert conn.exec_driver_sql("SELECT count(*) FROM archive_manifest").scalar() in (0, 2)
+    db = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual"))
+    try:
+        db.flush()
+        assert len(db.find("posts")) == 300
+        assert db.duckdb().sql("SELECT count(*) FROM events").fetchall() == [(300,)]
+    finally:
+        db.close()
+        engine.dispose()
