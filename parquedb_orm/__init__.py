@@ -7,6 +7,7 @@ current state lives in snapshots, and history is archived to Parquet.
 from __future__ import annotations
 
 from . import errors
+from .codec import register_enum, register_type
 from .errors import (
     ArchiveError,
     ConfigurationError,
@@ -52,6 +53,8 @@ __all__ = [
     "errors",
     "handle",
     "metadata",
+    "register_enum",
+    "register_type",
     "store",
 ]
 __version__ = "0.1.0"

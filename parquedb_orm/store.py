@@ -72,8 +72,8 @@ def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
     if "$type" in data and (not isinstance(data["$type"], str) or not data["$type"]):
         raise ValidationError(f"$type must be a non-empty string, got {data['$type']!r}")
     if deep:
-        for value in data.values():  # top-level "$type" is allowed; nested "$" keys are not
-            check_serialisable(value)
+        for key, value in data.items():  # top-level "$type" is allowed; nested "$" keys are not
+            check_serialisable(value, key)
     return data
 
 
@@ -180,8 +180,8 @@ class Store:
                 out_states.append(clone(state))
             return out_states
         for data in datas:
-            for value in data.values():
-                check_serialisable(value)
+            for key, value in data.items():
+                check_serialisable(value, key)
         numbers = self._rt.ids.allocate(
             self._connection, ns, len(datas), uow.local_ids.setdefault(ns, []), uow.reserved
         )
@@ -345,7 +345,7 @@ class Store:
         if data is not None:
             if not isinstance(data, dict):
                 raise ValidationError(f"link data must be a dict, got {type(data).__name__}")
-            check_serialisable(data)
+            check_serialisable(data, "link data")
         _check_actor(actor)
         self._existing(from_ns, from_id)
         self._existing(to_ns, to_id)
