@@ -396,7 +396,7 @@ def test_refused_values_name_the_field(value: Any, words: list[str], tmp_path: P
         assert "'bad" in str(info.value), str(info.value)
         with pytest.raises(pq.SerializationError) as info:
             db.create(NS, {"outer": {"bad": value}})
-        assert "'outer.bad'" in str(info.value), str(info.value)
+        assert "'outer.bad" in str(info.value), str(info.value)
         with pytest.raises(pq.SerializationError) as info:  # the bulk path (encoder only)
             db.create_many(NS, [{"n": i} for i in range(5)] + [{"n": 5, "outer": {"bad": value}}])
         assert db.find(NS, {}) == [db.get(NS, sqid(e))]
