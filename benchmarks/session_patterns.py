@@ -25,7 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import parquedb_orm as pq
 from parquedb_orm.metering import meter, metered_env
-from parquedb_orm.models import EventsWal, RelsWal
+from parquedb_orm.sql.dialects import create_engine_for
+from parquedb_orm.sql.models import EventsWal, RelsWal
 
 
 class Base(DeclarativeBase):
@@ -161,7 +162,7 @@ def main() -> None:
     rows = []
     for name, pattern in PATTERNS:
         tmp = Path(tempfile.mkdtemp(prefix="pq-session-"))
-        engine = pq.dialects.create_engine_for(f"sqlite:///{tmp / 'app.db'}")
+        engine = create_engine_for(f"sqlite:///{tmp / 'app.db'}")
         Base.metadata.create_all(engine)
         maker = sessionmaker(engine)
         handle = pq.enable(maker)

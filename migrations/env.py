@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from parquedb_orm import migrate as pqm
-from parquedb_orm.models import metadata as target_metadata
+from parquedb_orm.sql.models import metadata as target_metadata
 
 config = context.config
 

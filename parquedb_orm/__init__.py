@@ -6,9 +6,14 @@ current state lives in snapshots, and history is archived to Parquet.
 
 from __future__ import annotations
 
-from . import errors
-from .codec import register_enum, register_type
-from .errors import (
+from parquedb_orm import errors
+from parquedb_orm.archive.flush import FlushResult
+from parquedb_orm.archive.policy import FlushPolicy
+from parquedb_orm.core.codec import register_enum, register_type
+from parquedb_orm.core.ids import NAMESPACE_PATTERN
+from parquedb_orm.db import ParqueDB
+from parquedb_orm.engine.store import Store
+from parquedb_orm.errors import (
     ArchiveError,
     ConfigurationError,
     CorruptBatchError,
@@ -22,13 +27,8 @@ from .errors import (
     ValidationError,
     VersionConflictError,
 )
-from .facade import ParqueDB
-from .flush import FlushResult
-from .ids import NAMESPACE_PATTERN
-from .models import metadata
-from .policy import FlushPolicy
-from .session import disable, enable, handle, store
-from .store import Store
+from parquedb_orm.orm import disable, enable, handle, store
+from parquedb_orm.sql.models import metadata
 
 __all__ = [
     "NAMESPACE_PATTERN",

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import migrate
+from parquedb_orm import migrate
 
 
 def _parser() -> argparse.ArgumentParser:

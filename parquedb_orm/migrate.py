@@ -34,9 +34,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.engine import Connection, Engine
 
-from . import codec
-from .legacy import legacy_metadata
-from .models import NAMING_CONVENTION, metadata
+from parquedb_orm.core import codec
+from parquedb_orm.sql.legacy import legacy_metadata
+from parquedb_orm.sql.models import NAMING_CONVENTION, metadata
 
 __all__ = [
     "BRANCH",

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from parquedb_orm import dialects
-from parquedb_orm.legacy import legacy_metadata
-from parquedb_orm.models import metadata
+from parquedb_orm.sql import dialects
+from parquedb_orm.sql.legacy import legacy_metadata
+from parquedb_orm.sql.models import metadata
 
 PG_ADMIN = os.environ.get("PARQUEDB_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MY_ADMIN = os.environ.get("PARQUEDB_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import parquedb_orm as pq
 from parquedb_orm.metering import meter
-from parquedb_orm.models import Counter, EventsWal, RelsWal
+from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 WAL_TABLES = ("events_wal", "rels_wal")
 OUR_TABLES = ("events_wal", "rels_wal", "entity_snapshots", "counters", "archive_manifest")

@@ -21,9 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session, sessionmaker
 
 import parquedb_orm as pq
-from parquedb_orm.ids import decode_id
+from parquedb_orm.core.ids import decode_id
 from parquedb_orm.metering import meter
-from parquedb_orm.models import Counter, EventsWal, RelsWal
+from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 
 class Base(DeclarativeBase):
@@ -80,10 +80,10 @@ class SessionContract:
         yield maker
         handle.close()
         # nothing left behind: no listener on the maker or the engine, no bridge
-        for name, fn in pq.session._LISTENERS:
+        for name, fn in pq.orm._LISTENERS:
             assert not event.contains(maker, name, fn)
         assert len(engine.dispatch.commit) == 0
-        assert not any(b.rt.engine is engine for b in pq.session._bridges.values())
+        assert not any(b.rt.engine is engine for b in pq.orm._bridges.values())
         with maker() as s, pytest.raises(pq.ConfigurationError):
             pq.store(s)
 

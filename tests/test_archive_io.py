@@ -32,10 +32,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 import parquedb_orm as pq
-import parquedb_orm.flush as flush_module
-from parquedb_orm import dialects
-from parquedb_orm.archive import Archive
+import parquedb_orm.archive.flush as flush_module
+from parquedb_orm.archive.files import Archive
 from parquedb_orm.metering import meter
+from parquedb_orm.sql import dialects
 
 FILE_NAME = r"^\d{12}-\d{12}\.parquet$"
 Opener = Callable[..., pq.ParqueDB]

@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
-from parquedb_orm import dialects
+from parquedb_orm.sql import dialects
 
 State = dict[str, Any]
 NAMESPACES = ("posts", "users")

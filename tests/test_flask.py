@@ -19,7 +19,7 @@ from sqlalchemy import String, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import parquedb_orm as pq
-from parquedb_orm.models import EventsWal
+from parquedb_orm.sql.models import EventsWal
 
 flask = pytest.importorskip("flask")
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")

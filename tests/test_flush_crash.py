@@ -37,7 +37,7 @@ from backends import MY_ADMIN, PG_ADMIN, reset_schema, servers_required
 from sqlalchemy import create_engine, text
 
 import parquedb_orm as pq
-from parquedb_orm import wal
+from parquedb_orm.sql import wal
 
 pytestmark = pytest.mark.slow
 
@@ -269,7 +269,7 @@ def phase_more(r: Recorder, tag: str) -> None:
 # ---------------------------------------------------------------------------- the child
 def child(url: str, archive: str, out: str, step: str, scenario: str) -> None:
     """Run in a fresh interpreter: commit the workload, record it, crash at `step`."""
-    import parquedb_orm.flush as flush_module
+    import parquedb_orm.archive.flush as flush_module
 
     db = pq.ParqueDB(url, archive=archive, policy=pq.FlushPolicy(mode="manual"))
     r = Recorder(db)

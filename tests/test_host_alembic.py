@@ -34,7 +34,7 @@ from backends import MY_ADMIN, PG_ADMIN, server_url
 from sqlalchemy import event
 
 from parquedb_orm import migrate
-from parquedb_orm.models import metadata
+from parquedb_orm.sql.models import metadata
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "migrations.md"

@@ -31,8 +31,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from parquedb_orm import codec, migrate
-from parquedb_orm.events import (
+from parquedb_orm import migrate
+from parquedb_orm.core import codec
+from parquedb_orm.core.events import (
     CREATE,
     DELETE,
     LINK,
@@ -44,10 +45,10 @@ from parquedb_orm.events import (
     apply_event,
     apply_rel_event,
 )
-from parquedb_orm.ids import decode_id
-from parquedb_orm.ids import encode_id as _encode_id
-from parquedb_orm.legacy import legacy_metadata
-from parquedb_orm.models import metadata
+from parquedb_orm.core.ids import decode_id
+from parquedb_orm.core.ids import encode_id as _encode_id
+from parquedb_orm.sql.legacy import legacy_metadata
+from parquedb_orm.sql.models import metadata
 
 PG_URL = os.environ.get("PARQUEDB_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MY_URL = os.environ.get("PARQUEDB_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")

@@ -23,8 +23,8 @@ from backends import make_engine, reset_schema, url_of
 from sqlalchemy import Engine, select
 
 import parquedb_orm as pq
-from parquedb_orm.ids import decode_id
-from parquedb_orm.models import Counter
+from parquedb_orm.core.ids import decode_id
+from parquedb_orm.sql.models import Counter
 
 NS = "things"
 WORKERS = 4

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 import parquedb_orm as pq
-from parquedb_orm.pushdown import to_sql
+from parquedb_orm.core.pushdown import to_sql
 
-store_module = importlib.import_module("parquedb_orm.store")
+store_module = importlib.import_module("parquedb_orm.engine.store")
 
 FILTERS: list[dict[str, Any]] = [
     {},

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
+from parquedb_orm.core.operators import same
 from parquedb_orm.metering import meter
-from parquedb_orm.operators import same
 
 State = dict[str, Any]
 META = frozenset(

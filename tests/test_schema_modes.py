@@ -16,7 +16,7 @@ from sqlalchemy.orm import sessionmaker
 
 import parquedb_orm as pq
 from parquedb_orm import migrate
-from parquedb_orm.models import metadata
+from parquedb_orm.sql.models import metadata
 
 
 @pytest.fixture(params=["sqlite-file", "postgresql", "mysql"])

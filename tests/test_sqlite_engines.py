@@ -17,7 +17,7 @@ from sqlalchemy import Engine, String, create_engine, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import parquedb_orm as pq
-from parquedb_orm.models import EventsWal
+from parquedb_orm.sql.models import EventsWal
 
 
 class Base(DeclarativeBase):

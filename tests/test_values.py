@@ -24,9 +24,9 @@ from backends import make_engine, reset_schema, url_of
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
-from parquedb_orm import codec
-from parquedb_orm.filters import matches, sort_docs
-from parquedb_orm.pushdown import to_sql
+from parquedb_orm.core import codec
+from parquedb_orm.core.filters import matches, sort_docs
+from parquedb_orm.core.pushdown import to_sql
 
 BACKENDS = ["sqlite-memory", "sqlite-file", "postgresql", "mysql"]
 META = frozenset(
@@ -660,7 +660,7 @@ def test_pushdown_never_drops_a_match() -> None:
 
 
 def test_find_with_pushdown_equals_memory_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store_module = sys.modules["parquedb_orm.store"]
+    store_module = sys.modules["parquedb_orm.engine.store"]
     with pq.ParqueDB(
         f"sqlite:///{tmp_path / 'p.db'}", archive=str(tmp_path / "a"), policy=pq.FlushPolicy(mode="manual")
     ) as db:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from parquedb_orm import migrate
-from parquedb_orm.models import metadata
+from parquedb_orm.sql.models import metadata
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -123,6 +123,6 @@ def sqlite_pragmas(engine: Any) -> None:
     WAL journal, synchronous=NORMAL (durable at commit in WAL mode), a busy timeout."""
     from sqlalchemy import event
 
-    from parquedb_orm.dialects import sqlite_file_pragmas
+    from parquedb_orm.sql.dialects import sqlite_file_pragmas
 
     event.listen(engine, "connect", sqlite_file_pragmas)

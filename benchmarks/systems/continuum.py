@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy_continuum import make_versioned
 
-from . import BenchSystem, Doc, Handle
+from parquedb_orm import BenchSystem, Doc, Handle
 
 make_versioned(user_cls=None)
 
@@ -97,7 +97,7 @@ class System(BenchSystem):
         self.Session: sessionmaker[Any] | None = None
 
     def _connect(self) -> None:
-        from . import sqlite_pragmas
+        from parquedb_orm import sqlite_pragmas
 
         self.engine = create_engine(self.url)
         sqlite_pragmas(self.engine)

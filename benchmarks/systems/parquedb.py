@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import parquedb_orm as pq
-
-from . import BenchSystem, Doc, Handle
+from parquedb_orm import BenchSystem, Doc, Handle
 
 
 class System(BenchSystem):

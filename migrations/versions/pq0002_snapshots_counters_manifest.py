@@ -28,9 +28,9 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import mysql
 
-from parquedb_orm import codec, ids
 from parquedb_orm import migrate as pqm
-from parquedb_orm._progress import progress
+from parquedb_orm.core import codec, ids
+from parquedb_orm.sql.progress import progress
 
 revision: str = "pq0002"
 down_revision: str | Sequence[str] | None = "pq0001"

@@ -32,10 +32,10 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
-from parquedb_orm import codec, ids
 from parquedb_orm import migrate as pqm
-from parquedb_orm._progress import progress
-from parquedb_orm.events import LINK, UNLINK, RelEvent
+from parquedb_orm.core import codec, ids
+from parquedb_orm.core.events import LINK, UNLINK, RelEvent
+from parquedb_orm.sql.progress import progress
 
 revision: str = "pq0003"
 down_revision: str | Sequence[str] | None = "pq0002"

@@ -33,11 +33,11 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import mysql
 
-from parquedb_orm import codec, ids
 from parquedb_orm import migrate as pqm
-from parquedb_orm._progress import progress
-from parquedb_orm.events import CREATE, DELETE, UPDATE, Event
-from parquedb_orm.operators import META_FIELDS
+from parquedb_orm.core import codec, ids
+from parquedb_orm.core.events import CREATE, DELETE, UPDATE, Event
+from parquedb_orm.core.operators import META_FIELDS
+from parquedb_orm.sql.progress import progress
 
 revision: str = "pq0004"
 down_revision: str | Sequence[str] | None = "pq0003"

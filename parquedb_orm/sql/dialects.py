@@ -11,8 +11,8 @@ from sqlalchemy import Connection, Engine, Table, event, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from .errors import ConfigurationError
-from .models import Counter
+from parquedb_orm.errors import ConfigurationError
+from parquedb_orm.sql.models import Counter
 
 
 def family(bind: Connection | Engine) -> str:

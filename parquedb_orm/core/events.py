@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .codec import clone
-from .errors import CorruptBatchError
-from .operators import apply_update
+from parquedb_orm.core.codec import clone
+from parquedb_orm.core.operators import apply_update
+from parquedb_orm.errors import CorruptBatchError
 
 CREATE, UPDATE, DELETE, RESTORE, LINK, UNLINK = "CREATE", "UPDATE", "DELETE", "RESTORE", "LINK", "UNLINK"
 ENTITY_OPS = frozenset({CREATE, UPDATE, DELETE, RESTORE})

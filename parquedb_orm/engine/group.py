@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import dialects
-from .errors import VersionConflictError
-from .runtime import Runtime, Versioned
-from .unit import UnitOfWork
+from parquedb_orm.core.unit import UnitOfWork
+from parquedb_orm.engine.runtime import Runtime, Versioned
+from parquedb_orm.errors import VersionConflictError
+from parquedb_orm.sql import dialects
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
-from . import codec
-from .errors import CorruptBatchError
-from .models import EntitySnapshot
+from parquedb_orm.core import codec
+from parquedb_orm.errors import CorruptBatchError
+from parquedb_orm.sql.models import EntitySnapshot
 
 State = dict[str, Any]
 TABLE: Table = EntitySnapshot.__table__  # type: ignore[assignment]

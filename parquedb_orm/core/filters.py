@@ -14,7 +14,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from .errors import UnknownOperatorError, ValidationError
+from parquedb_orm.errors import UnknownOperatorError, ValidationError
 
 _MISSING = object()
 FIELD_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not"})

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, TextClause, func, insert, select, text, union_all
 
-from . import codec
-from .events import Event, RelEvent
-from .models import Counter, EventsWal, RelsWal
+from parquedb_orm.core import codec
+from parquedb_orm.core.events import Event, RelEvent
+from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 #: A commit's events of one namespace go to one row unless the encoded JSON exceeds
 #: this many bytes (D1 and Durable Objects cap a row at 2 MB).

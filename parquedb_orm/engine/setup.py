@@ -17,10 +17,10 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from .archive import Archive
-from .errors import ConfigurationError
-from .policy import FlushPolicy, Scheduler
-from .runtime import Runtime
+from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.policy import FlushPolicy, Scheduler
+from parquedb_orm.engine.runtime import Runtime
+from parquedb_orm.errors import ConfigurationError
 
 MigrateMode = Literal["auto", "check", False]
 MIGRATE_MODES: tuple[MigrateMode, ...] = ("auto", "check", False)
@@ -71,7 +71,7 @@ def ensure_schema(engine: Engine, mode: MigrateMode = "auto") -> None:
 
     A legacy database that never ran them is refused with the command to run: its data
     must be moved on purpose."""
-    from . import migrate
+    from parquedb_orm import migrate
 
     if mode is False:
         return
@@ -162,7 +162,7 @@ def prepare(
         except BaseException:
             release_runtime(rt)
             raise
-        from .flush import Flusher
+        from parquedb_orm.archive.flush import Flusher
 
         rt.flusher = Flusher(rt, rt.archive)
         rt.scheduler = Scheduler(rt, rt.flusher, policy or FlushPolicy())

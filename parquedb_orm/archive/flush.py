@@ -25,13 +25,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, text, update
 
-from . import codec, dialects, manifest, parquet, snapshots, wal
-from .archive import Archive
-from .counters import load_all
-from .events import Event, RelEvent, State, apply_event
-from .ids import decode_id
-from .models import Counter
-from .runtime import Runtime, Versioned
+from parquedb_orm.archive import parquet
+from parquedb_orm.archive.files import Archive
+from parquedb_orm.core import codec
+from parquedb_orm.core.events import Event, RelEvent, State, apply_event
+from parquedb_orm.core.ids import decode_id
+from parquedb_orm.engine.runtime import Runtime, Versioned
+from parquedb_orm.sql import dialects, manifest, snapshots, wal
+from parquedb_orm.sql.counters import load_all
+from parquedb_orm.sql.models import Counter
 
 
 @dataclass

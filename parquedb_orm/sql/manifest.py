@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, insert, select, tuple_
 
-from .models import ArchiveFile
+from parquedb_orm.sql.models import ArchiveFile
 
 #: kinds of files a flush writes (and compaction merges)
 KINDS = ("events", "rels", "entities")

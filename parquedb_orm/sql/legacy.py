@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, Float, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .models import NAMING_CONVENTION, Blob, UtcDateTime
+from parquedb_orm.sql.models import NAMING_CONVENTION, Blob, UtcDateTime
 
 
 class LegacyBase(DeclarativeBase):

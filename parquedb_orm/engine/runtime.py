@@ -15,18 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
 
-from . import codec, dialects, manifest, parquet, snapshots, wal
-from .archive import Archive
-from .counters import IdBlocks, load_all, raise_to
-from .errors import VersionConflictError
-from .events import Event, Link, LinkKey, RelEvent, State, apply_event, apply_rel_event
-from .ids import decode_id
-from .models import Counter
+from parquedb_orm.archive import parquet
+from parquedb_orm.archive.files import Archive
+from parquedb_orm.core import codec
+from parquedb_orm.core.events import Event, Link, LinkKey, RelEvent, State, apply_event, apply_rel_event
+from parquedb_orm.core.ids import decode_id
+from parquedb_orm.errors import VersionConflictError
+from parquedb_orm.sql import dialects, manifest, snapshots, wal
+from parquedb_orm.sql.counters import IdBlocks, load_all, raise_to
+from parquedb_orm.sql.models import Counter
 
 if TYPE_CHECKING:
-    from .flush import Flusher
-    from .policy import Scheduler
-    from .unit import UnitOfWork
+    from parquedb_orm.archive.flush import Flusher
+    from parquedb_orm.archive.policy import Scheduler
+    from parquedb_orm.core.unit import UnitOfWork
 
 log = logging.getLogger("parquedb_orm")
 
@@ -368,7 +370,7 @@ class Runtime:
         import duckdb
         import pyarrow as pa
 
-        from . import codec, pushdown
+        from parquedb_orm.core import codec, pushdown
 
         st = self.ensure_tail(conn, ns)
         with self.lock:

@@ -15,10 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from .bulk import BULK_MIN, reserve_contiguous, write_bulk
-from .codec import check_serialisable, clone
-from .errors import EntityNotFoundError, ValidationError, VersionConflictError
-from .events import (
+from parquedb_orm.archive.bulk import BULK_MIN, reserve_contiguous, write_bulk
+from parquedb_orm.core.codec import check_serialisable, clone
+from parquedb_orm.core.events import (
     CREATE,
     DELETE,
     LINK,
@@ -34,11 +33,12 @@ from .events import (
     public,
     us_to_dt,
 )
-from .filters import matches, sort_docs, validate_filter, validate_sort
-from .ids import check_id, check_namespace, decode_id, encode_id, split_ref
-from .operators import LINK_OPERATORS, validate_update
-from .runtime import Runtime, Versioned
-from .unit import UnitOfWork
+from parquedb_orm.core.filters import matches, sort_docs, validate_filter, validate_sort
+from parquedb_orm.core.ids import check_id, check_namespace, decode_id, encode_id, split_ref
+from parquedb_orm.core.operators import LINK_OPERATORS, validate_update
+from parquedb_orm.core.unit import UnitOfWork
+from parquedb_orm.engine.runtime import Runtime, Versioned
+from parquedb_orm.errors import EntityNotFoundError, ValidationError, VersionConflictError
 
 #: namespaces with more archived entities than this are filtered by DuckDB, not cached whole
 PUSHDOWN_ABOVE = 20_000
@@ -463,7 +463,7 @@ class Store:
         return out
 
     def _rel_events_of(self, ns: str, entity_id: str) -> list[RelEvent]:
-        from . import wal
+        from parquedb_orm.sql import wal
 
         conn = self._connection()
         archived = [r for r in self._rt.archived_rel_events(conn, ns) if r.from_id == entity_id]

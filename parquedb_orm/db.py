@@ -10,17 +10,17 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from . import dialects
-from .errors import ConfigurationError, VersionConflictError
-from .events import State
-from .flush import FlushResult
-from .group import GroupCommitter
-from .metering import EngineMeter
-from .policy import FlushPolicy
-from .runtime import Runtime
-from .setup import MigrateMode, prepare, release_runtime
-from .store import Store
-from .unit import UnitOfWork
+from parquedb_orm.archive.flush import FlushResult
+from parquedb_orm.archive.policy import FlushPolicy
+from parquedb_orm.core.events import State
+from parquedb_orm.core.unit import UnitOfWork
+from parquedb_orm.engine.group import GroupCommitter
+from parquedb_orm.engine.runtime import Runtime
+from parquedb_orm.engine.setup import MigrateMode, prepare, release_runtime
+from parquedb_orm.engine.store import Store
+from parquedb_orm.errors import ConfigurationError, VersionConflictError
+from parquedb_orm.metering import EngineMeter
+from parquedb_orm.sql import dialects
 
 T = TypeVar("T")
 _RETRIES = 16
@@ -292,7 +292,7 @@ class ParqueDB:
 
     def duckdb(self) -> Any:
         """A DuckDB connection with views `events`, `rels` and `entities` (current state)."""
-        from .analytics import connect
+        from parquedb_orm.archive.analytics import connect
 
         return connect(self)
 

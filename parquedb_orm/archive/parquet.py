@@ -11,8 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import codec
-from .events import CREATE, Event, RelEvent, State, us_to_dt
+from parquedb_orm.core import codec
+from parquedb_orm.core.events import CREATE, Event, RelEvent, State, us_to_dt
 
 TS = pa.timestamp("us", tz="UTC")
 OP = pa.dictionary(pa.int8(), pa.string())
@@ -102,7 +102,7 @@ def rels_table(rows: list[RelEvent]) -> pa.Table:
 
 
 def _us(value: Any) -> int | None:
-    from .events import dt_to_us
+    from parquedb_orm.core.events import dt_to_us
 
     return None if value is None else dt_to_us(value)
 
@@ -213,7 +213,7 @@ def bulk_create_events(ns: str, table: pa.Table) -> list[Event]:
         data = {k: v for k, v in state.items() if k not in _META}
         if state.get("$type", ns) != ns:
             data["$type"] = state["$type"]  # the default type is not part of what was passed
-        from .events import dt_to_us
+        from parquedb_orm.core.events import dt_to_us
 
         out.append(Event(0, dt_to_us(state["createdAt"]), CREATE, eid, state.get("createdBy"), data, 1))
     return out

@@ -32,7 +32,7 @@ from typing import Any
 
 import zstandard
 
-from .errors import ConfigurationError, CorruptBatchError, SerializationError
+from parquedb_orm.errors import ConfigurationError, CorruptBatchError, SerializationError
 
 MAGIC = b"PQB"
 FORMAT_VERSION = 1
@@ -395,7 +395,7 @@ def _dec_ext(raw: object) -> object:
     if ext is None:
         raise SerializationError(
             f"stored custom type {name!r} is not registered: call "
-            f"parquedb_orm.codec.register_type(cls, {name!r}, encode, decode) before reading"
+            f"parquedb_orm.core.codec.register_type(cls, {name!r}, encode, decode) before reading"
         )
     try:
         return ext.decode(value)

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from sqids import Sqids
 
-from .errors import InvalidIdError, InvalidNamespaceError
+from parquedb_orm.errors import InvalidIdError, InvalidNamespaceError
 
 #: A namespace: a letter, then up to 63 letters, digits, `_` or `-`.
 #: No `/`, `.`, spaces or empty string: it is used verbatim as `ns=<ns>` directory.

@@ -11,13 +11,15 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import codec, manifest, parquet
-from .archive import Archive
-from .counters import reserve, reserve_autonomous
-from .errors import SerializationError
-from .events import State, dt_to_us, now_us, us_to_dt
-from .ids import encode_id
-from .runtime import Runtime
+from parquedb_orm.archive import parquet
+from parquedb_orm.archive.files import Archive
+from parquedb_orm.core import codec
+from parquedb_orm.core.events import State, dt_to_us, now_us, us_to_dt
+from parquedb_orm.core.ids import encode_id
+from parquedb_orm.engine.runtime import Runtime
+from parquedb_orm.errors import SerializationError
+from parquedb_orm.sql import manifest
+from parquedb_orm.sql.counters import reserve, reserve_autonomous
 
 BULK_MIN = 5
 
@@ -27,7 +29,7 @@ def reserve_contiguous(
 ) -> range:
     """A fresh contiguous block of ids (the pool's leftovers are not contiguous), above
     every id this process has issued; all of it counts as issued from now on."""
-    from . import dialects
+    from parquedb_orm.sql import dialects
 
     floor = rt.ids.floor(ns)
     if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):

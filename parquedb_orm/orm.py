@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
 
-from . import counters, dialects
-from .errors import ConfigurationError, TransactionError
-from .facade import ParqueDB
-from .policy import FlushPolicy
-from .runtime import Runtime
-from .setup import MigrateMode, prepare, release_runtime
-from .store import Store
-from .unit import Mark, UnitOfWork
+from parquedb_orm.archive.policy import FlushPolicy
+from parquedb_orm.core.unit import Mark, UnitOfWork
+from parquedb_orm.db import ParqueDB
+from parquedb_orm.engine.runtime import Runtime
+from parquedb_orm.engine.setup import MigrateMode, prepare, release_runtime
+from parquedb_orm.engine.store import Store
+from parquedb_orm.errors import ConfigurationError, TransactionError
+from parquedb_orm.sql import counters, dialects
 
 if TYPE_CHECKING:
     from collections.abc import Callable

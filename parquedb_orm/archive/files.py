@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import ArchiveError, ConfigurationError
-from .ids import check_namespace
+from parquedb_orm.core.ids import check_namespace
+from parquedb_orm.errors import ArchiveError, ConfigurationError
 
 #: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful
 ROW_GROUP_ROWS = 65_536

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .events import Event, Link, LinkKey, RelEvent
+from parquedb_orm.core.events import Event, Link, LinkKey, RelEvent
 
 if TYPE_CHECKING:
-    from .runtime import Versioned
+    from parquedb_orm.engine.runtime import Versioned
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ValidationError
+from parquedb_orm.errors import ValidationError
 
 if TYPE_CHECKING:
-    from .flush import Flusher, FlushResult
-    from .runtime import Runtime
+    from parquedb_orm.archive.flush import Flusher, FlushResult
+    from parquedb_orm.engine.runtime import Runtime
 
-log = logging.getLogger("parquedb_orm.flush")
+log = logging.getLogger("parquedb_orm.archive.flush")
 
 MODES = ("inline", "background", "manual")
 

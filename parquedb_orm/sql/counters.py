@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import dialects
-from .models import Counter
+from parquedb_orm.sql import dialects
+from parquedb_orm.sql.models import Counter
 
 DEFAULT_BLOCK = 100
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import manifest, parquet, wal
+from parquedb_orm.archive import parquet
+from parquedb_orm.sql import manifest, wal
 
 if TYPE_CHECKING:
-    from .facade import ParqueDB
+    from parquedb_orm.db import ParqueDB
 
 
 def _files(db: ParqueDB, kind: str) -> list[tuple[str, manifest.Entry]]:
@@ -77,7 +78,7 @@ def connect(db: ParqueDB) -> Any:
     latest: dict[tuple[str, str], tuple[str, str, int, Any, int]] = {}
     for row in touched:
         latest[(row[0], row[1])] = row
-    from .ids import decode_id
+    from parquedb_orm.core.ids import decode_id
 
     ent_tail = parquet.entities_table(
         [(eid, decode_id(eid) or 0, v, st, seq) for (_n, eid, v, st, seq) in latest.values()]

@@ -13,8 +13,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from .codec import check_serialisable, clone
-from .errors import UnknownOperatorError, ValidationError
+from parquedb_orm.core.codec import check_serialisable, clone
+from parquedb_orm.errors import UnknownOperatorError, ValidationError
 
 #: Fields the store maintains; updates may not touch them.
 META_FIELDS = frozenset(
@@ -195,7 +195,7 @@ def _op_add_to_set(state: State, path: str, value: Any, now: datetime) -> None:
 
 
 def _op_pull(state: State, path: str, value: Any, now: datetime) -> None:
-    from .filters import match_value  # local: filters imports this module's constants
+    from parquedb_orm.core.filters import match_value  # local: filters imports this module's constants
 
     parts = _check_path(path, "$pull")
     cur = _get(state, parts)
