@@ -16,10 +16,9 @@ from parquedb_orm.core.events import State
 from parquedb_orm.core.unit import UnitOfWork
 from parquedb_orm.engine.group import GroupCommitter
 from parquedb_orm.engine.runtime import Runtime
-from parquedb_orm.engine.setup import MigrateMode, prepare, release_runtime
+from parquedb_orm.engine.setup import MigrateMode, flushing, prepare, release_runtime
 from parquedb_orm.engine.store import Store
-from parquedb_orm.errors import ConfigurationError, VersionConflictError
-from parquedb_orm.metering import EngineMeter
+from parquedb_orm.errors import ConfigurationError, MeterUnavailableError, VersionConflictError
 from parquedb_orm.sql import dialects
 
 T = TypeVar("T")
@@ -47,6 +46,18 @@ class _LazyConnection:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _engine_meter(engine: Engine) -> Any:
+    """The row meter is a development tool outside this package (tools/meter)."""
+    try:
+        from parquedb_meter import EngineMeter  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise MeterUnavailableError(
+            "meter=True needs the row meter, a development tool: from a source checkout, "
+            "`pip install ./tools/meter`"
+        ) from None
+    return EngineMeter(engine, max_records=0).install()
 
 
 class ParqueDB:
@@ -99,11 +110,11 @@ class ParqueDB:
                 self.engine.dispose()
             raise
         self._group = GroupCommitter(self.runtime, enabled=group_commit)
-        self._meter: EngineMeter | None = None
+        self._meter: Any = None
         if meter:
             # statements and rows of every SQL statement this engine runs, for stats();
             # faithful rows read/written when the counting SQLite library is loaded
-            self._meter = EngineMeter(self.engine, max_records=0).install()
+            self._meter = _engine_meter(self.engine)
 
     @classmethod
     def _attached(cls, runtime: Runtime, on_close: Callable[[Runtime], None]) -> ParqueDB:
@@ -277,32 +288,34 @@ class ParqueDB:
     # ------------------------------------------------------------------ archive
     def flush(self) -> FlushResult:
         """Move every committed WAL event to the Parquet archive now; returns what it did."""
-        if self.runtime.flusher is None:
+        running = flushing(self.runtime)
+        if running is None:
             raise ConfigurationError("no archive configured: pass archive='./folder' (or a URI) to ParqueDB()")
-        result = self.runtime.flusher.flush()
-        if self.runtime.scheduler is not None:
-            self.runtime.flusher.compact_due(self.runtime.scheduler.policy.compact_after, result.namespaces)
+        result = running.flusher.flush()
+        running.flusher.compact_due(running.scheduler.policy.compact_after, result.namespaces)
         return result
 
     def compact(self, threshold: int = 1) -> int:
         """Merge small archive files now (namespaces with more than `threshold` files of a kind)."""
-        if self.runtime.flusher is None:
-            raise ConfigurationError("no archive configured")
-        return len(self.runtime.flusher.compact_due(threshold))
+        running = flushing(self.runtime)
+        if running is None:
+            raise ConfigurationError("no archive configured: pass archive='./folder' (or a URI) to ParqueDB()")
+        return len(running.flusher.compact_due(threshold))
 
     def duckdb(self) -> Any:
         """A DuckDB connection with views `events`, `rels` and `entities` (current state)."""
         from parquedb_orm.archive.analytics import connect
 
-        return connect(self)
+        return connect(self.runtime)
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, Any]:
         rt = self.runtime
-        sched = rt.scheduler
+        running = flushing(rt)
+        sched = running.scheduler if running is not None else None
         return {
             "unflushed_events": rt.unflushed,
-            "commits": rt.commits,
+            "commits": rt.known.commits,
             "dialect": rt.family,
             "shared": rt.shared,
             "group_commits": self._group.stats.groups,

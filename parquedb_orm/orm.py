@@ -91,7 +91,7 @@ class _Bridge:
         # an engine in driver-autocommit mode has no transaction to join: open one, so the
         # store's statements are atomic among themselves (COMMIT follows right after)
         dialects.ensure_transaction(conn)
-        self.rt.prepare_commit(conn, txn.unit)
+        self.rt.committer.prepare(conn, txn.unit)
 
     def close(self) -> None:
         for maker in list(self.makers):
@@ -132,7 +132,7 @@ def _after_commit(session: Session) -> None:
         )
     txn.published = True
     if not txn.unit.empty:
-        txn.bridge.rt.finish_commit(txn.unit)
+        txn.bridge.rt.committer.finish(txn.unit)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
@@ -165,7 +165,7 @@ def _discard(txn: _Txn) -> None:
     reserved inside itself are gone with it, but ids of them may have been shown: raise
     the stored counters above them (a new transaction; the rolled-back one holds no lock)."""
     rt = txn.bridge.rt
-    rt.abort(txn.unit)
+    rt.committer.abort(txn.unit)
     floors = dict(txn.unit.id_floors)
     for ns, block in txn.unit.reserved:
         if rt.ids.floor(ns) >= block.start:  # some id of the block was handed out
@@ -175,7 +175,7 @@ def _discard(txn: _Txn) -> None:
     try:
         with dialects.begin(rt.ids.engine) as conn:
             for ns, floor in sorted(floors.items()):
-                counters.raise_to(conn, f"id:{ns}", floor)
+                counters.raise_to(conn, counters.id_key(ns), floor)
     except Exception:  # this process never reissues them (its floor); other processes might
         log.warning("could not raise the id counters after a rollback: %s", floors, exc_info=True)
 

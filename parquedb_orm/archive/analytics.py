@@ -9,7 +9,7 @@ Only files the manifest lists are read, so an orphan left by a crash never shows
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,18 +18,34 @@ from parquedb_orm.archive import parquet
 from parquedb_orm.sql import manifest, wal
 
 if TYPE_CHECKING:
-    from parquedb_orm.db import ParqueDB
+    from sqlalchemy import Connection, Engine
+
+    from parquedb_orm.archive.files import Archive
+    from parquedb_orm.core.events import Versioned
 
 
-def _files(db: ParqueDB, kind: str) -> list[tuple[str, manifest.Entry]]:
-    rt = db.runtime
-    with rt.engine.connect() as conn:
+class LiveView(Protocol):
+    """What the views need of the engine beyond the archive: the WAL tail's namespaces and
+    the current state of entities it touched."""
+
+    engine: Engine
+
+    @property
+    def archive(self) -> Archive | None: ...
+
+    def namespaces(self, conn: Connection) -> list[str]: ...
+
+    def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]: ...
+
+
+def _files(db: LiveView, kind: str) -> list[tuple[str, manifest.Entry]]:
+    with db.engine.connect() as conn:
         entries = [e for e in manifest.load_all(conn) if e.kind == kind]
     return [(e.ns, e) for e in entries]
 
 
-def _read(db: ParqueDB, entries: list[tuple[str, manifest.Entry]], schema: pa.Schema) -> pa.Table:
-    archive = db.runtime.archive
+def _read(db: LiveView, entries: list[tuple[str, manifest.Entry]], schema: pa.Schema) -> pa.Table:
+    archive = db.archive
     tables = []
     for ns, entry in entries:
         assert archive is not None
@@ -40,10 +56,10 @@ def _read(db: ParqueDB, entries: list[tuple[str, manifest.Entry]], schema: pa.Sc
     return pa.concat_tables(tables, promote_options="default")
 
 
-def connect(db: ParqueDB) -> Any:
+def connect(db: LiveView) -> Any:
     import duckdb
 
-    rt = db.runtime
+    rt = db
     con = duckdb.connect()
     events = _read(db, _files(db, "events"), parquet.EVENTS_SCHEMA)
     rels = _read(db, _files(db, "rels"), parquet.RELS_SCHEMA)

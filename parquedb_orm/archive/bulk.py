@@ -9,41 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection
-
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import State, dt_to_us, now_us, us_to_dt
 from parquedb_orm.core.ids import encode_id
-from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import SerializationError
 from parquedb_orm.sql import manifest
-from parquedb_orm.sql.counters import reserve, reserve_autonomous
 
 BULK_MIN = 5
 
 
-def reserve_contiguous(
-    rt: Runtime, conn: Connection | None, ns: str, count: int, reserved: list[tuple[str, range]] | None = None
-) -> range:
-    """A fresh contiguous block of ids (the pool's leftovers are not contiguous), above
-    every id this process has issued; all of it counts as issued from now on."""
-    from parquedb_orm.sql import dialects
-
-    floor = rt.ids.floor(ns)
-    if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
-        block = reserve(conn, f"id:{ns}", count, floor)
-        if reserved is not None:
-            reserved.append((ns, block))
-    else:
-        block = reserve_autonomous(rt.ids.engine, f"id:{ns}", count, floor)
-    rt.ids.issued(ns, block[-1])
-    return block
-
-
 def write_bulk(
-    rt: Runtime, archive: Archive, ns: str, numbers: range, datas: list[dict[str, Any]], actor: str | None
+    archive: Archive, ns: str, numbers: range, datas: list[dict[str, Any]], actor: str | None
 ) -> tuple[manifest.Entry, list[tuple[str, State]]]:
     """Build the entities and write their file; the caller commits the manifest row.
 

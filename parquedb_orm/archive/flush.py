@@ -21,16 +21,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, insert, or_, select, text, update
 
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec
-from parquedb_orm.core.events import Event, RelEvent, State, apply_event
+from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event
 from parquedb_orm.core.ids import decode_id
-from parquedb_orm.engine.runtime import Runtime, Versioned
 from parquedb_orm.sql import dialects, manifest, snapshots, wal
 from parquedb_orm.sql.counters import load_all
 from parquedb_orm.sql.models import Counter
@@ -87,8 +86,33 @@ class _NsPlan:
     numbers: dict[str, int] = field(default_factory=dict)
 
 
+class FlushSource(Protocol):
+    """What a flush needs of the engine that owns the WAL (engine/runtime.py implements it)."""
+
+    engine: Engine
+    chunk_size: int
+
+    def known_namespaces(self) -> list[str]: ...
+
+    def memory_tail(
+        self, ns: str, ev_mark: int, rel_mark: int
+    ) -> tuple[list[Event] | None, list[RelEvent] | None]: ...
+
+    def bulk_base(self, conn: Connection, ns: str, entity_id: str) -> Versioned: ...
+
+    def archive_files(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]: ...
+
+    def manifest_changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None: ...
+
+    def flushed(
+        self,
+        summary: dict[str, tuple[int, int, int, int, dict[str, tuple[int, int, State | None]]]],
+        entries: list[manifest.Entry],
+    ) -> None: ...
+
+
 class Flusher:
-    def __init__(self, runtime: Runtime, archive: Archive) -> None:
+    def __init__(self, runtime: FlushSource, archive: Archive) -> None:
         self.rt = runtime
         self.archive = archive
         self._lock = threading.Lock()
@@ -254,7 +278,7 @@ class Flusher:
 
     def _retire(self, conn: Connection, plans: dict[str, _NsPlan], counters: dict[str, int]) -> None:
         sqlite = dialects.family(conn) == "sqlite"
-        # every namespace with WAL rows has a counter row (runtime._register_namespaces);
+        # every namespace with WAL rows has a counter row (engine/commit.py, Committer._register);
         # read them here, under the flush lock, so one created since step 1 is kept too
         marks = counters
         for table, attr, prefix in ((wal.EVENTS, "ev_last", "seq:"), (wal.RELS, "rel_last", "rseq:")):

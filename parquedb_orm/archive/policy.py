@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from parquedb_orm.errors import ValidationError
 
 if TYPE_CHECKING:
     from parquedb_orm.archive.flush import Flusher, FlushResult
-    from parquedb_orm.engine.runtime import Runtime
 
 log = logging.getLogger("parquedb_orm.archive.flush")
 
@@ -54,11 +54,26 @@ class FlushPolicy:
             raise ValidationError(f"FlushPolicy.mode must be one of {MODES}, got {self.mode!r}")
 
 
-class Scheduler:
-    """Applies a policy to one runtime; installed as an after-commit hook."""
+class CommitFeed(Protocol):
+    """What the scheduler needs of the engine: the unflushed count and a call per commit."""
 
-    def __init__(self, runtime: Runtime, flusher: Flusher, policy: FlushPolicy) -> None:
-        self.rt = runtime
+    @property
+    def unflushed(self) -> int: ...
+
+    def subscribe(self, hook: Callable[[int], None]) -> None: ...
+
+    def unsubscribe(self, hook: Callable[[int], None]) -> None: ...
+
+
+class Scheduler:
+    """Applies a policy to one store; subscribes to its commits.
+
+    `serial`: an in-memory SQLite database is one connection shared by every thread: a
+    flush from another thread would interleave with the caller's transaction, so there
+    every flush runs in the committing thread (the interval is checked at commits)."""
+
+    def __init__(self, feed: CommitFeed, flusher: Flusher, policy: FlushPolicy, *, serial: bool = False) -> None:
+        self.rt = feed
         self.flusher = flusher
         self.policy = policy
         self._lock = threading.Lock()
@@ -71,10 +86,7 @@ class Scheduler:
         self.last_error: BaseException | None = None
         self.last_result: FlushResult | None = None
         self.flushes = 0
-        # an in-memory SQLite database is one connection shared by every thread: a flush
-        # from another thread would interleave with the caller's transaction, so there
-        # every flush runs in the committing thread (the interval is checked at commits)
-        self.serial = runtime.memory
+        self.serial = serial
         self._pending_since: float | None = None
         # after a failed flush, commits stop retrying it until this time (backoff doubles
         # from 1 s up to max_interval): a persistent error must not slow every commit
@@ -82,7 +94,7 @@ class Scheduler:
         self._backoff = 0.0
 
     def start(self) -> None:
-        self.rt.after_commit_hooks.append(self.on_commit)
+        self.rt.subscribe(self.on_commit)
         if self.policy.mode != "manual" and not self.serial:
             self._arm(0.0)  # flush whatever a previous process left pending
 
@@ -93,8 +105,7 @@ class Scheduler:
                 self._timer.cancel()
                 self._timer = None
             worker = self._worker
-        if self.on_commit in self.rt.after_commit_hooks:
-            self.rt.after_commit_hooks.remove(self.on_commit)
+        self.rt.unsubscribe(self.on_commit)
         if worker is not None and worker is not threading.current_thread():
             worker.join()
         with self._running:  # a timer-fired or inline flush still in progress

@@ -23,6 +23,8 @@ ENTITY_OPS = frozenset({CREATE, UPDATE, DELETE, RESTORE})
 REL_OPS = frozenset({LINK, UNLINK})
 
 State = dict[str, Any]
+#: (version, state) of one entity; state None = absent (version 0) or hard-deleted
+Versioned = tuple[int, State | None]
 
 
 def now_us() -> int:

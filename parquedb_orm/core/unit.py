@@ -8,12 +8,9 @@ rolling it back returns the unit to the mark, so only that savepoint's work is d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from parquedb_orm.core.events import Event, Link, LinkKey, RelEvent
-
-if TYPE_CHECKING:
-    from parquedb_orm.engine.runtime import Versioned
+from parquedb_orm.core.events import Event, Link, LinkKey, RelEvent, Versioned
 
 
 @dataclass(frozen=True)

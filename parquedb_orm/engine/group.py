@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from parquedb_orm.core.events import Versioned
 from parquedb_orm.core.unit import UnitOfWork
-from parquedb_orm.engine.runtime import Runtime, Versioned
+from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import VersionConflictError
 from parquedb_orm.sql import dialects
 
@@ -185,11 +186,11 @@ class GroupCommitter:
         merged = units[0] if len(units) == 1 else merge(units)
         try:
             with dialects.begin(self.rt.engine) as conn:
-                self.rt.prepare_commit(conn, merged)
+                self.rt.committer.prepare(conn, merged)
         except BaseException:
-            self.rt.abort(merged)
+            self.rt.committer.abort(merged)
             raise
-        self.rt.finish_commit(merged)
+        self.rt.committer.finish(merged)
         self.stats.groups += 1
         self.stats.units += len(units)
 

@@ -1,9 +1,10 @@
-"""Preparing a database for the store: the schema step, the process runtime, archive and flushing.
+"""Opening a database for the store: the schema step, the process runtime, its archive
+and the flushing that subscribes to its commits.
 
 One `Runtime` exists per engine in a process, shared by the `ParqueDB` handles and the
-sessions of enabled sessionmakers; each holder takes a reference (`runtime_for`) and gives
-it back (`release_runtime`); the last one out stops its flushing and waits for a flush
-that is running.
+sessions of enabled sessionmakers; each holder takes a reference (`prepare`/`runtime_for`)
+and gives it back (`release_runtime`); the last one out stops its flushing and waits for a
+flush that is running.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import os
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.flush import Flusher
 from parquedb_orm.archive.policy import FlushPolicy, Scheduler
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import ConfigurationError
@@ -27,9 +30,24 @@ MIGRATE_MODES: tuple[MigrateMode, ...] = ("auto", "check", False)
 #: the version table of an application's own Alembic (way B of docs/migrations.md)
 HOST_VERSION_TABLE = "alembic_version"
 
+@dataclass(frozen=True)
+class Flushing:
+    """A runtime's archive writer and the policy that runs it after commits."""
+
+    flusher: Flusher
+    scheduler: Scheduler
+
+
 _runtimes: dict[int, Runtime] = {}
 _users: dict[int, int] = {}
+_flushing: dict[int, Flushing] = {}
 _runtimes_lock = threading.Lock()
+
+
+def flushing(rt: Runtime) -> Flushing | None:
+    """The runtime's flushing, if it has an archive."""
+    with _runtimes_lock:
+        return _flushing.get(id(rt))
 
 
 def runtime_for(engine: Engine, **options: Any) -> Runtime:
@@ -55,8 +73,9 @@ def release_runtime(rt: Runtime) -> None:
         if _users[key] > 0:
             return
         del _runtimes[key], _users[key]
-    if rt.scheduler is not None:
-        rt.scheduler.close()
+        done = _flushing.pop(id(rt), None)
+    if done is not None:
+        done.scheduler.close()
     rt.close()
 
 
@@ -71,7 +90,7 @@ def ensure_schema(engine: Engine, mode: MigrateMode = "auto") -> None:
 
     A legacy database that never ran them is refused with the command to run: its data
     must be moved on purpose."""
-    from parquedb_orm import migrate
+    from parquedb_orm.sql import migrations as migrate
 
     if mode is False:
         return
@@ -162,9 +181,9 @@ def prepare(
         except BaseException:
             release_runtime(rt)
             raise
-        from parquedb_orm.archive.flush import Flusher
-
-        rt.flusher = Flusher(rt, rt.archive)
-        rt.scheduler = Scheduler(rt, rt.flusher, policy or FlushPolicy())
-        rt.scheduler.start()
+        flusher = Flusher(rt, rt.archive)
+        scheduler = Scheduler(rt.committer, flusher, policy or FlushPolicy(), serial=rt.memory)
+        with _runtimes_lock:
+            _flushing[id(rt)] = Flushing(flusher, scheduler)
+        scheduler.start()
     return rt

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from parquedb_orm.archive.bulk import BULK_MIN, reserve_contiguous, write_bulk
+from parquedb_orm.archive.bulk import BULK_MIN, write_bulk
 from parquedb_orm.core.codec import check_serialisable, clone
 from parquedb_orm.core.events import (
     CREATE,
@@ -28,6 +28,7 @@ from parquedb_orm.core.events import (
     Link,
     RelEvent,
     State,
+    Versioned,
     apply_event,
     now_us,
     public,
@@ -37,7 +38,8 @@ from parquedb_orm.core.filters import matches, sort_docs, validate_filter, valid
 from parquedb_orm.core.ids import check_id, check_namespace, decode_id, encode_id, split_ref
 from parquedb_orm.core.operators import LINK_OPERATORS, validate_update
 from parquedb_orm.core.unit import UnitOfWork
-from parquedb_orm.engine.runtime import Runtime, Versioned
+from parquedb_orm.engine.ids import reserve_contiguous
+from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import EntityNotFoundError, ValidationError, VersionConflictError
 
 #: namespaces with more archived entities than this are filtered by DuckDB, not cached whole
@@ -120,7 +122,7 @@ class Store:
         key = (ns, entity_id)
         if key in self._uow.overlay:
             return self._uow.overlay[key]
-        return self._rt.committed(self._connection(), ns, entity_id)
+        return self._rt.reads.committed(self._connection(), ns, entity_id)
 
     def _existing(self, ns: str, entity_id: str, *, allow_deleted: bool = False) -> Versioned:
         version, state = self._current(ns, entity_id)
@@ -171,8 +173,8 @@ class Store:
         datas = [clone(_check_data(item, deep=False)) for item in items]
         uow = self._w
         if self._rt.archive is not None and len(datas) >= BULK_MIN:
-            block = reserve_contiguous(self._rt, self._connection(), ns, len(datas), uow.reserved)
-            entry, states = write_bulk(self._rt, self._rt.archive, ns, block, datas, actor)
+            block = reserve_contiguous(self._rt.ids, self._connection(), ns, len(datas), uow.reserved)
+            entry, states = write_bulk(self._rt.archive, ns, block, datas, actor)
             uow.bulk.append((entry, states))
             out_states = []
             for eid, state in states:
@@ -302,11 +304,11 @@ class Store:
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise ValidationError(f"skip must be a non-negative int, got {skip!r}")
         conn = self._connection()
-        if self._rt.archive is not None and self._rt.archived_count(conn, ns) > PUSHDOWN_ABOVE:
+        if self._rt.archive is not None and self._rt.archived.count(conn, ns) > PUSHDOWN_ABOVE:
             # a large archived namespace: filter in DuckDB rather than load it all
-            found = self._rt.find_states(conn, ns, flt)
+            found = self._rt.reads.find_states(conn, ns, flt)
         else:
-            found = self._rt.committed_all(conn, ns)
+            found = self._rt.reads.committed_all(conn, ns)
         states = {eid: v[1] for eid, v in found.items()}
         for (ens, eid), (_v, st) in self._uow.overlay.items():
             if ens == ns:
@@ -374,9 +376,9 @@ class Store:
             _check_predicate(predicate)
         if direction not in ("outbound", "inbound"):
             raise ValidationError(f"direction must be 'outbound' or 'inbound', got {direction!r}")
-        index = self._rt.ensure_rels(self._connection())
+        index = self._rt.rels.ensure(self._connection())
         found: dict[tuple[str, str, str], Link] = {}
-        with self._rt.lock:
+        with self._rt.known.lock:
             keys = (index.by_from if direction == "outbound" else index.by_to).get(ref, set())
             for key in keys:
                 found[key] = index.links[key]
@@ -422,10 +424,10 @@ class Store:
     # ------------------------------------------------------------------ history
     def _events_of(self, ns: str, entity_id: str) -> list[Event]:
         conn = self._connection()
-        st = self._rt.ensure_tail(conn, ns)
-        with self._rt.lock:
+        st = self._rt.tail.ensure(conn, ns)
+        with self._rt.known.lock:
             tail = list(st.tail.get(entity_id, []))
-        archived = self._rt.archived_events(conn, ns, entity_id)
+        archived = self._rt.archived.events(conn, ns, entity_id)
         newest = max((e.seq for e in archived), default=0)
         evs = archived + [e for e in tail if e.seq > newest or e.seq == 0]
         evs += [e for e in self._uow.events.get(ns, []) if e.id == entity_id]
@@ -464,17 +466,18 @@ class Store:
 
     def _rel_events_of(self, ns: str, entity_id: str) -> list[RelEvent]:
         from parquedb_orm.sql import wal
+        from parquedb_orm.sql.counters import rseq_key
 
         conn = self._connection()
-        archived = [r for r in self._rt.archived_rel_events(conn, ns) if r.from_id == entity_id]
+        archived = [r for r in self._rt.archived.rel_events(conn, ns) if r.from_id == entity_id]
         if self._rt.shared:
-            rows = wal.read_unflushed(conn, wal.RELS, ns, f"rseq:{ns}")
+            rows = wal.read_unflushed(conn, wal.RELS, ns, rseq_key(ns))
             tail = [r for first, _l, recs in rows for r in wal.decode_rel_events(wal.RELS, ns, first, recs)]
         else:
             # a single owner keeps the unflushed relationship events in memory
-            self._rt.ensure_rels(conn)
-            with self._rt.lock:
-                tail = list(self._rt.ns(ns).rel_tail)
+            self._rt.rels.ensure(conn)
+            with self._rt.known.lock:
+                tail = list(self._rt.known.ns(ns).rel_tail)
         evs = archived + [r for r in tail if r.from_id == entity_id]
         evs += [r for r in self._uow.rel_events.get(ns, []) if r.from_id == entity_id]
         return evs

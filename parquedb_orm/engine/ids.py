@@ -1,0 +1,130 @@
+"""The id pool: durable reserved-but-unissued id numbers of each namespace (process-wide).
+
+Blocks come from the `id:<ns>` counters (sql/counters.py). A block is committed before
+any of its ids is handed out, except on SQLite inside a transaction that already holds the
+write lock (a second connection would wait on it): there the block is reserved inside the
+caller's transaction and belongs to it alone. If that transaction (or the savepoint that
+reserved it) rolls back, the block is gone but its ids may have been shown: every later
+reservation of this process starts above the highest id it ever issued (`floor`), and the
+session extension raises the stored counter to that floor.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine
+
+from parquedb_orm.sql import dialects
+from parquedb_orm.sql.counters import DEFAULT_BLOCK, id_key, reserve, reserve_autonomous
+
+
+@dataclass
+class IdBlocks:
+    """Durable reserved-but-unissued id numbers of each namespace (process-wide)."""
+
+    engine: Engine
+    block: int = DEFAULT_BLOCK
+    _free: dict[str, list[range]] = field(default_factory=dict)
+    #: highest number handed out per namespace: a block reserved inside a transaction that
+    #: later rolled back is reserved again above it, so a shown id is never shown twice
+    _issued: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def namespaces(self) -> set[str]:
+        """Namespaces this process reserved ids for (their `id:` counter rows exist)."""
+        with self._lock:
+            return set(self._issued) | set(self._free)
+
+    def take(self, ns: str, count: int) -> list[int] | None:
+        """Up to `count` numbers from the durable pool, or None if it is empty."""
+        with self._lock:
+            ranges = self._free.get(ns)
+            if not ranges:
+                return None
+            out: list[int] = []
+            while ranges and len(out) < count:
+                r = ranges[0]
+                n = min(count - len(out), len(r))
+                out.extend(r[:n])
+                if n == len(r):
+                    ranges.pop(0)
+                else:
+                    ranges[0] = r[n:]
+            return out
+
+    def give(self, ns: str, numbers: range) -> None:
+        if len(numbers):
+            with self._lock:
+                self._free.setdefault(ns, []).append(numbers)
+
+    def floor(self, ns: str) -> int:
+        """The highest id number this process ever handed out in `ns`."""
+        with self._lock:
+            return self._issued.get(ns, 0)
+
+    def issued(self, ns: str, number: int) -> None:
+        """Record that `number` was handed out (ids at or below it are never reserved again)."""
+        with self._lock:
+            self._issued[ns] = max(self._issued.get(ns, 0), number)
+
+    def allocate(
+        self,
+        connection: Callable[[], Connection] | None,
+        ns: str,
+        count: int,
+        local: list[range],
+        reserved: list[tuple[str, range]] | None = None,
+    ) -> list[int]:
+        """`count` fresh id numbers for namespace `ns`.
+
+        `connection` gives the caller's connection (called only when a block is needed);
+        when it is a SQLite connection already holding the write lock, a second
+        connection would wait on ourselves, so the block is reserved inside it and kept
+        in `local` (the unit of work's) instead, and logged in `reserved`.
+        """
+        out = self.take(ns, count) or []
+        while len(out) < count:
+            while local and len(out) < count:
+                r = local[0]
+                n = min(count - len(out), len(r))
+                out.extend(r[:n])
+                local[0] = r[n:]
+                if not len(local[0]):
+                    local.pop(0)
+            if len(out) == count:
+                break
+            want = max(self.block, count - len(out))
+            conn = connection() if connection is not None else None
+            floor = self.floor(ns)
+            if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
+                block = reserve(conn, id_key(ns), want, floor)
+                local.append(block)
+                if reserved is not None:
+                    reserved.append((ns, block))
+            else:
+                got = reserve_autonomous(self.engine, id_key(ns), want, floor)
+                n = count - len(out)
+                out.extend(got[:n])
+                self.give(ns, got[n:])
+        if out:
+            self.issued(ns, max(out))
+        return out
+
+
+def reserve_contiguous(
+    ids: IdBlocks, conn: Connection | None, ns: str, count: int, reserved: list[tuple[str, range]] | None = None
+) -> range:
+    """A fresh contiguous block of ids (the pool's leftovers are not contiguous), above
+    every id this process has issued; all of it counts as issued from now on."""
+    floor = ids.floor(ns)
+    if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
+        block = reserve(conn, id_key(ns), count, floor)
+        if reserved is not None:
+            reserved.append((ns, block))
+    else:
+        block = reserve_autonomous(ids.engine, id_key(ns), count, floor)
+    ids.issued(ns, block[-1])
+    return block
