@@ -2,7 +2,7 @@
 
 Used by `parquedb upgrade ...`, `parquedb_orm.migrate.upgrade(...)` and `alembic upgrade head`
 run from the repository root. The database URL, first match wins:
-an Engine/Connection handed over by parquedb_orm.migrate, `-x url=...`, $PARQUEDB_URL,
+an Engine/Connection handed over by parquedb_orm.sql.migrations, `-x url=...`, $PARQUEDB_URL,
 `sqlalchemy.url` of alembic.ini, `sqlite:///parquedb.db`.
 
 Each revision runs in its own transaction (transaction_per_migration), so an interrupted
@@ -23,7 +23,8 @@ from alembic import context
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from parquedb_orm import migrate as pqm
+from parquedb_orm.sql.autogen import include_ours
+from parquedb_orm.sql.migrations import VERSION_TABLE
 from parquedb_orm.sql.models import metadata as target_metadata
 
 config = context.config
@@ -45,9 +46,9 @@ def _url() -> str:
 def _options(dialect_name: str) -> dict[str, object]:
     return {
         "target_metadata": target_metadata,
-        "version_table": pqm.VERSION_TABLE,
+        "version_table": VERSION_TABLE,
         "transaction_per_migration": True,
-        "include_name": pqm.include_ours,  # the database may hold the app's tables too
+        "include_name": include_ours,  # the database may hold the app's tables too
         "render_as_batch": dialect_name == "sqlite",  # for future ALTERs on SQLite
         "compare_type": True,
     }

@@ -34,6 +34,7 @@ from backends import MY_ADMIN, PG_ADMIN, server_url
 from sqlalchemy import event
 
 from parquedb_orm import migrate
+from parquedb_orm.sql.migrations import _our_revisions
 from parquedb_orm.sql.models import metadata
 
 REPO = Path(__file__).resolve().parent.parent
@@ -233,7 +234,7 @@ def test_host_app_follows_the_doc(host_url: str, tmp_path: Path) -> None:
     script = ScriptDirectory.from_config(cfg)
     app_head = script.get_revision("app@head")
     assert app_head is not None and set(script.get_heads()) == {HEAD, app_head.revision}
-    app_revs = [s for s in script.walk_revisions() if s.revision not in migrate._our_revisions()]
+    app_revs = [s for s in script.walk_revisions() if s.revision not in _our_revisions()]
     assert len(app_revs) == revisions
     assert {Path(s.path).resolve().parent for s in app_revs} == {(root / "alembic" / "versions").resolve()}
     assert listing(root / "alembic" / "versions") == {Path(s.path).name for s in app_revs}

@@ -47,7 +47,10 @@ from parquedb_orm.core.events import (
 )
 from parquedb_orm.core.ids import decode_id
 from parquedb_orm.core.ids import encode_id as _encode_id
+from parquedb_orm.sql import revision_kit as kit
+from parquedb_orm.sql.autogen import include_ours
 from parquedb_orm.sql.legacy import legacy_metadata
+from parquedb_orm.sql.migrations import _config
 from parquedb_orm.sql.models import metadata
 
 PG_URL = os.environ.get("PARQUEDB_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -351,11 +354,11 @@ def load_seed(engine: sa.Engine, seed: Seed) -> None:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else migrate.as_utc(value)
+    return None if value is None else kit.as_utc(value)
 
 
 def _canon(value: Any) -> str:
-    return migrate.canonical(value)
+    return kit.canonical(value)
 
 
 def legacy_snapshot(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
@@ -367,7 +370,7 @@ def legacy_snapshot(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
     batches = [
         (
             row.id,
-            _canon(migrate.decode_legacy_batch(row.batch)),
+            _canon(kit.decode_legacy_batch(row.batch)),
             row.min_ts,
             row.max_ts,
             row.event_count,
@@ -392,13 +395,13 @@ def _wal_snapshot(conn: sa.Connection, table: sa.Table) -> list[tuple[Any, ...]]
 
 
 def head_snapshot(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    prov = migrate.provenance_table()
+    prov = kit.provenance_table()
     return {
         "events_wal": _wal_snapshot(conn, EVENTS_WAL),
         "rels_wal": _wal_snapshot(conn, RELS_WAL),
         "counters": sorted(tuple(r) for r in conn.execute(sa.select(COUNTERS))),
         "provenance": sorted(
-            (r.revision, r.ns, r.seq, _canon(migrate.read_info(r)), r.payload and bytes(r.payload))
+            (r.revision, r.ns, r.seq, _canon(kit.read_info(r)), r.payload and bytes(r.payload))
             for r in conn.execute(sa.select(prov))
         ),
     }
@@ -406,7 +409,7 @@ def head_snapshot(conn: sa.Connection) -> dict[str, list[tuple[Any, ...]]]:
 
 def row_counts(conn: sa.Connection) -> dict[str, int]:
     names = set(sa.inspect(conn).get_table_names()) & (migrate.OWNED_TABLES - {migrate.VERSION_TABLE})
-    return {n: migrate.count_rows(conn, sa.Table(n, sa.MetaData())) for n in sorted(names)}
+    return {n: kit.count_rows(conn, sa.Table(n, sa.MetaData())) for n in sorted(names)}
 
 
 # --------------------------------------------------------------------------- expected store state
@@ -464,7 +467,7 @@ def _verify_relationships(conn: sa.Connection, seed_snap: dict[str, list[tuple[A
             key = (f"{from_ns}/{from_id}", pred, f"{to_ns}/{to_id}")
             data = expected_link_data(text, mm, sim)
             data = None if data is None else codec.loads(codec.dumps(data))
-            expected[key] = Link(key[0], pred, key[2], reverse, data, migrate.to_us(created), created_by)
+            expected[key] = Link(key[0], pred, key[2], reverse, data, kit.to_us(created), created_by)
 
     links: dict[tuple[str, str, str], Link] = {}
     history: dict[tuple[str, str, str], list[RelEvent]] = defaultdict(list)
@@ -483,9 +486,9 @@ def _verify_relationships(conn: sa.Connection, seed_snap: dict[str, list[tuple[A
     for r in seed_snap["relationships"]:
         key = (f"{r[0]}/{r[1]}", r[2], f"{r[3]}/{r[4]}")
         ops = [(e.op, e.ts, e.actor) for e in history[key]]
-        want_ops = [(LINK, migrate.to_us(r[7]), r[8])]
+        want_ops = [(LINK, kit.to_us(r[7]), r[8])]
         if r[9] is not None:
-            want_ops.append((UNLINK, migrate.to_us(r[9]), r[10]))
+            want_ops.append((UNLINK, kit.to_us(r[9]), r[10]))
         assert ops == want_ops, key
 
 
@@ -577,7 +580,7 @@ def _verify_counters(conn: sa.Connection, seed_snap: dict[str, list[tuple[Any, .
 
 
 def schema_diff(conn: sa.Connection) -> list[Any]:
-    ctx = MigrationContext.configure(conn, opts={"include_name": migrate.include_ours, "compare_type": True})
+    ctx = MigrationContext.configure(conn, opts={"include_name": include_ours, "compare_type": True})
     return list(compare_metadata(ctx, metadata))
 
 
@@ -673,7 +676,7 @@ def test_schema_matches_models(engine: sa.Engine) -> None:
             ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type='table'").all())
             assert all("WITHOUT ROWID" in ddl[name] for name in metadata.tables)
     with engine.connect() as conn:
-        cfg = migrate._config(conn)
+        cfg = _config(conn)
         command.check(cfg)  # raises if autogenerate finds any difference
 
 
@@ -702,7 +705,7 @@ def test_interrupted_upgrade_keeps_previous_revision(engine: sa.Engine, monkeypa
         if _transactional(engine):
             assert "counters" not in tables and "entity_snapshots" not in tables  # the DDL rolled back too
         else:  # MariaDB: CREATE TABLE committed at once, the counter rows rolled back
-            assert migrate.count_rows(conn, COUNTERS) == 0
+            assert kit.count_rows(conn, COUNTERS) == 0
 
     # pq0003 fails after writing rels_wal rows: pq0002 stays applied.
     monkeypatch.setenv(migrate.FAIL_AT_ENV, "pq0003:mid")
@@ -752,7 +755,7 @@ def test_downgrade_refuses_when_moved_events_were_flushed(engine: sa.Engine) -> 
     # pq0004's downgrade had committed (one transaction per revision); pq0003's did not.
     assert migrate.current(engine) == ("pq0003",)
     with engine.connect() as conn:
-        assert migrate.count_rows(conn, RELS_WAL) > 0
+        assert kit.count_rows(conn, RELS_WAL) > 0
         if _transactional(engine):
             assert not sa.inspect(conn).has_table("relationships")
 

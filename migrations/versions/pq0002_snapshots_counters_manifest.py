@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import mysql
 
-from parquedb_orm import migrate as pqm
 from parquedb_orm.core import codec, ids
+from parquedb_orm.sql import revision_kit as kit
 from parquedb_orm.sql.progress import progress
 
 revision: str = "pq0002"
@@ -82,7 +82,7 @@ def upgrade() -> None:
         if_not_exists=True,
     )
     _backfill_counters(op.get_bind())
-    pqm.checkpoint("pq0002:mid")
+    kit.checkpoint("pq0002:mid")
 
 
 def _legacy_tables() -> tuple[sa.Table, sa.Table]:
@@ -100,7 +100,7 @@ def _legacy_tables() -> tuple[sa.Table, sa.Table]:
 
 
 def _backfill_counters(conn: sa.Connection) -> None:
-    events, rels = pqm.wal_table("events_wal"), pqm.wal_table("rels_wal")
+    events, rels = kit.wal_table("events_wal"), kit.wal_table("rels_wal")
     batches, legacy_rels = _legacy_tables()
 
     counters: dict[str, int] = {}
@@ -130,14 +130,14 @@ def _backfill_counters(conn: sa.Connection) -> None:
     inspector = sa.inspect(conn)
     sources: list[sa.Table] = [events, rels]
     sources += [t for t in (batches, legacy_rels) if inspector.has_table(t.name)]
-    total = sum(pqm.count_rows(conn, t) for t in sources)
+    total = sum(kit.count_rows(conn, t) for t in sources)
     with progress("pq0002: scanning ids for id counters", total) as bar:
-        for rows in pqm.iter_chunks(conn, events, ["ns", "first_seq"], chunk=1000):
+        for rows in kit.iter_chunks(conn, events, ["ns", "first_seq"], chunk=1000):
             for row in rows:
                 for rec in codec.decode_batch(row.events, table="events_wal", row=f"{row.ns}/{row.first_seq}"):
                     seen(row.ns, rec[3])
             bar.advance(len(rows))
-        for rows in pqm.iter_chunks(conn, rels, ["ns", "first_seq"], chunk=1000):
+        for rows in kit.iter_chunks(conn, rels, ["ns", "first_seq"], chunk=1000):
             for row in rows:
                 for rec in codec.decode_batch(row.events, table="rels_wal", row=f"{row.ns}/{row.first_seq}"):
                     seen(row.ns, rec[3])
@@ -145,35 +145,35 @@ def _backfill_counters(conn: sa.Connection) -> None:
                         seen(*rec[5].split("/"))
             bar.advance(len(rows))
         if batches in sources:
-            for rows in pqm.iter_chunks(conn, batches, ["id"], chunk=500):
+            for rows in kit.iter_chunks(conn, batches, ["id"], chunk=500):
                 for row in rows:
-                    for rec in pqm.decode_legacy_batch(row.batch):
+                    for rec in kit.decode_legacy_batch(row.batch):
                         if isinstance(rec, dict):
                             seen(rec.get("ns"), rec.get("id"))
                 bar.advance(len(rows))
         if legacy_rels in sources:
             key = ["from_ns", "from_id", "predicate", "to_ns", "to_id"]
-            for rows in pqm.iter_chunks(conn, legacy_rels, key):
+            for rows in kit.iter_chunks(conn, legacy_rels, key):
                 for row in rows:
                     seen(row.from_ns, row.from_id)
                     seen(row.to_ns, row.to_id)
                 bar.advance(len(rows))
     for ns, n in top.items():
         counters[f"id:{ns}"] = n
-    pqm.insert_many(conn, pqm.counters_table(), [{"name": k, "value": v} for k, v in sorted(counters.items())])
+    kit.insert_many(conn, kit.counters_table(), [{"name": k, "value": v} for k, v in sorted(counters.items())])
 
 
 def downgrade() -> None:
     # Snapshots can be rebuilt from the events. The manifest cannot: without it the
     # archived events (and the id high-water marks they imply) are lost to the store,
     # so refuse unless told otherwise.
-    if not context.is_offline_mode() and not os.environ.get(pqm.ALLOW_LOSS_ENV):
+    if not context.is_offline_mode() and not os.environ.get(kit.ALLOW_LOSS_ENV):
         manifest = sa.table("archive_manifest", sa.column("path"))
         files = op.get_bind().execute(sa.select(sa.func.count()).select_from(manifest)).scalar_one()
         if files:
             raise RuntimeError(
                 f"pq0002 downgrade would drop archive_manifest with {files} archived file(s): the store "
-                f"would no longer see those events. Back up first; set {pqm.ALLOW_LOSS_ENV}=1 to go ahead."
+                f"would no longer see those events. Back up first; set {kit.ALLOW_LOSS_ENV}=1 to go ahead."
             )
     op.drop_table("archive_manifest")
     op.drop_table("counters")

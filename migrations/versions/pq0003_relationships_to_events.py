@@ -32,9 +32,9 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
-from parquedb_orm import migrate as pqm
 from parquedb_orm.core import codec, ids
 from parquedb_orm.core.events import LINK, UNLINK, RelEvent
+from parquedb_orm.sql import revision_kit as kit
 from parquedb_orm.sql.progress import progress
 
 revision: str = "pq0003"
@@ -125,7 +125,7 @@ def row_from_events(ns: str, link: list[Any], unlink: list[Any] | None) -> dict[
             data = None
         elif set(data) == {WRAP_KEY}:
             data = data[WRAP_KEY]
-    text = None if data is None else pqm.json_text(data)
+    text = None if data is None else kit.json_text(data)
     return {
         "from_ns": ns,
         "from_id": ev.from_id,
@@ -134,9 +134,9 @@ def row_from_events(ns: str, link: list[Any], unlink: list[Any] | None) -> dict[
         "to_id": to_id,
         "reverse": ev.reverse,
         "version": 1 if unlink is None else 2,
-        "created_at": pqm.from_us(ev.ts),
+        "created_at": kit.from_us(ev.ts),
         "created_by": ev.actor,
-        "deleted_at": None if unlink is None else pqm.from_us(unlink[1]),
+        "deleted_at": None if unlink is None else kit.from_us(unlink[1]),
         "deleted_by": None if unlink is None else unlink[7],
         "match_mode": match_mode,
         "similarity": similarity,
@@ -146,9 +146,9 @@ def row_from_events(ns: str, link: list[Any], unlink: list[Any] | None) -> dict[
 
 def _normalised(row: sa.Row[Any]) -> dict[str, Any]:
     out = row._asdict()
-    out["created_at"] = pqm.as_utc(out["created_at"])
+    out["created_at"] = kit.as_utc(out["created_at"])
     if out["deleted_at"] is not None:
-        out["deleted_at"] = pqm.as_utc(out["deleted_at"])
+        out["deleted_at"] = kit.as_utc(out["deleted_at"])
     return out
 
 
@@ -159,7 +159,7 @@ def _differs(a: Any, b: Any) -> bool:
     if isinstance(a, float):
         return repr(a) != repr(b)
     if isinstance(a, (dict, list)):
-        return pqm.canonical(a) != pqm.canonical(b)
+        return kit.canonical(a) != kit.canonical(b)
     return bool(a != b)
 
 
@@ -168,22 +168,22 @@ def upgrade() -> None:
         raise RuntimeError("pq0003 moves data: it cannot run in --sql (offline) mode")
     conn = op.get_bind()
     legacy = _legacy_table()
-    rels = pqm.wal_table("rels_wal")
-    total = pqm.count_rows(conn, legacy)
+    rels = kit.wal_table("rels_wal")
+    total = kit.count_rows(conn, legacy)
     if total:
         _move_rows(conn, legacy, rels, total)
-    pqm.checkpoint("pq0003:before-drop")
+    kit.checkpoint("pq0003:before-drop")
     op.drop_table("relationships")
 
 
 def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int) -> None:
-    prov = pqm.ensure_provenance(conn)  # DDL before any DML: see env.py on MariaDB
+    prov = kit.ensure_provenance(conn)  # DDL before any DML: see env.py on MariaDB
 
     def first_seq(ns: str) -> int:
         # As the store numbers events: after the flushed mark and after the WAL's highest seq.
-        return max(pqm.read_counter(conn, f"rseq:{ns}") or 0, pqm.wal_high(conn, rels, ns) or 0) + 1
+        return max(kit.read_counter(conn, f"rseq:{ns}") or 0, kit.wal_high(conn, rels, ns) or 0) + 1
 
-    packer = pqm.WalPacker(first_seq)
+    packer = kit.WalPacker(first_seq)
     pending_prov: list[dict[str, Any]] = []
     state: dict[str, Any] = {"ns": None, "seg_first": 0, "fixes": []}
 
@@ -191,7 +191,7 @@ def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int
         ns = state["ns"]
         last = packer.last_seq(ns)
         info = {"last_seq": last, "fixes": state["fixes"]}
-        pending_prov.append(pqm.provenance_row(revision, ns, state["seg_first"], info))
+        pending_prov.append(kit.provenance_row(revision, ns, state["seg_first"], info))
         state["seg_first"], state["fixes"] = last + 1, []
 
     def finish_namespace() -> None:
@@ -200,13 +200,13 @@ def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int
         close_segment()
 
     def write() -> None:
-        pqm.insert_many(conn, rels, packer.take())
-        pqm.insert_many(conn, prov, pending_prov)
+        kit.insert_many(conn, rels, packer.take())
+        kit.insert_many(conn, prov, pending_prov)
         pending_prov.clear()
 
     with progress("pq0003: relationships -> rels_wal", total) as bar:
         # Primary-key order: a namespace's rows come together, so one namespace is open at a time.
-        for rows in pqm.iter_chunks(conn, legacy, KEY):
+        for rows in kit.iter_chunks(conn, legacy, KEY):
             for row in rows:
                 orig = _normalised(row)
                 ns = orig["from_ns"]
@@ -231,12 +231,12 @@ def _move_rows(conn: sa.Connection, legacy: sa.Table, rels: sa.Table, total: int
                 packer.add(ns, records, orig["created_at"] if len(records) == 1 else orig["deleted_at"])
             write()
             bar.advance(len(rows))
-            pqm.checkpoint("pq0003:mid")
+            kit.checkpoint("pq0003:mid")
         finish_namespace()
         write()
 
 
-def _events(orig: dict[str, Any], link_seq: int, packer: pqm.WalPacker) -> list[list[Any]]:
+def _events(orig: dict[str, Any], link_seq: int, packer: kit.WalPacker) -> list[list[Any]]:
     where = "/".join(str(orig[c]) for c in KEY)
     try:
         ids.check_namespace(orig["from_ns"])
@@ -252,7 +252,7 @@ def _events(orig: dict[str, Any], link_seq: int, packer: pqm.WalPacker) -> list[
     data = link_data(orig["data"], orig["match_mode"], similarity)
     link = RelEvent(
         link_seq,
-        pqm.to_us(orig["created_at"]),
+        kit.to_us(orig["created_at"]),
         LINK,
         orig["from_id"],
         orig["predicate"],
@@ -265,7 +265,7 @@ def _events(orig: dict[str, Any], link_seq: int, packer: pqm.WalPacker) -> list[
     if orig["deleted_at"] is not None:
         unlink = RelEvent(
             packer.next_seq(orig["from_ns"]),
-            pqm.to_us(orig["deleted_at"]),
+            kit.to_us(orig["deleted_at"]),
             UNLINK,
             orig["from_id"],
             orig["predicate"],
@@ -289,18 +289,18 @@ def downgrade() -> None:
         if_not_exists=True,  # a re-run after an interrupted MariaDB downgrade
     )
     legacy = _legacy_table()
-    rels = pqm.wal_table("rels_wal")
+    rels = kit.wal_table("rels_wal")
     # First pass: where each namespace's events are (segments are small without their fixes).
     segments: dict[str, list[tuple[int, int]]] = {}
-    for prow in pqm.iter_provenance(conn, revision):
-        info = pqm.read_info(prow)
+    for prow in kit.iter_provenance(conn, revision):
+        info = kit.read_info(prow)
         segments.setdefault(prow.ns, []).append((int(prow.seq), int(info["last_seq"])))
     total = sum(segs[-1][1] - segs[0][0] + 1 for segs in segments.values())
     with progress("pq0003 downgrade: rels_wal -> relationships", total, unit="events") as bar:
         for ns, segs in segments.items():
             _restore_namespace(conn, legacy, rels, ns, segs, bar)
-    pqm.checkpoint("pq0003-down:mid")
-    pqm.forget_provenance(conn, revision)
+    kit.checkpoint("pq0003-down:mid")
+    kit.forget_provenance(conn, revision)
 
 
 def _restore_namespace(
@@ -312,7 +312,7 @@ def _restore_namespace(
     bar: Any,
 ) -> None:
     first, last = segs[0][0], segs[-1][1]
-    prov = pqm.provenance_table()
+    prov = kit.provenance_table()
     seg_index = -1
     seg_last = first - 1
     fixes: dict[int, dict[str, Any]] = {}
@@ -323,18 +323,18 @@ def _restore_namespace(
         row = row_from_events(ns, link, unlink)
         row.update(fixes.pop(link[0], {}))
         out.append(row)
-        if len(out) >= pqm.CHUNK_ROWS:
-            pqm.insert_many(conn, legacy, out)
+        if len(out) >= kit.CHUNK_ROWS:
+            kit.insert_many(conn, legacy, out)
             out.clear()
 
-    for _, rec in pqm.iter_wal_events(conn, rels, ns, first, last):
+    for _, rec in kit.iter_wal_events(conn, rels, ns, first, last):
         while rec[0] > seg_last:  # entering the next segment: load its fixes
             seg_index += 1
             seg_first, seg_last = segs[seg_index]
             prow = conn.execute(
                 sa.select(prov).where(prov.c.revision == revision, prov.c.ns == ns, prov.c.seq == seg_first)
             ).one()
-            fixes.update({int(seq): fix for seq, fix in pqm.read_info(prow)["fixes"]})
+            fixes.update({int(seq): fix for seq, fix in kit.read_info(prow)["fixes"]})
         if rec[2] == LINK:
             if pending is not None:
                 emit(pending, None)
@@ -347,5 +347,5 @@ def _restore_namespace(
         bar.advance(1)
     if pending is not None:
         emit(pending, None)
-    pqm.insert_many(conn, legacy, out)
-    pqm.delete_wal_range(conn, rels, ns, first, last)
+    kit.insert_many(conn, legacy, out)
+    kit.delete_wal_range(conn, rels, ns, first, last)

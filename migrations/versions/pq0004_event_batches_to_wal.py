@@ -33,10 +33,10 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import mysql
 
-from parquedb_orm import migrate as pqm
 from parquedb_orm.core import codec, ids
 from parquedb_orm.core.events import CREATE, DELETE, UPDATE, Event
 from parquedb_orm.core.operators import META_FIELDS
+from parquedb_orm.sql import revision_kit as kit
 from parquedb_orm.sql.progress import progress
 
 revision: str = "pq0004"
@@ -90,7 +90,7 @@ def event_data(rec: dict[str, Any], where: str) -> Any:
         return {"hard": False}
     before = _check_fields(rec.get("before") or {}, where, "before")
     after = _check_fields(rec.get("after") or {}, where, "after")
-    changed = {k: v for k, v in after.items() if k not in before or pqm.canonical(before[k]) != pqm.canonical(v)}
+    changed = {k: v for k, v in after.items() if k not in before or kit.canonical(before[k]) != kit.canonical(v)}
     removed = {k: "" for k in before if k not in after}
     if "$type" in changed or "$type" in removed:
         raise ValueError(f"{where}: an UPDATE changes $type, which the store's events cannot express")
@@ -137,54 +137,54 @@ def upgrade() -> None:
         raise RuntimeError("pq0004 moves data: it cannot run in --sql (offline) mode")
     conn = op.get_bind()
     batches = _batches_table()
-    total = pqm.count_rows(conn, batches)
+    total = kit.count_rows(conn, batches)
     if total:
         _move_batches(conn, batches, total)
-    pqm.checkpoint("pq0004:before-drop")
+    kit.checkpoint("pq0004:before-drop")
     op.drop_table("event_batches")
 
 
 def _move_batches(conn: sa.Connection, batches: sa.Table, total: int) -> None:
-    prov = pqm.ensure_provenance(conn)  # DDL before any DML: see env.py on MariaDB
-    events_wal = pqm.wal_table("events_wal")
+    prov = kit.ensure_provenance(conn)  # DDL before any DML: see env.py on MariaDB
+    events_wal = kit.wal_table("events_wal")
 
     # Pass 1: the entities the moved events touch. Versions are counted over all
     # batches, but only for these, so memory follows the unflushed tail, not the history.
     wanted: set[EntityKey] = set()
-    for rows in pqm.iter_chunks(conn, batches, ["id"], where=batches.c.flushed == sa.false(), chunk=BATCH_ROWS):
+    for rows in kit.iter_chunks(conn, batches, ["id"], where=batches.c.flushed == sa.false(), chunk=BATCH_ROWS):
         for row in rows:
-            for rec in pqm.decode_legacy_batch(row.batch):
+            for rec in kit.decode_legacy_batch(row.batch):
                 if isinstance(rec, dict):
                     wanted.add((rec.get("ns"), rec.get("id")))  # type: ignore[arg-type]
 
     def first_seq(ns: str) -> int:
         # As the store numbers events: after the flushed mark and after the WAL's highest seq.
-        return max(pqm.read_counter(conn, f"seq:{ns}") or 0, pqm.wal_high(conn, events_wal, ns) or 0) + 1
+        return max(kit.read_counter(conn, f"seq:{ns}") or 0, kit.wal_high(conn, events_wal, ns) or 0) + 1
 
-    packer = pqm.WalPacker(first_seq)
+    packer = kit.WalPacker(first_seq)
     versions: dict[EntityKey, int] = {}
     prev_after: dict[EntityKey, Any] = {}
     top_id: dict[str, int] = {}
     pending_prov: list[dict[str, Any]] = []
 
     with progress("pq0004: event_batches -> events_wal", total, unit="batches") as bar:
-        for rows in pqm.iter_chunks(conn, batches, ["id"], chunk=BATCH_ROWS):
+        for rows in kit.iter_chunks(conn, batches, ["id"], chunk=BATCH_ROWS):
             for row in rows:
-                records = pqm.decode_legacy_batch(row.batch)
+                records = kit.decode_legacy_batch(row.batch)
                 info: dict[str, Any] = {
                     "id": row.id,
                     "min_ts": row.min_ts,
                     "max_ts": row.max_ts,
                     "event_count": row.event_count,
                     "flushed": bool(row.flushed),
-                    "created_at": pqm.as_utc(row.created_at),
+                    "created_at": kit.as_utc(row.created_at),
                 }
                 if row.flushed:
                     for rec in records:
                         key = (rec.get("ns"), rec.get("id")) if isinstance(rec, dict) else None
                         if key in wanted:
                             versions[key] = 1 if rec.get("op") == CREATE else versions.get(key, 0) + 1  # type: ignore[index]
-                    pending_prov.append(pqm.provenance_row(revision, "", row.id, info, payload=bytes(row.batch)))
+                    pending_prov.append(kit.provenance_row(revision, "", row.id, info, payload=bytes(row.batch)))
                     continue
                 layout: list[list[Any]] = []
                 fixes: list[list[Any]] = []
@@ -200,7 +200,7 @@ def _move_batches(conn: sa.Connection, batches: sa.Table, total: int) -> None:
                     record = ev.to_record()
                     # What downgrade will rebuild from the stored event; keep the original if it differs.
                     stored = codec.loads(codec.dumps(record))
-                    if pqm.canonical(legacy_record(ns, stored, prev_after.get(key))) != pqm.canonical(rec):
+                    if kit.canonical(legacy_record(ns, stored, prev_after.get(key))) != kit.canonical(rec):
                         fixes.append([pos, rec])
                     prev_after[key] = rec.get("after")
                     packer.add(ns, [record], row.created_at)
@@ -215,20 +215,20 @@ def _move_batches(conn: sa.Connection, batches: sa.Table, total: int) -> None:
                 info["layout"] = layout
                 # Plain JSON text, so the codec's {"$date"} tagging cannot alter legacy values.
                 info["fixes"] = json.dumps(fixes)
-                pending_prov.append(pqm.provenance_row(revision, "", row.id, info))
-            pqm.insert_many(conn, events_wal, packer.take())
-            pqm.insert_many(conn, prov, pending_prov)
+                pending_prov.append(kit.provenance_row(revision, "", row.id, info))
+            kit.insert_many(conn, events_wal, packer.take())
+            kit.insert_many(conn, prov, pending_prov)
             pending_prov.clear()
             bar.advance(len(rows))
-            pqm.checkpoint("pq0004:mid")
+            kit.checkpoint("pq0004:mid")
         packer.flush()
-        pqm.insert_many(conn, events_wal, packer.take())
+        kit.insert_many(conn, events_wal, packer.take())
     for ns in packer.namespaces():
         info = {"last_seq": packer.last_seq(ns)}
-        pending_prov.append(pqm.provenance_row(revision, ns, packer.started[ns], info))
-    pqm.insert_many(conn, prov, pending_prov)
+        pending_prov.append(kit.provenance_row(revision, ns, packer.started[ns], info))
+    kit.insert_many(conn, prov, pending_prov)
     for ns, number in top_id.items():
-        pqm.raise_counter(conn, f"id:{ns}", number)
+        kit.raise_counter(conn, f"id:{ns}", number)
 
 
 # ----- downgrade
@@ -245,21 +245,21 @@ def downgrade() -> None:
         if_not_exists=True,  # a re-run after an interrupted MariaDB downgrade
     )
     batches = _batches_table()
-    events_wal = pqm.wal_table("events_wal")
-    prov = pqm.provenance_table()
+    events_wal = kit.wal_table("events_wal")
+    prov = kit.provenance_table()
 
     ranges: dict[str, tuple[int, int]] = {}
-    for prow in pqm.iter_provenance(conn, revision, where=prov.c.ns != ""):
-        ranges[prow.ns] = (int(prow.seq), int(pqm.read_info(prow)["last_seq"]))
+    for prow in kit.iter_provenance(conn, revision, where=prov.c.ns != ""):
+        ranges[prow.ns] = (int(prow.seq), int(kit.read_info(prow)["last_seq"]))
     cursors: dict[str, Iterator[tuple[int, list[Any]]]] = {
-        ns: pqm.iter_wal_events(conn, events_wal, ns, first, last) for ns, (first, last) in ranges.items()
+        ns: kit.iter_wal_events(conn, events_wal, ns, first, last) for ns, (first, last) in ranges.items()
     }
     prev_after: dict[EntityKey, Any] = {}
     out: list[dict[str, Any]] = []
-    n_batches = sum(1 for _ in pqm.iter_provenance(conn, revision, where=prov.c.ns == ""))
+    n_batches = sum(1 for _ in kit.iter_provenance(conn, revision, where=prov.c.ns == ""))
     with progress("pq0004 downgrade: events_wal -> event_batches", n_batches, unit="batches") as bar:
-        for prow in pqm.iter_provenance(conn, revision, where=prov.c.ns == ""):
-            info = pqm.read_info(prow)
+        for prow in kit.iter_provenance(conn, revision, where=prov.c.ns == ""):
+            info = kit.read_info(prow)
             if info["flushed"]:
                 blob = bytes(prow.payload)
             else:
@@ -273,7 +273,7 @@ def downgrade() -> None:
                         rec = fixes[pos] if pos in fixes else legacy_record(ns, ev, prev_after.get(key))
                         prev_after[key] = rec.get("after")
                         records.append(rec)
-                blob = pqm.encode_legacy_batch(records)
+                blob = kit.encode_legacy_batch(records)
             out.append(
                 {
                     "id": info["id"],
@@ -286,14 +286,14 @@ def downgrade() -> None:
                 }
             )
             if len(out) >= BATCH_ROWS:
-                pqm.insert_many(conn, batches, out)
+                kit.insert_many(conn, batches, out)
                 out.clear()
             bar.advance(1)
-        pqm.insert_many(conn, batches, out)
+        kit.insert_many(conn, batches, out)
     for ns, (first, last) in ranges.items():
         if next(cursors[ns], None) is not None:
             raise RuntimeError(f"events_wal {ns}: more moved events than the recorded batches hold")
-        pqm.delete_wal_range(conn, events_wal, ns, first, last)
+        kit.delete_wal_range(conn, events_wal, ns, first, last)
     if conn.dialect.name == "postgresql":
         # Explicit ids do not move a SERIAL's sequence: put it past the restored ids.
         conn.exec_driver_sql(
@@ -301,5 +301,5 @@ def downgrade() -> None:
             "COALESCE((SELECT MAX(id) FROM event_batches), 1), "
             "(SELECT COUNT(*) > 0 FROM event_batches))"
         )
-    pqm.checkpoint("pq0004-down:mid")
-    pqm.forget_provenance(conn, revision)
+    kit.checkpoint("pq0004-down:mid")
+    kit.forget_provenance(conn, revision)
