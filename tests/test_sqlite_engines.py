@@ -225,3 +225,25 @@ def test_close_waits_for_a_running_flush_and_leaves_no_thread(tmp_path: Path) ->
     finally:
         db.close()
         engine.dispose()
+
+
+def test_wal_retirement_by_delete_on_sqlite(tmp_path: Path) -> None:
+    """The capability switched off: SQLite retires flushed WAL rows the way PostgreSQL and
+    MySQL do (DELETE), and the result is the same."""
+    from parquedb_orm.sql import dialects
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    dialects.override_capabilities(engine, retire_by_table_swap=False)
+    assert dialects.capabilities(engine).retire_by_table_swap is False
+    db = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual"))
+    try:
+        made = [db.create("posts", {"n": i}) for i in range(5)]
+        db.link(made[0]["$id"], "next", made[1]["$id"])
+        assert db.flush().events == 5
+        assert wal_counts(engine) == []
+        db.create("posts", {"n": 5})  # rows above the mark stay
+        assert wal_counts(engine) == [1]
+        assert len(db.find("posts")) == 6 and len(db.related(made[0]["$id"], "next")) == 1
+    finally:
+        db.close()
+        engine.dispose()

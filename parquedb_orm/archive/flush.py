@@ -245,7 +245,7 @@ class Flusher:
         return entries
 
     def _commit(self, conn: Connection, plans: dict[str, _NsPlan], entries: list[manifest.Entry]) -> bool:
-        lock_flush(conn)
+        dialects.lock_flush(conn)
         # every counter, read once under the lock: the marks to check here and, on SQLite,
         # the namespaces whose unflushed rows the WAL retirement must keep
         now = load_all(conn)
@@ -277,7 +277,7 @@ class Flusher:
         return True
 
     def _retire(self, conn: Connection, plans: dict[str, _NsPlan], counters: dict[str, int]) -> None:
-        sqlite = dialects.family(conn) == "sqlite"
+        swap = dialects.capabilities(conn).retire_by_table_swap
         # every namespace with WAL rows has a counter row (engine/commit.py, Committer._register);
         # read them here, under the flush lock, so one created since step 1 is kept too
         marks = counters
@@ -285,10 +285,10 @@ class Flusher:
             done = {ns: getattr(p, attr) for ns, p in plans.items() if (p.events if attr == "ev_last" else p.rels)}
             if not done:
                 continue
-            if sqlite:
+            if swap:
                 names = {n.split(":", 1)[1] for n in marks if ":" in n} | set(done)
                 keep = {ns: done.get(ns, marks.get(f"{prefix}{ns}", 0)) for ns in sorted(names)}
-                _rebuild_sqlite(conn, table, keep)
+                _rebuild_table(conn, table, keep)
             else:
                 flushed = or_(*[and_(table.c.ns == ns, table.c.first_seq <= last) for ns, last in done.items()])
                 conn.execute(delete(table).where(flushed))
@@ -365,18 +365,7 @@ def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str]) -> 
     return removed
 
 
-def lock_flush(conn: Connection) -> None:
-    """One flusher at a time per database (SQLite: the write lock; others: a lock row/key)."""
-    fam = dialects.family(conn)
-    if fam == "sqlite":
-        conn.execute(dialects.SQLITE_WRITE_LOCK)
-    elif fam == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": dialects._lock_key("flush")})
-    else:
-        dialects.lock_namespaces(conn, ["_flush"])
-
-
-def _rebuild_sqlite(conn: Connection, table: Table, marks: dict[str, int]) -> None:
+def _rebuild_table(conn: Connection, table: Table, marks: dict[str, int]) -> None:
     """Retire flushed rows without paying a written row per row (see module doc): keep each
     namespace's rows above its mark (one seek each), drop the table, put them back."""
     conn.execute(text(f"DROP TABLE IF EXISTS temp.keep_{table.name}"))
@@ -420,7 +409,7 @@ def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manif
     merged = manifest.Entry(kind, ns, first, last, path, table.num_rows, size)
     _step("compacted_file_written")
     with dialects.begin(rt.engine) as conn:
-        lock_flush(conn)
+        dialects.lock_flush(conn)
         if not archive.exists(merged.path):
             conn.rollback()  # swept as an orphan by a flush elsewhere: the sources stay listed
             return None

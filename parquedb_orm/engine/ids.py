@@ -99,7 +99,7 @@ class IdBlocks:
             want = max(self.block, count - len(out))
             conn = connection() if connection is not None else None
             floor = self.floor(ns)
-            if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
+            if conn is not None and dialects.holds_write_lock(conn):
                 block = reserve(conn, id_key(ns), want, floor)
                 local.append(block)
                 if reserved is not None:
@@ -120,7 +120,7 @@ def reserve_contiguous(
     """A fresh contiguous block of ids (the pool's leftovers are not contiguous), above
     every id this process has issued; all of it counts as issued from now on."""
     floor = ids.floor(ns)
-    if conn is not None and dialects.family(conn) == "sqlite" and dialects.in_write_transaction(conn):
+    if conn is not None and dialects.holds_write_lock(conn):
         block = reserve(conn, id_key(ns), count, floor)
         if reserved is not None:
             reserved.append((ns, block))

@@ -1,10 +1,16 @@
-"""Every dialect-specific SQL decision, kept in one place."""
+"""Every dialect-specific SQL decision, kept in one place.
+
+Code elsewhere asks for a capability (`capabilities(conn).retire_by_table_swap`), not for a
+dialect name, so a test can switch a capability off on SQLite and run the other path.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, event, insert, select, text
@@ -13,6 +19,51 @@ from sqlalchemy.pool import StaticPool
 
 from parquedb_orm.errors import ConfigurationError
 from parquedb_orm.sql.models import Counter
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    #: one write lock for the whole database (SQLite): a transaction that holds it blocks
+    #: every other connection's writes, its own process's included
+    single_writer: bool
+    #: deletes are billed a written row each: retire flushed WAL rows by rebuilding the
+    #: table around the few rows kept (DROP costs no written row) instead of DELETE
+    retire_by_table_swap: bool
+
+
+_CAPABILITIES = {
+    "sqlite": Capabilities(single_writer=True, retire_by_table_swap=True),
+    "postgresql": Capabilities(single_writer=False, retire_by_table_swap=False),
+    "mysql": Capabilities(single_writer=False, retire_by_table_swap=False),
+}
+_overrides: weakref.WeakKeyDictionary[Any, Capabilities] = weakref.WeakKeyDictionary()
+
+
+def capabilities(bind: Connection | Engine) -> Capabilities:
+    found = _overrides.get(bind.dialect)
+    return found if found is not None else _CAPABILITIES[family(bind)]
+
+
+def override_capabilities(engine: Engine, **changes: bool) -> None:
+    """Tests: run another path on this engine (e.g. `retire_by_table_swap=False` on SQLite)."""
+    _overrides[engine.dialect] = replace(capabilities(engine), **changes)
+
+
+def holds_write_lock(conn: Connection) -> bool:
+    """Does this connection's transaction hold a database-wide write lock that a second
+    connection of ours would wait on?"""
+    return capabilities(conn).single_writer and in_write_transaction(conn)
+
+
+def lock_flush(conn: Connection) -> None:
+    """One flusher at a time per database (SQLite: the write lock; others: a lock row/key)."""
+    fam = family(conn)
+    if fam == "sqlite":
+        conn.execute(SQLITE_WRITE_LOCK)
+    elif fam == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("flush")})
+    else:
+        lock_namespaces(conn, ["_flush"])
 
 
 def family(bind: Connection | Engine) -> str:
