@@ -14,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from parquedb_meter import meter
+
 import parquedb_orm as pq
-from parquedb_orm.metering import meter
 
 
 def main(n: int = 100_000) -> None:

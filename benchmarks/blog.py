@@ -255,7 +255,7 @@ def _reexec(args: argparse.Namespace) -> None:
         python = str(VENV_PYTHON)
     env = dict(os.environ)
     try:
-        from parquedb_orm.metering import metered_env
+        from parquedb_meter import metered_env
 
         env = metered_env(env)
     except Exception as exc:

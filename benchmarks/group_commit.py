@@ -13,8 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+from parquedb_meter import meter
+
 import parquedb_orm as pq
-from parquedb_orm.metering import meter
 
 
 def run(threads: int, per_thread: int, group_commit: bool) -> tuple[float, int]:

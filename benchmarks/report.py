@@ -18,9 +18,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from parquedb_meter import EngineMeter, Meter
 from sqlalchemy.engine import Engine
-
-from parquedb_orm.metering import EngineMeter, Meter
 
 # --------------------------------------------------------------------------
 # Metering

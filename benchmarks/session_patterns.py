@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from parquedb_meter import meter, metered_env
 from sqlalchemy import Engine, String, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import parquedb_orm as pq
-from parquedb_orm.metering import meter, metered_env
 from parquedb_orm.sql.dialects import create_engine_for
 from parquedb_orm.sql.models import EventsWal, RelsWal
 

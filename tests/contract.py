@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from backends import make_engine, reset_schema
+from parquedb_meter import meter
 from sqlalchemy import Engine, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import parquedb_orm as pq
-from parquedb_orm.metering import meter
 from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 WAL_TABLES = ("events_wal", "rels_wal")

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from backends import make_engine, reset_schema
+from parquedb_meter import meter
 from sqlalchemy import Engine, String, event, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session, sessionmaker
 
 import parquedb_orm as pq
 from parquedb_orm.core.ids import decode_id
-from parquedb_orm.metering import meter
 from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 

@@ -29,12 +29,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as papq
 import pytest
+from parquedb_meter import meter
 from sqlalchemy import Engine, text
 
 import parquedb_orm as pq
 import parquedb_orm.archive.flush as flush_module
 from parquedb_orm.archive.files import Archive
-from parquedb_orm.metering import meter
 from parquedb_orm.sql import dialects
 
 FILE_NAME = r"^\d{12}-\d{12}\.parquet$"

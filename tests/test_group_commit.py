@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from parquedb_meter import meter
 
 import parquedb_orm as pq
-from parquedb_orm.metering import meter
 
 THREADS = 16
 PER_THREAD = 60

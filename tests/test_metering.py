@@ -1,4 +1,7 @@
-"""Verification of parquedb_orm.metering on real engines (no mocks).
+"""Verification of the row meter ``parquedb_meter`` on real engines (no mocks).
+
+The meter is a development tool outside the product package: the distribution
+``parquedb-meter`` in ``tools/meter`` (conftest.py puts that folder on sys.path).
 
 * portable meter: SQLite always; PostgreSQL / MariaDB when reachable (skipped
   otherwise, a failure when PARQUEDB_REQUIRE_SERVERS=1);
@@ -9,23 +12,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import parquedb_meter
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event
-
-from parquedb_orm.metering import (
+from parquedb_meter import (
     EngineMeter,
     FaithfulMeterUnavailable,
     Meter,
@@ -33,8 +37,10 @@ from parquedb_orm.metering import (
     meter,
     metered_env,
 )
+from sqlalchemy import event
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+METER_DIR = REPO_ROOT / "tools" / "meter"
 REQUIRE_SERVERS = os.environ.get("PARQUEDB_REQUIRE_SERVERS") == "1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes") or REQUIRE_SERVERS
 
@@ -304,7 +310,7 @@ def test_faithful_not_claimed_without_counters() -> None:
 _CHILD = r"""
 import json, sys
 import sqlalchemy as sa
-from parquedb_orm.metering import faithful_available, meter
+from parquedb_meter import faithful_available, meter
 
 assert faithful_available(), "metered libsqlite3 not loaded"
 SEQ = "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n}) "
@@ -436,7 +442,7 @@ def faithful_results() -> dict[str, Any]:
         if IN_CI:
             pytest.fail(f"faithful SQLite meter unavailable under CI: {exc}")
         pytest.skip(f"faithful SQLite meter unavailable: {exc}")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(METER_DIR), str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD],
         env=env,
@@ -486,3 +492,95 @@ def test_faithful_attribution_through_sqlalchemy(faithful_results: dict[str, Any
     assert sa_res["inserted_tp"] == 10
     assert sa_res["read"] == sum(r[4] for r in sa_res["records"])
     assert sa_res["written"] == sum(r[5] for r in sa_res["records"])
+
+
+# ---------------------------------------------------------------------------
+# where the meter lives: tools/meter, the distribution parquedb-meter
+# ---------------------------------------------------------------------------
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+
+
+def test_meter_is_outside_the_product_package() -> None:
+    assert Path(parquedb_meter.__file__).resolve() == METER_DIR / "parquedb_meter" / "__init__.py"
+    assert importlib.util.find_spec("parquedb_orm.metering") is None
+    assert (METER_DIR / "parquedb_meter" / "py.typed").is_file()
+    assert issubclass(FaithfulMeterUnavailable, RuntimeError)  # what callers caught before
+    for name in parquedb_meter.__all__:
+        assert hasattr(parquedb_meter, name), name
+    # a tool for any SQLAlchemy engine: importing it does not import parquedb_orm
+    code = (
+        "import sys; import parquedb_meter as m; "
+        "assert 'parquedb_orm' not in sys.modules, sorted(k for k in sys.modules if k.startswith('parquedb_orm')); "
+        "print(m.__file__)"
+    )
+    env = dict(_clean_env(), PYTHONPATH=str(METER_DIR))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=METER_DIR, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == METER_DIR / "parquedb_meter" / "__init__.py"
+
+
+def test_build_script_found_relative_to_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tools/meter -> ../../scripts
+    assert parquedb_meter._BUILD_SCRIPT == REPO_ROOT / "scripts" / "build_metered_sqlite.sh"
+    assert parquedb_meter._BUILD_SCRIPT.is_file()
+    # without the script (an installed copy outside a checkout): a clear refusal ...
+    missing = tmp_path / "no-repo" / "scripts" / "build_metered_sqlite.sh"
+    monkeypatch.setattr(parquedb_meter, "_BUILD_SCRIPT", missing)
+    lib_dir = tmp_path / "lib"
+    monkeypatch.setenv("PARQUEDB_METER_DIR", str(lib_dir))
+    assert parquedb_meter.metered_lib_dir() == lib_dir
+    with pytest.raises(FaithfulMeterUnavailable, match=r"scripts/build_metered_sqlite\.sh is missing"):
+        parquedb_meter.build_metered_sqlite()
+    if sys.platform.startswith("linux"):
+        with pytest.raises(FaithfulMeterUnavailable, match="is missing"):
+            metered_env()
+    # ... unless the library was built before: then it is reused
+    lib_dir.mkdir()
+    (lib_dir / "libsqlite3.so.0").write_bytes(b"")
+    assert parquedb_meter.build_metered_sqlite() == lib_dir
+
+
+@pytest.mark.slow
+def test_meter_distribution_builds_on_its_own(tmp_path: Path) -> None:
+    # `pip install ./tools/meter`: a wheel of its own holding only parquedb_meter
+    env = _clean_env()
+    isolated = importlib.util.find_spec("hatchling") is None
+    if importlib.util.find_spec("build") is not None:
+        cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), *([] if isolated else ["-n"])]
+    else:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path)]
+        cmd += [*([] if isolated else ["--no-build-isolation"]), "."]
+    proc = subprocess.run(cmd, cwd=METER_DIR, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    (wheel,) = tmp_path.glob("parquedb_meter-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"parquedb_meter/__init__.py", "parquedb_meter/py.typed"} <= set(names)
+    assert all(n.startswith(("parquedb_meter/", "parquedb_meter-")) for n in names), names
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Name: parquedb-meter" in meta and "Requires-Dist: sqlalchemy" in meta
+    # imported from the wheel (a pure zip on sys.path), far from the repository: no
+    # build script there, so the faithful meter says what is missing
+    code = (
+        "import sys, parquedb_meter as m\n"
+        "assert m.__file__.startswith(sys.argv[1]), m.__file__\n"
+        "assert 'parquedb_orm' not in sys.modules\n"
+        "try:\n    m.build_metered_sqlite()\nexcept m.FaithfulMeterUnavailable as e:\n    print(e)\n"
+        "else:\n    raise SystemExit('no refusal')\n"
+    )
+    env = dict(env, PYTHONPATH=str(wheel), PARQUEDB_METER_DIR=str(tmp_path / "nolib"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(wheel)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "scripts/build_metered_sqlite.sh is missing" in proc.stdout

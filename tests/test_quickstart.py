@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from parquedb_orm.metering import metered_lib_dir
+from parquedb_meter import metered_lib_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "quickstart.py"

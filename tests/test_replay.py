@@ -27,11 +27,11 @@ import pytest
 from backends import make_engine, reset_schema
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from parquedb_meter import meter
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
 from parquedb_orm.core.operators import same
-from parquedb_orm.metering import meter
 
 State = dict[str, Any]
 META = frozenset(

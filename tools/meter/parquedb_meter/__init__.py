@@ -1,4 +1,9 @@
-"""Row meters for SQLAlchemy engines.
+"""parquedb-meter: statement and row meters for SQLAlchemy engines.
+
+A development tool of the parquedb-orm repository (``tools/meter``), not part of
+the ``parquedb_orm`` package and independent of it: it meters any SQLAlchemy
+engine.  From a source checkout the tests and benchmarks import it directly
+(they put ``tools/meter`` on ``sys.path``); elsewhere ``pip install ./tools/meter``.
 
 Two levels of fidelity:
 
@@ -14,7 +19,8 @@ Two levels of fidelity:
   / ``..._ROWS_WRITTEN`` counters), every statement also gets the rows read and
   rows written exactly as Cloudflare D1 / Durable Objects and Turso bill them,
   and the rows it returned.  Start Python with :func:`metered_env` (it sets
-  ``LD_LIBRARY_PATH``; the build needs a source checkout, gcc and npm once).
+  ``LD_LIBRARY_PATH``; the build needs the repository's
+  ``scripts/build_metered_sqlite.sh``, gcc and npm once).
   The counters arrive through ``sqlite3_trace_v2(SQLITE_TRACE_PROFILE)`` when a
   statement finishes (for a SELECT: when its rows are exhausted or the cursor
   closes), so ``sqlite3.Connection.set_trace_callback`` cannot be used on a
@@ -59,7 +65,10 @@ PARQUEDB_STMTSTATUS_ROWS_RETURNED: Final = 1027
 _COUNTER_OPS: Final = (LIBSQL_STMTSTATUS_ROWS_READ, LIBSQL_STMTSTATUS_ROWS_WRITTEN, PARQUEDB_STMTSTATUS_ROWS_RETURNED)
 _SQLITE_TRACE_PROFILE: Final = 0x02
 
-_REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+# This file is <repo>/tools/meter/parquedb_meter/__init__.py in a source checkout
+# (imported from there, or installed editable); an installed copy has no repository.
+_PACKAGE_DIR: Final = Path(__file__).resolve().parent
+_REPO_ROOT: Final = _PACKAGE_DIR.parents[2] if len(_PACKAGE_DIR.parents) > 2 else _PACKAGE_DIR
 _BUILD_SCRIPT: Final = _REPO_ROOT / "scripts" / "build_metered_sqlite.sh"
 
 
@@ -507,7 +516,11 @@ def _norm_sql(sql: str) -> str:
 
 
 class FaithfulMeterUnavailable(RuntimeError):
-    """The counter-carrying SQLite library cannot be built or loaded here."""
+    """The counter-carrying SQLite library cannot be built or loaded here.
+
+    A :class:`RuntimeError`, so callers that caught the bare ``RuntimeError`` of
+    earlier versions keep working.
+    """
 
 
 _TraceCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
@@ -668,12 +681,25 @@ def metered_lib_dir() -> Path:
 
 
 def build_metered_sqlite(timeout: float = 900.0) -> Path:
-    """Build (or reuse) the counter-carrying libsqlite3; returns its folder."""
+    """Build (or reuse) the counter-carrying libsqlite3; returns its folder.
+
+    Runs the repository's ``scripts/build_metered_sqlite.sh`` (``tools/meter``
+    -> ``../../scripts``).  Without it (an installed copy outside a checkout) an
+    already built library in :func:`metered_lib_dir` is reused; otherwise
+    :class:`FaithfulMeterUnavailable` is raised.
+    """
     lib_dir = metered_lib_dir()
     if not _BUILD_SCRIPT.is_file():
         if (lib_dir / "libsqlite3.so.0").is_file():
             return lib_dir
-        raise FaithfulMeterUnavailable(f"build script missing: {_BUILD_SCRIPT}")
+        raise FaithfulMeterUnavailable(
+            "cannot build the metered libsqlite3: the repository's scripts/build_metered_sqlite.sh "
+            f"is missing (looked for {_BUILD_SCRIPT}, i.e. tools/meter -> ../../scripts; a "
+            "non-editable install of parquedb-meter has no repository) and no library was built "
+            f"before ({lib_dir / 'libsqlite3.so.0'} does not exist). In a parquedb-orm checkout run "
+            "`bash scripts/build_metered_sqlite.sh` (PARQUEDB_METER_DIR sets its output folder), "
+            "or use the meter from tools/meter there (`pip install -e ./tools/meter`)"
+        )
     # self-check with this interpreter, whose _sqlite3 is the one to serve
     env = dict(os.environ, PARQUEDB_METER_DIR=str(lib_dir), PYTHON=sys.executable)
     try:
