@@ -6,7 +6,7 @@
 
 The command re-executes itself once: with the interpreter of `benchmarks/.venv` (created by
 `benchmarks/setup_env.sh` when missing; `--no-venv` keeps the current one) and under
-`parquedb_orm.metering.metered_env()`, so the faithful row meter is active. Each system
+`parquedb_meter.metered_env()`, so the faithful row meter is active. Each system
 then runs in its own worker process (`--worker NAME`), one after the other, on its own
 SQLite file in a temporary directory; the parent prints the Markdown report and writes
 `<out>/blog.md`, `<out>/blog.json` and `<out>/blog.png`.

@@ -1,6 +1,6 @@
 """Metering of a whole process and the report (Markdown table + PNG chart).
 
-Rows are counted by parquedb-orm's faithful SQLite meter (`parquedb_orm.metering`):
+Rows are counted by parquedb-orm's faithful SQLite meter (`parquedb_meter` (tools/meter)):
 with the counter-carrying libsqlite3 loaded (LD_LIBRARY_PATH, see `metered_env()`),
 every statement reports rows read and rows written exactly as Cloudflare D1 / Durable
 Objects and Turso bill them. Here the meter listens on the `Engine` class, so it counts

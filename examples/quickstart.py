@@ -7,9 +7,10 @@ Run it after `pip install -e .`:
 It creates `quickstart.db` and an `archive/` folder in the current directory (the
 database is recreated on every run), then walks through the API and prints, for each
 step, what it cost in SQL: statements sent and rows written (rows inserted plus rows
-changed by UPDATE/DELETE). When Python runs on the row-counting SQLite library (see
-`parquedb_orm.metering`), it also prints the rows read and written exactly as
-Cloudflare D1 / Durable Objects and Turso bill them.
+changed by UPDATE/DELETE), counted by the row meter of this source checkout
+(`tools/meter`). When Python runs on the row-counting SQLite library (see README, "Row
+meter"), it also prints the rows read and written exactly as Cloudflare D1 / Durable
+Objects and Turso bill them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import parquedb_orm as pq
-from parquedb_orm.metering import Meter, meter
+
+# the row meter is a development tool of the repository, not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "meter"))
+from parquedb_meter import Meter, meter
 
 DB_FILE = Path.cwd() / "quickstart.db"
 ARCHIVE = "./archive"
