@@ -64,13 +64,17 @@ class StoreContract:
     @pytest.fixture
     def db(self, engine: Engine) -> Iterator[pq.ParqueDB]:
         db = pq.ParqueDB(engine)
+        self._opened = [db]
         yield db
-        db.close()
+        for one in self._opened:
+            one.close()
 
     def restart(self, db: pq.ParqueDB) -> pq.ParqueDB:
         """A new process's view of the same database: every cache cold."""
         db.close()
-        return pq.ParqueDB(db.engine)
+        again = pq.ParqueDB(db.engine)
+        self._opened.append(again)
+        return again
 
     # ------------------------------------------------------------------ entities
     def test_create_get_roundtrip(self, db: pq.ParqueDB) -> None:
@@ -333,6 +337,7 @@ class StoreContract:
             pq.disable(Session)
         with Session() as s, pytest.raises(pq.ConfigurationError):
             pq.store(s)
+        handle.close()
 
     def test_ids_unique_across_restart(self, db: pq.ParqueDB) -> None:
         ids = {db.create("posts", {"name": str(i)})["$id"] for i in range(30)}
