@@ -344,3 +344,40 @@ class StoreContract:
         db2 = self.restart(db)
         ids2 = {db2.create("posts", {"name": str(i)})["$id"] for i in range(30)}
         assert len(ids | ids2) == 60
+
+    # ------------------------------------------------------------------ flush and archive reads
+    def test_flush_then_every_read_from_the_archive(self, engine: Engine, tmp_path: Path) -> None:
+        """After a flush the WAL is empty and a new process reads everything back from the
+        snapshots and Parquet files: get, as_of, find, history, related, duckdb()."""
+        archive, manual = tmp_path / "archive", pq.FlushPolicy(mode="manual")
+        db = pq.ParqueDB(engine, archive=archive, policy=manual)
+        users = db.create_many("users", [{"name": f"u{i}", "n": i} for i in range(6)])  # a bulk file
+        post = db.create("posts", {"title": "t", "views": 0})
+        for _ in range(3):
+            db.update("posts", sqid(post), {"$inc": {"views": 1}})
+        db.link(post["$id"], "author", users[0]["$id"])
+        db.update("users", sqid(users[1]), {"$set": {"name": "renamed"}})
+        before = {
+            "post": db.get("posts", sqid(post)),
+            "u1": db.get("users", sqid(users[1])),
+            "find": db.find("users", {"n": {"$gte": 1}}, sort={"n": -1}),
+            "history": [(h["op"], h["version"]) for h in db.history(post["$id"])],
+        }
+        result = db.flush()
+        assert (result.events, result.rel_events) == (5, 1)
+        assert row_count(engine, EventsWal) == 0 and row_count(engine, RelsWal) == 0
+        db.close()
+        cold = pq.ParqueDB(engine, archive=archive, policy=manual)
+        assert cold.get("posts", sqid(post)) == before["post"]
+        assert cold.get("users", sqid(users[1])) == before["u1"]
+        assert cold.get("posts", sqid(post), as_of=2)["views"] == 1  # type: ignore[index]
+        assert cold.find("users", {"n": {"$gte": 1}}, sort={"n": -1}) == before["find"]
+        assert [(h["op"], h["version"]) for h in cold.history(post["$id"])] == before["history"]
+        assert [u["$id"] for u in cold.related(post["$id"], "author")] == [users[0]["$id"]]
+        assert [p["$id"] for p in cold.related(users[0]["$id"], direction="inbound")] == [post["$id"]]
+        sql = cold.duckdb().sql
+        assert sql("SELECT count(*) FROM entities").fetchall() == [(7,)]
+        ops = sql("SELECT op, count(*) FROM events GROUP BY op ORDER BY op").fetchall()
+        assert ops == [("CREATE", 7), ("UPDATE", 4)]  # the bulk file's creates are events too
+        assert sql("SELECT count(*) FROM rels").fetchall() == [(1,)]
+        cold.close()
