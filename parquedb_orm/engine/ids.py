@@ -98,14 +98,10 @@ class IdBlocks:
                 break
             want = max(self.block, count - len(out))
             conn = connection() if connection is not None else None
-            floor = self.floor(ns)
-            if conn is not None and dialects.holds_write_lock(conn):
-                block = reserve(conn, id_key(ns), want, floor)
-                local.append(block)
-                if reserved is not None:
-                    reserved.append((ns, block))
+            got, inside = self.reserve_block(conn, ns, want, reserved)
+            if inside:
+                local.append(got)
             else:
-                got = reserve_autonomous(self.engine, id_key(ns), want, floor)
                 n = count - len(out)
                 out.extend(got[:n])
                 self.give(ns, got[n:])
@@ -114,17 +110,27 @@ class IdBlocks:
         return out
 
 
+    def reserve_block(
+        self, conn: Connection | None, ns: str, count: int, reserved: list[tuple[str, range]] | None = None
+    ) -> tuple[range, bool]:
+        """A fresh block of `count` ids above every id this process issued, and whether it
+        was reserved inside `conn`'s transaction (a SQLite connection holding the write
+        lock: a second connection would wait on it; the block is then logged in
+        `reserved`) rather than in a transaction of its own, committed already."""
+        floor = self.floor(ns)
+        if conn is not None and dialects.holds_write_lock(conn):
+            block = reserve(conn, id_key(ns), count, floor)
+            if reserved is not None:
+                reserved.append((ns, block))
+            return block, True
+        return reserve_autonomous(self.engine, id_key(ns), count, floor), False
+
+
 def reserve_contiguous(
     ids: IdBlocks, conn: Connection | None, ns: str, count: int, reserved: list[tuple[str, range]] | None = None
 ) -> range:
-    """A fresh contiguous block of ids (the pool's leftovers are not contiguous), above
-    every id this process has issued; all of it counts as issued from now on."""
-    floor = ids.floor(ns)
-    if conn is not None and dialects.holds_write_lock(conn):
-        block = reserve(conn, id_key(ns), count, floor)
-        if reserved is not None:
-            reserved.append((ns, block))
-    else:
-        block = reserve_autonomous(ids.engine, id_key(ns), count, floor)
+    """A fresh contiguous block of ids (the pool's leftovers are not contiguous); all of
+    it counts as issued from now on."""
+    block, _inside = ids.reserve_block(conn, ns, count, reserved)
     ids.issued(ns, block[-1])
     return block
