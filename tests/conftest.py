@@ -18,8 +18,8 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from parquedb_orm import orm  # noqa: E402
 from parquedb_orm.engine import setup  # noqa: E402
+from parquedb_orm.orm import install as orm  # noqa: E402
 
 
 def _flush_threads() -> set[threading.Thread]:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scop
 
 import parquedb_orm as pq
 from parquedb_orm.core.ids import decode_id
+from parquedb_orm.orm import install
 from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 
@@ -80,10 +81,10 @@ class SessionContract:
         yield maker
         handle.close()
         # nothing left behind: no listener on the maker or the engine, no bridge
-        for name, fn in pq.orm._LISTENERS:
+        for name, fn in install.LISTENERS:
             assert not event.contains(maker, name, fn)
         assert len(engine.dispatch.commit) == 0
-        assert not any(b.rt.engine is engine for b in pq.orm._bridges.values())
+        assert not any(b.rt.engine is engine for b in install._bridges.values())
         with maker() as s, pytest.raises(pq.ConfigurationError):
             pq.store(s)
 

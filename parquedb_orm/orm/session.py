@@ -22,9 +22,6 @@ the final flush, the connection's `commit` event, COMMIT, `after_commit`,
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,11 +29,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
 
-from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.core.unit import Mark, UnitOfWork
 from parquedb_orm.db import ParqueDB
 from parquedb_orm.engine.runtime import Runtime
-from parquedb_orm.engine.setup import MigrateMode, prepare, release_runtime
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import ConfigurationError, TransactionError
 from parquedb_orm.sql import counters, dialects
@@ -48,6 +43,9 @@ log = logging.getLogger("parquedb_orm")
 
 _TXN_KEY = "parquedb_orm.txn"
 _BRIDGE_KEY = "parquedb_orm.bridge"
+#: the Engine the maker's sessions run on, when it is not the runtime's own (an AsyncEngine's
+#: sync_engine: the runtime then works on a sync engine of the same database)
+_BIND_KEY = "parquedb_orm.bind"
 _NO_UNIT = UnitOfWork()  # what reads see in a session with no store writes yet: never written to
 
 Target = sessionmaker[Any] | scoped_session[Any]
@@ -77,8 +75,17 @@ class _Bridge:
         self.handle = handle
         # weak both ways: a session dropped without close() must not pin its connection here
         self.pending: weakref.WeakKeyDictionary[Connection, weakref.ref[_Txn]] = weakref.WeakKeyDictionary()
-        self.makers: list[sessionmaker[Any]] = []
-        event.listen(runtime.engine, "commit", self._on_commit)
+        #: (maker, uninstall) of every maker attached to this bridge
+        self.makers: list[tuple[Any, Callable[[], None]]] = []
+        #: engines whose connections' COMMIT writes units: the runtime's, and the sync side of
+        #: any AsyncEngine whose sessions write to this runtime
+        self.binds: list[Engine] = []
+        self.add_bind(runtime.engine)
+
+    def add_bind(self, engine: Engine) -> None:
+        if not any(b is engine for b in self.binds):
+            self.binds.append(engine)
+            event.listen(engine, "commit", self._on_commit)
 
     def _on_commit(self, conn: Connection) -> None:
         ref = self.pending.pop(conn, None)
@@ -93,15 +100,21 @@ class _Bridge:
         dialects.ensure_transaction(conn)
         self.rt.committer.prepare(conn, txn.unit)
 
+    def detach(self, maker: Any) -> None:
+        """Remove what `orm.install.attach` put on `maker`."""
+        for pair in [p for p in self.makers if p[0] is maker]:
+            self.makers.remove(pair)
+            pair[1]()
+
     def close(self) -> None:
-        for maker in list(self.makers):
-            disable(maker)
-        if event.contains(self.rt.engine, "commit", self._on_commit):
-            event.remove(self.rt.engine, "commit", self._on_commit)
+        for maker, _undo in list(self.makers):
+            self.detach(maker)
+        for engine in self.binds:
+            if event.contains(engine, "commit", self._on_commit):
+                event.remove(engine, "commit", self._on_commit)
+        self.binds.clear()
 
 
-_bridges: dict[int, _Bridge] = {}
-_bridges_lock = threading.Lock()
 
 
 # --------------------------------------------------------------------------- listeners
@@ -180,7 +193,7 @@ def _discard(txn: _Txn) -> None:
         log.warning("could not raise the id counters after a rollback: %s", floors, exc_info=True)
 
 
-_LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
+LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("after_transaction_create", _after_transaction_create),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
@@ -190,13 +203,19 @@ _LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
 # --------------------------------------------------------------------------- units
 
 
-def _bridge(session: Session) -> _Bridge:
+def bridge_of(session: Session) -> _Bridge:
     bridge = session.info.get(_BRIDGE_KEY)
     if not isinstance(bridge, _Bridge):
         raise ConfigurationError(
             "this session's sessionmaker was not set up with parquedb_orm.enable(sessionmaker, ...)"
         )
     return bridge
+
+
+def bind_of(session: Session, bridge: _Bridge) -> Engine:
+    """The engine of `session`'s connection to the store's database."""
+    bind = session.info.get(_BIND_KEY)
+    return bind if isinstance(bind, Engine) else bridge.rt.engine
 
 
 def _read_unit(session: Session) -> UnitOfWork:
@@ -220,7 +239,7 @@ def _write_unit(session: Session, bridge: _Bridge) -> UnitOfWork:
             "this session is bound to a Connection (joined to an outside transaction): the store cannot "
             "commit its events with that transaction; bind sessions to the Engine"
         )
-    conn = session.connection(bind_arguments={"bind": bridge.rt.engine})  # autobegins
+    conn = session.connection(bind_arguments={"bind": bind_of(session, bridge)})  # autobegins
     root = session.get_transaction()
     assert root is not None
     txn = _Txn(root, UnitOfWork(), conn, bridge)
@@ -234,125 +253,7 @@ def _write_unit(session: Session, bridge: _Bridge) -> UnitOfWork:
     return txn.unit
 
 
-# --------------------------------------------------------------------------- public
-
-
-def _maker(target: object, what: str) -> sessionmaker[Any]:
-    if isinstance(target, scoped_session):
-        target = target.session_factory
-    if isinstance(target, sessionmaker):
-        return target
-    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")  # loaded wherever an async maker exists
-    if asyncio_ext is not None and isinstance(
-        target, (asyncio_ext.async_sessionmaker, asyncio_ext.async_scoped_session)
-    ):
-        raise ConfigurationError(f"{what}: AsyncSession support is not available yet; use a sync sessionmaker")
-    raise ConfigurationError(f"{what} takes a sessionmaker or scoped_session, got {type(target).__name__}")
-
-
-def _engine_of(maker: sessionmaker[Any]) -> Engine:
-    """The one Engine sessions of `maker` use: its bind, the single engine of its `binds`,
-    or what a session's own get_bind() answers (Flask-SQLAlchemy, routing sessions)."""
-    bind = maker.kw.get("bind")
-    if isinstance(bind, Engine):
-        return bind
-    binds = maker.kw.get("binds") or {}
-    engines = {id(b): b for b in binds.values() if isinstance(b, Engine)}
-    if len(engines) == 1:
-        return next(iter(engines.values()))
-    if len(engines) > 1:
-        raise ConfigurationError(
-            "enable(): the sessionmaker's binds= name several engines; pass engine=<the one for the store's tables>"
-        )
-    try:
-        probe = maker()
-        try:
-            found = probe.get_bind()
-        finally:
-            probe.close()
-    except Exception as exc:
-        raise ConfigurationError(
-            f"enable(): could not find the sessionmaker's engine ({type(exc).__name__}: {exc}); pass engine=... "
-            "(with Flask-SQLAlchemy: call enable() inside an app context, or pass engine=db.engine)"
-        ) from None
-    if not isinstance(found, Engine):
-        raise ConfigurationError("enable(): the sessions' get_bind() gave no Engine; pass engine=...")
-    return found
-
-
-def enable(
-    target: Target,
-    *,
-    archive: str | os.PathLike[str] | None = None,
-    policy: FlushPolicy | None = None,
-    shared: bool = False,
-    engine: Engine | None = None,
-    archive_options: dict[str, Any] | None = None,
-    migrate: MigrateMode = "auto",
-) -> ParqueDB:
-    """Let sessions of `target` (a sessionmaker or scoped_session) carry store operations
-    (`store(session)`), committed with theirs. Returns the store's handle (`flush()`,
-    `stats()`, `duckdb()`, `close()`, and every `ParqueDB` operation outside sessions).
-
-    `engine` defaults to the sessionmaker's bind (or its single `binds` engine, or what its
-    sessions' get_bind() answers). `shared=True` when several processes write the same
-    database. `migrate`: "auto" creates or upgrades the store's schema unless the host
-    app's Alembic records it, "check" only verifies it is current, False skips the step
-    (docs/migrations.md).
-    """
-    maker = _maker(target, "enable()")
-    if engine is not None and not isinstance(engine, Engine):
-        raise ConfigurationError(f"enable(engine=...) takes an Engine, got {type(engine).__name__}")
-    if isinstance(maker.kw.get("bind"), Connection):
-        raise ConfigurationError(
-            "enable(): the sessionmaker is bound to a Connection (an outside transaction the sessions join): "
-            "the store cannot commit its events with it; bind the sessionmaker to the Engine"
-        )
-    bind = engine or _engine_of(maker)
-    rt = prepare(
-        bind, archive=archive, policy=policy, shared=shared, archive_options=archive_options, migrate=migrate
-    )
-    with _bridges_lock:
-        found = _bridges.get(id(rt))
-        if found is not None and found.rt is rt:
-            bridge = found
-            release_runtime(rt)  # the bridge's handle already holds the runtime
-        else:
-            bridge = _bridges[id(rt)] = _Bridge(rt, ParqueDB._attached(rt, _forget_bridge))
-    info = dict(maker.kw.get("info") or {})
-    old = info.get(_BRIDGE_KEY)
-    if isinstance(old, _Bridge) and old is not bridge:
-        disable(maker)
-        info = dict(maker.kw.get("info") or {})
-    info[_BRIDGE_KEY] = bridge
-    maker.configure(info=info)
-    # the maker's own info says whether the listeners are in (event.contains() can be fooled
-    # by a recycled id() of a garbage-collected maker class)
-    if old is not bridge:
-        for name, fn in _LISTENERS:
-            event.listen(maker, name, fn)
-        bridge.makers.append(maker)
-    return bridge.handle
-
-
-def _forget_bridge(rt: Runtime) -> None:
-    with _bridges_lock:
-        bridge = _bridges.pop(id(rt), None)
-    if bridge is not None and bridge.rt is rt:
-        bridge.close()
-
-
-def disable(target: Target) -> None:
-    """Remove exactly what `enable` installed on this sessionmaker."""
-    maker = _maker(target, "disable()")
-    info = dict(maker.kw.get("info") or {})
-    bridge = info.pop(_BRIDGE_KEY, None)
-    if isinstance(bridge, _Bridge):
-        for name, fn in _LISTENERS:
-            event.remove(maker, name, fn)
-        if maker in bridge.makers:
-            bridge.makers.remove(maker)
-    maker.configure(info=info)
+# --------------------------------------------------------------------------- store
 
 
 def _session(target: object, what: str) -> Session:
@@ -366,24 +267,10 @@ def _session(target: object, what: str) -> Session:
 def store(session: Session | scoped_session[Any]) -> Store:
     """The store operations, inside `session`'s transaction."""
     sess = _session(session, "store()")
-    bridge = _bridge(sess)
+    bridge = bridge_of(sess)
     return Store(
         bridge.rt,
         lambda: _read_unit(sess),
-        lambda: sess.connection(bind_arguments={"bind": bridge.rt.engine}),
+        lambda: sess.connection(bind_arguments={"bind": bind_of(sess, bridge)}),
         lambda: _write_unit(sess, bridge),
     )
-
-
-def handle(target: Session | Target) -> ParqueDB:
-    """The store handle of an enabled sessionmaker, scoped_session or one of their sessions."""
-    if isinstance(target, Session):
-        return _bridge(target).handle
-    if isinstance(target, scoped_session):
-        target = target.session_factory
-    if isinstance(target, sessionmaker):
-        bridge = (target.kw.get("info") or {}).get(_BRIDGE_KEY)
-        if isinstance(bridge, _Bridge):
-            return bridge.handle
-        raise ConfigurationError("this sessionmaker was not set up with parquedb_orm.enable(...)")
-    return handle(_maker(target, "handle()"))
