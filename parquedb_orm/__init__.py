@@ -28,6 +28,9 @@ from parquedb_orm.errors import (
     VersionConflictError,
 )
 from parquedb_orm.orm import disable, enable, handle, store
+from parquedb_orm.orm.capture import acting_as
+from parquedb_orm.orm.history import Version, as_of, history, revert
+from parquedb_orm.orm.tracked import Tracked, ref, track, untrack
 from parquedb_orm.sql.models import metadata
 
 __all__ = [
@@ -44,17 +47,26 @@ __all__ = [
     "ParqueDBError",
     "SerializationError",
     "Store",
+    "Tracked",
     "TransactionError",
     "UnknownOperatorError",
     "ValidationError",
+    "Version",
     "VersionConflictError",
+    "acting_as",
+    "as_of",
     "disable",
     "enable",
     "errors",
     "handle",
+    "history",
     "metadata",
+    "ref",
     "register_enum",
     "register_type",
+    "revert",
     "store",
+    "track",
+    "untrack",
 ]
 __version__ = "0.1.0"

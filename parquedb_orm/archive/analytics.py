@@ -94,10 +94,10 @@ def connect(db: LiveView) -> Any:
     latest: dict[tuple[str, str], tuple[str, str, int, Any, int]] = {}
     for row in touched:
         latest[(row[0], row[1])] = row
-    from parquedb_orm.core.ids import decode_id
+    from parquedb_orm.core.ids import chunk_number
 
     ent_tail = parquet.entities_table(
-        [(eid, decode_id(eid) or 0, v, st, seq) for (_n, eid, v, st, seq) in latest.values()]
+        [(eid, chunk_number(eid), v, st, seq) for (_n, eid, v, st, seq) in latest.values()]
     )
     ent_tail = ent_tail.append_column("ns", pa.array([k[0] for k in latest], pa.string()))
 

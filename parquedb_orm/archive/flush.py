@@ -29,7 +29,7 @@ from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event
-from parquedb_orm.core.ids import decode_id
+from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import dialects, manifest, snapshots, wal
 from parquedb_orm.sql.counters import load_all
 from parquedb_orm.sql.models import Counter
@@ -180,7 +180,7 @@ class Flusher:
         """Apply the events to the touched entities' snapshot states; each state is JSON-
         encoded once and that text serves the events file, the entities file and the chunk."""
         ns, size = plan.ns, self.rt.chunk_size
-        numbers = {ev.id: decode_id(ev.id) for ev in plan.events}
+        numbers = {ev.id: chunk_number(ev.id) for ev in plan.events}
         wanted = sorted({n // size for n in numbers.values() if n is not None})
         for ch in snapshots.read_chunks(conn, ns, wanted) if wanted else []:
             plan.chunks[ch.chunk] = ch
@@ -392,7 +392,7 @@ def _merge(kind: str, tables: list[Any]) -> Any:
         return merged.sort_by("seq")
     # keep each entity's latest version only
     latest = parquet.table_states(merged)
-    rows = [(eid, decode_id(eid) or 0, v, st, seq) for eid, (v, seq, st) in sorted(latest.items())]
+    rows = [(eid, chunk_number(eid), v, st, seq) for eid, (v, seq, st) in sorted(latest.items())]
     return parquet.entities_table(rows)
 
 

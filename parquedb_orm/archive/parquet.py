@@ -28,6 +28,7 @@ EVENTS_SCHEMA = pa.schema(
         ("data", pa.string()),
         ("before", pa.string()),
         ("after", pa.string()),
+        ("meta", pa.string()),  # request metadata (JSON), null for most events
     ]
 )
 
@@ -79,6 +80,7 @@ def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
             "data": [_json(e.data) for e, _, _ in rows],
             "before": [b for _, b, _ in rows],
             "after": [a for _, _, a in rows],
+            "meta": [_json(e.meta) for e, _, _ in rows],
         },
         schema=EVENTS_SCHEMA,
     )
@@ -160,6 +162,7 @@ def _micros(col: pa.ChunkedArray) -> list[int]:
 def table_events(table: pa.Table) -> list[Event]:
     cols = table.to_pydict()
     ts = _micros(table.column("ts"))
+    metas = cols.get("meta") or [None] * table.num_rows  # files written before the column existed
     return [
         Event(
             cols["seq"][i],
@@ -169,6 +172,7 @@ def table_events(table: pa.Table) -> list[Event]:
             cols["actor"][i],
             None if cols["data"][i] is None else codec.loads(cols["data"][i]),
             cols["version"][i],
+            None if metas[i] is None else codec.loads(metas[i]),
         )
         for i in range(table.num_rows)
     ]

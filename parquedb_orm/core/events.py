@@ -48,13 +48,18 @@ class Event:
     actor: str | None
     data: Any  # CREATE: initial fields; UPDATE: the operator document; DELETE: {"hard": bool}
     version: int  # entity version after this event
+    #: request metadata stored with the event (e.g. a remote address), or None
+    meta: Any = None
 
     def to_record(self) -> list[Any]:
-        return [self.seq, self.ts, self.op, self.id, self.actor, self.data, self.version]
+        rec = [self.seq, self.ts, self.op, self.id, self.actor, self.data, self.version]
+        if self.meta is not None:  # an eighth field only when there is one: older rows stay readable
+            rec.append(self.meta)
+        return rec
 
     @classmethod
     def from_record(cls, rec: Any, *, table: str, row: str) -> Event:
-        if not isinstance(rec, list) or len(rec) != 7 or rec[2] not in ENTITY_OPS:
+        if not isinstance(rec, list) or len(rec) not in (7, 8) or rec[2] not in ENTITY_OPS:
             raise CorruptBatchError(f"corrupt event record in {table} row {row}: {rec!r}", table=table, row=row)
         return cls(*rec)
 

@@ -7,6 +7,7 @@ to strict patterns here, at the edge, before anything is written.
 from __future__ import annotations
 
 import re
+import zlib
 from functools import lru_cache
 
 from sqids import Sqids
@@ -16,8 +17,13 @@ from parquedb_orm.errors import InvalidIdError, InvalidNamespaceError
 #: A namespace: a letter, then up to 63 letters, digits, `_` or `-`.
 #: No `/`, `.`, spaces or empty string: it is used verbatim as `ns=<ns>` directory.
 NAMESPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-#: An entity id: what sqids produces with our alphabet (letters and digits).
-ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
+#: An entity id: what sqids produces with our alphabet (letters and digits), or a tracked
+#: model's key that is not one non-negative int: "_" then URL-safe base64 (orm/tracked.py).
+#: Neither form holds "/", "." or anything else a path could be built from.
+ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9]{1,64}|_[A-Za-z0-9_-]{1,127})$")
+#: key ids spread over this many snapshot chunks (their numbers sit above every sqid's)
+KEY_BUCKETS = 4096
+_KEY_BASE = 1 << 62
 
 SQIDS_MIN_LENGTH = 0  # padding costs two alphabet shuffles per id; short ids are fine
 
@@ -87,3 +93,13 @@ def decode_id(entity_id: str) -> int | None:
     if len(nums) != 1 or encode_id(nums[0]) != entity_id:
         return None
     return nums[0]
+
+
+def chunk_number(entity_id: str) -> int:
+    """The number that places an id in its snapshot chunk (`number // chunk_size`): a
+    sqid's counter value; for a key id, one of KEY_BUCKETS stable buckets above every
+    sqid, 2**20 apart so no chunk size up to 2**20 puts two buckets in one chunk."""
+    number = decode_id(entity_id)
+    if number is not None:
+        return number
+    return _KEY_BASE + (zlib.crc32(entity_id.encode()) % KEY_BUCKETS << 20)

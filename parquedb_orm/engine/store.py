@@ -135,7 +135,8 @@ class Store:
     def _record(self, ns: str, entity_id: str, base_version: int, ev: Event, state: State | None) -> None:
         key = (ns, entity_id)
         uow = self._w
-        if ev.op != CREATE and key not in uow.base_versions and key not in uow.overlay:
+        # a CREATE over a hard-deleted entity (a tracked row inserted again) has a base too
+        if (ev.op != CREATE or base_version) and key not in uow.base_versions and key not in uow.overlay:
             uow.base_versions[key] = base_version
         uow.add(ns, ev)
         uow.overlay[key] = (ev.version, state)
@@ -420,6 +421,63 @@ class Store:
             if state is not None:
                 out.append(state)
         return out
+
+    # ------------------------------------------------------------------ tracked rows
+    # What orm/capture.py records for the application's own models: the row is already
+    # validated by the database, the id is the row's key, and the event is built here.
+    def state(self, ns: str, entity_id: str) -> Versioned:
+        """(version, state) as this transaction sees it; state None if absent or hard-deleted."""
+        return self._current(ns, entity_id)
+
+    def prefetch(self, ns: str, ids: list[str]) -> None:
+        """Read the committed state of many entities at once (one snapshot query)."""
+        uow = self._uow
+        todo = [eid for eid in ids if (ns, eid) not in uow.overlay]
+        if todo:
+            self._rt.reads.prefetch(self._connection(), ns, todo)
+
+    def append(
+        self, ns: str, entity_id: str, op: str, data: Any, *, actor: str | None = None, meta: Any = None
+    ) -> State | None:
+        """Record one event of a tracked row at the entity's next version; returns the new state."""
+        check_namespace(ns)
+        check_id(entity_id)
+        _check_actor(actor)
+        for key, value in (data or {}).items():  # fields, or an operator's fields ($set, $was)
+            for name, item in value.items() if key.startswith("$") and isinstance(value, dict) else [(key, value)]:
+                check_serialisable(item, name)
+        if meta is not None:
+            check_serialisable(meta, "event metadata")
+        version, state = self._current(ns, entity_id)
+        ev = Event(0, now_us(), op, entity_id, actor, data, version + 1, meta)
+        new = apply_event(ns, state, ev)
+        self._record(ns, entity_id, version, ev, new)
+        return new
+
+    def append_link(
+        self, op: str, from_ref: str, predicate: str, to_ref: str, *, reverse: str | None, actor: str | None
+    ) -> None:
+        """A LINK/UNLINK of a tracked row's relationship: the database's foreign keys already
+        hold both ends, so neither is looked up."""
+        from_ns, from_id = split_ref(from_ref)
+        split_ref(to_ref)
+        _check_predicate(predicate)
+        ev = RelEvent(0, now_us(), op, from_id, predicate, to_ref, reverse if op == LINK else None, actor, None)
+        uow = self._w
+        uow.add_rel(from_ns, ev)
+        uow.links[(from_ref, predicate, to_ref)] = (
+            Link(from_ref, predicate, to_ref, reverse, None, ev.ts, actor) if op == LINK else None
+        )
+
+    def entity_events(self, ref: str) -> list[Event]:
+        """Every event of one entity, oldest first, across archive, WAL and this transaction."""
+        ns, entity_id = split_ref(ref)
+        return [copy.deepcopy(e) for e in self._events_of(ns, entity_id)]
+
+    def relationship_events(self, ref: str) -> list[RelEvent]:
+        """Every LINK/UNLINK made from one entity, oldest first."""
+        ns, entity_id = split_ref(ref)
+        return [copy.deepcopy(r) for r in self._rel_events_of(ns, entity_id)]
 
     # ------------------------------------------------------------------ history
     def _events_of(self, ns: str, entity_id: str) -> list[Event]:
