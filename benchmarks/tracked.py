@@ -68,6 +68,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,7 @@ _CHILD_FLAG = "PARQUEDB_TRACKED_REEXEC"
 DEFAULT_SYSTEMS = "parquedb,continuum,history,plain,raw"
 DEFAULT_SIZE = 1000
 QUICK_SIZE = 100
+DEFAULT_REPEAT = 3
 BASELINE = "plain"
 #: workload key -> label template ({n} = size)
 WORKLOADS: dict[str, str] = {
@@ -104,60 +106,93 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def run_system(name: str, size: int, root: Path, workloads: list[str] | None = None) -> dict[str, Any]:
-    """Run system `name` on each workload (a fresh database under `root / name / <workload>`
-    each time) and return every number as plain JSON-able data."""
+WARMUP_SIZE = 20
+_DETERMINISTIC = ("statements", "rows_read", "rows_written", "app_rows_written", "wal_rows_inserted")
+
+
+def _cycle(system: Any, key: str, size: int, workdir: Path) -> dict[str, Any]:
+    """One workload on a fresh database: seed, (unmetered step), workload, read back, flush."""
+    from benchmarks.systems.orders import Counts
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    res: dict[str, Any] = {}
+    system.open(workdir)
+    try:
+        seed = Counts()
+        with system.measure(seed):
+            system.seed(size)
+        res["seed"] = asdict(seed)
+        res["history_after_seed"] = list(system.history_rows())
+        system.after_seed()
+        rows_before, records_before = system.history_rows()
+        c = Counts()
+        with system.measure(c):
+            getattr(system, key)(size)
+        rows_after, records_after = system.history_rows()
+        res["counts"] = asdict(c)
+        res["history_rows_added"] = rows_after - rows_before
+        res["history_records_added"] = records_after - records_before
+        read = Counts()
+        with system.measure(read):
+            v_first = system.versions(1)
+        res["history_read"] = asdict(read)
+        res["versions"] = [v_first, system.versions(size)]
+        flush = Counts()
+        with system.measure(flush):
+            flushed = system.flush()
+        if flushed:
+            res["flush"] = asdict(flush)
+            res["versions_after_flush"] = [system.versions(1), system.versions(size)]
+        res["pragmas"] = system.pragmas()
+    finally:
+        system.close()
+    return res
+
+
+def run_system(name: str, size: int, root: Path, workloads: list[str] | None = None, repeat: int = 1,
+               warmup: bool = True) -> dict[str, Any]:
+    """Run system `name` on each workload and return every number as plain JSON-able data.
+
+    Every cycle (one workload) runs on a fresh database under `root / name`. `warmup`: one
+    unmeasured cycle of each workload at a small size first (imports, mapper configuration,
+    SQLAlchemy's statement cache), the same for every system. `repeat`: cycles per workload;
+    seconds are the median, rows and statements must be identical (a difference is reported
+    as an error)."""
     from parquedb_meter import faithful_available
 
-    from benchmarks.systems.orders import Counts, build
+    from benchmarks.systems.orders import build
 
     system = build(name)
     out: dict[str, Any] = {"system": name, "label": system.label, "size": size, "faithful": faithful_available(),
                            "keeps_history": system.keeps_history, "workloads": {}, "errors": [],
-                           "notes": system.notes}
-    for key in workloads or list(WORKLOADS):
-        res: dict[str, Any] = {}
-        out["workloads"][key] = res
-        workdir = root / name / key
-        if workdir.exists():
-            shutil.rmtree(workdir)
-        system.open(workdir)
+                           "notes": system.notes, "repeat": repeat}
+    keys = workloads or list(WORKLOADS)
+    for key in keys:
         try:
-            seed = Counts()
-            with system.measure(seed):
-                system.seed(size)
-            res["seed"] = asdict(seed)
-            res["history_after_seed"] = system.history_rows()
-            system.after_seed()
-            rows_before, records_before = system.history_rows()
-            c = Counts()
-            with system.measure(c):
-                getattr(system, key)(size)
-            rows_after, records_after = system.history_rows()
-            res["counts"] = asdict(c)
-            res["history_rows_added"] = rows_after - rows_before
-            res["history_records_added"] = records_after - records_before
-            read = Counts()
-            with system.measure(read):
-                v_first = system.versions(1)
-            v_last = system.versions(size)
-            res["history_read"] = asdict(read)
-            res["versions"] = [v_first, v_last]
-            flush = Counts()
-            with system.measure(flush):
-                flushed = system.flush()
-            if flushed:
-                res["flush"] = asdict(flush)
-                res["versions_after_flush"] = [system.versions(1), system.versions(size)]
-            res["pragmas"] = system.pragmas()
+            if warmup:
+                _cycle(system, key, min(size, WARMUP_SIZE), root / name / "warmup")
+            runs = [_cycle(system, key, size, root / name / f"{key}-{i + 1}") for i in range(repeat)]
         except Exception as exc:
             tb = traceback.format_exc()
             _log(f"{name}: {key} FAILED: {type(exc).__name__}: {exc}\n{tb}")
             out["errors"].append({"workload": key, "type": type(exc).__name__, "message": str(exc)[:2000],
                                   "traceback": tb[-4000:]})
-            res["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            system.close()
+            out["workloads"][key] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        res = runs[0]
+        for part in ("seed", "counts", "history_read", "flush"):
+            if part not in res:
+                continue
+            all_secs = [r[part]["seconds"] for r in runs]
+            res[part]["seconds"] = statistics.median(all_secs)
+            res[part]["seconds_all"] = all_secs
+            differ = [f for f in _DETERMINISTIC if len({r[part][f] for r in runs}) > 1]
+            if differ:
+                msg = f"{part}: {', '.join(differ)} differ between repeats: " + "; ".join(
+                    str({f: r[part][f] for f in differ}) for r in runs)
+                out["errors"].append({"workload": key, "type": "NotDeterministic", "message": msg})
+        out["workloads"][key] = res
     return out
 
 
@@ -203,12 +238,17 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
             "faithful SQLite meter (libSQL's counters, as Cloudflare D1 / Durable Objects and Turso bill them; "
             "index entries included)." if meta["faithful"] else
             "**n/a**: the faithful meter was not available in this run (statements and seconds only)."),
-        "Each system and workload on a fresh SQLite file seeded with the same orders; one process per system, "
-        "one after the other. Ratios are against plain SQLAlchemy measured in this run. "
-        "\"history rows\": rows the workload added to the history tables (WAL rows for parquedb-orm, "
-        "version + transaction rows for Continuum and sqlalchemy-history), and the versions / events they hold. "
-        "\"versions\": read back for orders #1 and #N with each library's own API; captured = seed version + "
-        "the workload's (2).",
+        "",
+        "- Each system and workload on a fresh SQLite file seeded with the same orders; one process per system, "
+        "one after the other; ratios are against plain SQLAlchemy measured in this run.",
+        f"- wall s: median of {meta['repeat']} runs (each on a fresh database) after one warm-up cycle; rows "
+        "and statements are the same in every run (checked).",
+        "- of which history: rows written by statements on tables other than `orders` (the rest is the app's "
+        "own rows, identical for every system).",
+        "- history rows: rows the workload added to the history tables (WAL rows for parquedb-orm; version + "
+        "transaction rows for Continuum and sqlalchemy-history) / the versions or events they hold.",
+        "- versions #1 / #N: read back after the workload with each library's own API (`pq.history(session, obj)`, "
+        "`obj.versions`); history captured = both orders have their seed version plus the workload's (2).",
         "",
         "## SQLite settings, read back with PRAGMA",
         "",
@@ -341,6 +381,7 @@ def _versions() -> dict[str, str]:
 def _run_worker(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     result = root / f"{name}.json"
     cmd = [sys.executable, "-m", "benchmarks.tracked", "--worker", name, "--size", str(args.size),
+           "--repeat", str(args.repeat),
            "--workdir", str(root), "--result", str(result)]
     _log(f"{name}: start")
     t0 = time.perf_counter()
@@ -374,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write every number as JSON to PATH")
     parser.add_argument("--keep", metavar="DIR", help="keep every database and archive in DIR (default: a temp dir)")
     parser.add_argument("--no-venv", action="store_true", help="run with the current interpreter, not benchmarks/.venv")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help=f"cycles per workload, each on a fresh database; seconds are the median, rows must "
+                             f"not differ (default {DEFAULT_REPEAT})")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per system (default 600)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -383,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         args.size = QUICK_SIZE
     if args.size < 2:
         parser.error("--size must be at least 2")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     if args.worker:
-        res = run_system(args.worker, args.size, Path(args.workdir))
+        res = run_system(args.worker, args.size, Path(args.workdir), repeat=args.repeat)
         Path(args.result).write_text(json.dumps(res, indent=1, default=str))
         return 0
 
@@ -413,10 +459,13 @@ def main(argv: list[str] | None = None) -> int:
                                             f" --size {args.size}" if args.size != DEFAULT_SIZE else "")
     if args.systems != DEFAULT_SYSTEMS:
         cmd += f" --systems {args.systems}"
+    if args.repeat != DEFAULT_REPEAT:
+        cmd += f" --repeat {args.repeat}"
     if args.no_venv:
         cmd += " --no-venv"
     meta = {
         "size": args.size,
+        "repeat": args.repeat,
         "command": cmd,
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
