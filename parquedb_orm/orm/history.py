@@ -174,6 +174,11 @@ def revert(session: Session, target: object, pk: object = None, *, to: int | dat
     for f in spec.fields:
         if (f.name in fields and f.key not in spec.pk) or (f.name in fields and getattr(obj, f.key, None) is None):
             setattr(obj, f.key, fields[f.name])
+    for link in spec.links:  # the many-to-one attribute too, or the flush would keep its stale target
+        if link.outbound:
+            values = tuple(fields.get(name) for name in link.fields)
+            key_arg = values if len(values) > 1 else values[0]
+            setattr(obj, link.predicate, None if None in values else session.get(link.target.class_, key_arg))
     for many in spec.many:
         wanted = [to_ref for pred, to_ref in links if pred == many.key]
         members = []
