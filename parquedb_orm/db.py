@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.engine import URL, make_url
 
 from parquedb_orm.archive.flush import FlushResult
 from parquedb_orm.archive.policy import FlushPolicy
@@ -20,6 +24,9 @@ from parquedb_orm.engine.setup import MigrateMode, flushing, prepare, release_ru
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import ConfigurationError, MeterUnavailableError, VersionConflictError
 from parquedb_orm.sql import dialects
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 _RETRIES = 16
@@ -48,6 +55,26 @@ class _LazyConnection:
             self.conn = None
 
 
+class _Transaction:
+    """One `transaction()`: its Store, then exactly one `end()`."""
+
+    def __init__(self, db: ParqueDB) -> None:
+        self.uow = UnitOfWork()
+        self._lazy = _LazyConnection(db.engine)
+        self._group = db._group
+        self._group.begin()
+        self.store = Store(db.runtime, lambda: self.uow, self._lazy)
+
+    def end(self, *, commit: bool) -> None:
+        """Commit the unit (`commit=True`; returns once durable) or drop it."""
+        try:
+            self._lazy.close()
+        except BaseException:
+            self._group.commit(None)  # every begin() is matched by one commit()
+            raise
+        self._group.commit(self.uow if commit else None)
+
+
 def _engine_meter(engine: Engine) -> Any:
     """The row meter is a development tool outside this package (tools/meter)."""
     try:
@@ -60,11 +87,174 @@ def _engine_meter(engine: Engine) -> Any:
     return EngineMeter(engine, max_records=0).install()
 
 
+# --------------------------------------------------------------------------- async engines
+#
+# The store's runtime works on a sync engine: its flush thread, timers and own transactions
+# run outside any event loop. An AsyncEngine's database is reached by a second, sync engine
+# on the same database, derived from its URL (docs/async.md).
+
+#: (backend, async driver) -> the sync driver of the same database
+_SYNC_DRIVERS: dict[tuple[str, str], str] = {
+    ("sqlite", "aiosqlite"): "pysqlite",
+    ("postgresql", "asyncpg"): "psycopg",
+    ("postgresql", "psycopg"): "psycopg",
+    ("postgresql", "psycopg_async"): "psycopg",
+    ("mysql", "aiomysql"): "pymysql",
+    ("mysql", "asyncmy"): "pymysql",
+    ("mariadb", "aiomysql"): "pymysql",
+    ("mariadb", "asyncmy"): "pymysql",
+}
+#: drivers that are async whatever engine they are given to (psycopg is both)
+_ASYNC_DRIVERS = frozenset({"aiosqlite", "asyncpg", "psycopg_async", "aiomysql", "asyncmy"})
+#: options of SQLAlchemy's asyncpg dialect that libpq (psycopg) does not know
+_ASYNCPG_ONLY = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func", "command_timeout"})
+
+
+def sync_side(obj: object) -> Engine | None:
+    """The Engine an AsyncEngine's sessions and connections run on (its `sync_engine`),
+    or `obj` itself if it is already such an Engine; None for anything else. Checked
+    without importing sqlalchemy.ext.asyncio (it needs greenlet)."""
+    ext = sys.modules.get("sqlalchemy.ext.asyncio")
+    if ext is not None and isinstance(obj, ext.AsyncEngine):
+        return obj.sync_engine  # type: ignore[no-any-return]
+    if isinstance(obj, Engine) and obj.dialect.is_async:
+        return obj
+    return None
+
+
+def _memory_sqlite(url: URL) -> bool:
+    if url.get_backend_name() != "sqlite":
+        return False
+    db = url.database or ""
+    return db in ("", ":memory:") or db.startswith("file::memory:") or url.query.get("mode") == "memory"
+
+
+def sync_url(url: URL) -> URL:
+    """The URL of the same database through the sync driver the store runs on
+    (sqlite+aiosqlite -> sqlite, postgresql+asyncpg -> postgresql+psycopg,
+    mysql+aiomysql / asyncmy -> mysql+pymysql); URL options carried over."""
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    target = _SYNC_DRIVERS.get((backend, driver))
+    if target is None:
+        raise ConfigurationError(
+            f"no sync driver known for {backend}+{driver}: pass sync_engine=<a sync Engine of the same database>"
+        )
+    query = dict(url.query)
+    if driver == "asyncpg":  # the same options under libpq's names
+        for key in _ASYNCPG_ONLY:
+            query.pop(key, None)
+        if "ssl" in query:
+            query["sslmode"] = query.pop("ssl")
+        if "timeout" in query:
+            query["connect_timeout"] = query.pop("timeout")
+    return url.set(drivername=f"{backend}+{target}", query=query)
+
+
+def _refuse_memory(url: URL) -> None:
+    if _memory_sqlite(url):
+        raise ConfigurationError(
+            "an in-memory SQLite database (sqlite+aiosqlite://) exists only inside its one async connection: the "
+            "store's sync engine cannot open it. Use a file (sqlite+aiosqlite:///app.db), or the sync engine "
+            "(sqlite://) with a sync sessionmaker"
+        )
+
+
+def derive_sync_engine(bind: Engine) -> Engine:
+    """A new sync engine on the database of `bind` (an Engine with an async driver).
+
+    Connect arguments given in code to create_async_engine() are not visible here: only
+    the URL's options carry over. On SQLite it changes no persistent setting (a journal
+    mode the app set stays; WAL is a property of the file) and waits up to 30 s for the
+    write lock; pass `sync_engine=` for anything else."""
+    url = bind.url
+    _refuse_memory(url)
+    target = sync_url(url)
+    kwargs: dict[str, Any] = {}
+    if target.get_backend_name() == "sqlite":
+        if "timeout" not in target.query:
+            kwargs["connect_args"] = {"timeout": 30}
+        kwargs["pool_size"] = 32  # the flush thread and worker threads may wait on the write lock
+    return create_engine(target, **kwargs)
+
+
+def _database_of(engine: Engine) -> str | None:
+    db = engine.url.database
+    if db and engine.dialect.name == "sqlite":
+        return os.path.realpath(db)
+    return db
+
+
+def check_sync_engine(bind: Engine, given: object) -> Engine:
+    """`given` as the sync engine of `bind`'s database: a sync Engine on the same kind of
+    database and the same database name."""
+    _refuse_memory(bind.url)
+    if not isinstance(given, Engine) or given.dialect.is_async:
+        raise ConfigurationError(f"sync_engine= takes a sync Engine (not an async one), got {type(given).__name__}")
+    if dialects.family(given) != dialects.family(bind) or _database_of(given) != _database_of(bind):
+        raise ConfigurationError(
+            f"sync_engine= must open the sessions' database: {given.url.render_as_string(hide_password=True)} is "
+            f"not {bind.url.render_as_string(hide_password=True)}"
+        )
+    return given
+
+
+@dataclass
+class _Derived:
+    source: Engine
+    engine: Engine
+    users: int = 0
+
+
+#: id(the async side's sync_engine) -> its derived sync engine, shared by every holder so
+#: that one async engine gets one runtime (one set of caches) in the process
+_derived: dict[int, _Derived] = {}
+_derived_lock = threading.Lock()
+
+
+def acquire_sync_engine(bind: Engine) -> Engine:
+    """The derived sync engine of `bind` (an AsyncEngine's `sync_engine`), created on first
+    use; the caller holds a reference until `release_sync_engine`."""
+    with _derived_lock:
+        found = _derived.get(id(bind))
+        if found is None or found.source is not bind:
+            found = _derived[id(bind)] = _Derived(bind, derive_sync_engine(bind))
+        found.users += 1
+        return found.engine
+
+
+def release_sync_engine(engine: Engine) -> None:
+    """Give back a reference; the last one disposes the derived engine."""
+    with _derived_lock:
+        key = next((k for k, d in _derived.items() if d.engine is engine), None)
+        if key is None:
+            return
+        found = _derived[key]
+        found.users -= 1
+        if found.users > 0:
+            return
+        del _derived[key]
+    engine.dispose()
+
+
+def _engine_for_url(url: str) -> Engine:
+    """Our own engine for a URL; an async driver's URL means the same database through its
+    sync driver (this engine is never used on an event loop)."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
+    if parsed.get_driver_name() in _ASYNC_DRIVERS:
+        return dialects.create_engine_for(sync_url(parsed).render_as_string(hide_password=False))
+    return dialects.create_engine_for(url)
+
+
 class ParqueDB:
     """An event-sourced entity and relationship store on a SQL database.
 
     `url_or_engine`: a SQLAlchemy URL (`sqlite:///app.db`, `postgresql+psycopg://...`,
-    `mysql+pymysql://...`) or an Engine. `shared=True` when several processes write the
+    `mysql+pymysql://...`), an Engine or an AsyncEngine (the store then runs on a sync
+    engine of the same database, derived from its URL and disposed at close(); see
+    docs/async.md). `shared=True` when several processes write the
     same database. `migrate`: "auto" (default) creates or upgrades the store's schema,
     "check" only verifies it, False skips the step (docs/migrations.md).
 
@@ -74,7 +264,7 @@ class ParqueDB:
 
     def __init__(
         self,
-        url_or_engine: str | Engine = "sqlite://",
+        url_or_engine: str | Engine | AsyncEngine = "sqlite://",
         *,
         archive: str | os.PathLike[str] | None = None,
         policy: FlushPolicy | None = None,
@@ -86,15 +276,22 @@ class ParqueDB:
     ) -> None:
         self._on_close: Callable[[Runtime], None] | None = None
         self._closed = False
-        if isinstance(url_or_engine, Engine):
+        #: engines this handle holds a reference to, and how to give each back at close()
+        self._held: list[tuple[Engine, Callable[[], None]]] = []
+        async_side = sync_side(url_or_engine)
+        if async_side is not None:
+            self.engine = acquire_sync_engine(async_side)
+            self._owns_engine = False
+            self._hold(self.engine, self._releaser(self.engine))
+        elif isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
             self._owns_engine = False
         elif isinstance(url_or_engine, str):
-            self.engine = dialects.create_engine_for(url_or_engine)
+            self.engine = _engine_for_url(url_or_engine)
             self._owns_engine = True
         else:
             raise ConfigurationError(
-                f"ParqueDB() takes a database URL or an Engine, got {type(url_or_engine).__name__}"
+                f"ParqueDB() takes a database URL, an Engine or an AsyncEngine, got {type(url_or_engine).__name__}"
             )
         try:
             self.runtime: Runtime = prepare(
@@ -108,6 +305,7 @@ class ParqueDB:
         except BaseException:
             if self._owns_engine:
                 self.engine.dispose()
+            self._release_held()
             raise
         self._group = GroupCommitter(self.runtime, enabled=group_commit)
         self._meter: Any = None
@@ -128,7 +326,25 @@ class ParqueDB:
         self.runtime = runtime
         self._group = GroupCommitter(runtime)
         self._meter = None
+        self._held = []
         return self
+
+    @staticmethod
+    def _releaser(engine: Engine) -> Callable[[], None]:
+        return lambda: release_sync_engine(engine)
+
+    def _hold(self, engine: Engine, release: Callable[[], None]) -> None:
+        """Run `release` when this handle closes, after its runtime is released: a derived
+        engine's reference. A handle holds one reference per engine: a second is given back."""
+        if any(e is engine for e, _r in self._held):
+            release()
+        else:
+            self._held.append((engine, release))
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for _engine, release in held:
+            release()
 
     def close(self) -> None:
         """Stop timers and background flushing, waiting for a flush in progress; committed
@@ -145,6 +361,7 @@ class ParqueDB:
             self._meter = None
         if self._owns_engine:
             self.engine.dispose()
+        self._release_held()
 
     def __enter__(self) -> ParqueDB:
         return self
@@ -159,17 +376,18 @@ class ParqueDB:
 
         Nothing is written if the block raises. Concurrent transactions of this process
         are group-committed: they may share one SQL transaction and WAL row."""
-        uow: UnitOfWork | None = UnitOfWork()
-        lazy = _LazyConnection(self.engine)
-        self._group.begin()
+        tx = self._begin()
         try:
-            yield Store(self.runtime, lambda: uow, lazy)  # type: ignore[arg-type, return-value]
+            yield tx.store
         except BaseException:
-            uow = None
+            tx.end(commit=False)
             raise
-        finally:
-            lazy.close()
-            self._group.commit(uow)
+        tx.end(commit=True)
+
+    def _begin(self) -> _Transaction:
+        """The parts of `transaction()`, for callers that cannot use a `with` block in one
+        thread (orm/aio.py runs each step in a worker thread)."""
+        return _Transaction(self)
 
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

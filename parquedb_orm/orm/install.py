@@ -4,21 +4,26 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from parquedb_orm.archive.policy import FlushPolicy
-from parquedb_orm.db import ParqueDB
+from parquedb_orm.db import ParqueDB, acquire_sync_engine, check_sync_engine
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.engine.setup import MigrateMode, prepare, release_runtime
 from parquedb_orm.errors import ConfigurationError
-from parquedb_orm.orm import capture
+from parquedb_orm.orm import aio, capture
 from parquedb_orm.orm import session as sess
 from parquedb_orm.orm.session import _BIND_KEY, _BRIDGE_KEY, _Bridge
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session, async_sessionmaker
+
+    AsyncTarget = async_sessionmaker[Any] | async_scoped_session[Any]
 
 Target = sessionmaker[Any] | scoped_session[Any]
 
@@ -29,17 +34,18 @@ _bridges: dict[int, _Bridge] = {}
 _bridges_lock = threading.Lock()
 
 
-def _maker(target: object, what: str) -> sessionmaker[Any]:
+def _maker(target: object, what: str) -> sessionmaker[Any] | async_sessionmaker[Any]:
     if isinstance(target, scoped_session):
         target = target.session_factory
     if isinstance(target, sessionmaker):
         return target
-    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")  # loaded wherever an async maker exists
-    if asyncio_ext is not None and isinstance(
-        target, (asyncio_ext.async_sessionmaker, asyncio_ext.async_scoped_session)
-    ):
-        raise ConfigurationError(f"{what}: AsyncSession support is not available yet; use a sync sessionmaker")
-    raise ConfigurationError(f"{what} takes a sessionmaker or scoped_session, got {type(target).__name__}")
+    found = aio.async_maker(target)
+    if found is not None:
+        return found
+    raise ConfigurationError(
+        f"{what} takes a sessionmaker, scoped_session, async_sessionmaker or async_scoped_session, "
+        f"got {type(target).__name__}"
+    )
 
 
 def _engine_of(maker: sessionmaker[Any]) -> Engine:
@@ -73,26 +79,45 @@ def _engine_of(maker: sessionmaker[Any]) -> Engine:
 
 
 def enable(
-    target: Target,
+    target: Target | AsyncTarget,
     *,
     archive: str | os.PathLike[str] | None = None,
     policy: FlushPolicy | None = None,
     shared: bool = False,
-    engine: Engine | None = None,
+    engine: Engine | AsyncEngine | None = None,
     archive_options: dict[str, Any] | None = None,
     migrate: MigrateMode = "auto",
+    sync_engine: Engine | None = None,
 ) -> ParqueDB:
-    """Let sessions of `target` (a sessionmaker or scoped_session) carry store operations
-    (`store(session)`), committed with theirs. Returns the store's handle (`flush()`,
-    `stats()`, `duckdb()`, `close()`, and every `ParqueDB` operation outside sessions).
+    """Let sessions of `target` (a sessionmaker or scoped_session, or an async_sessionmaker
+    or async_scoped_session) carry store operations (`store(session)`), committed with
+    theirs. Returns the store's handle (`flush()`, `stats()`, `duckdb()`, `close()`, and
+    every `ParqueDB` operation outside sessions).
 
     `engine` defaults to the sessionmaker's bind (or its single `binds` engine, or what its
     sessions' get_bind() answers). `shared=True` when several processes write the same
     database. `migrate`: "auto" creates or upgrades the store's schema unless the host
     app's Alembic records it, "check" only verifies it is current, False skips the step
     (docs/migrations.md).
+
+    Async makers (docs/async.md): the store runs on a sync engine of the sessions'
+    database, derived from the AsyncEngine's URL unless `sync_engine` is given, and
+    flushes in the background unless `policy` says otherwise.
     """
     maker = _maker(target, "enable()")
+    if not isinstance(maker, sessionmaker):
+        return _enable_async(
+            maker,
+            archive=archive,
+            policy=policy,
+            shared=shared,
+            engine=engine,
+            archive_options=archive_options,
+            migrate=migrate,
+            sync_engine=sync_engine,
+        )
+    if sync_engine is not None:
+        raise ConfigurationError("enable(sync_engine=...) is for async_sessionmakers; use engine= here")
     if engine is not None and not isinstance(engine, Engine):
         raise ConfigurationError(f"enable(engine=...) takes an Engine, got {type(engine).__name__}")
     if isinstance(maker.kw.get("bind"), Connection):
@@ -107,6 +132,55 @@ def enable(
     bridge = bridge_for(rt)
     attach(maker, bridge, listen_on=maker)
     return bridge.handle
+
+
+def _enable_async(
+    maker: async_sessionmaker[Any],
+    *,
+    archive: str | os.PathLike[str] | None,
+    policy: FlushPolicy | None,
+    shared: bool,
+    engine: object,
+    archive_options: dict[str, Any] | None,
+    migrate: MigrateMode,
+    sync_engine: Engine | None,
+) -> ParqueDB:
+    """`enable()` of an async maker: the runtime on a sync engine of the sessions' database;
+    the session listeners on a Session subclass of the maker's own, the `commit` listener
+    on the AsyncEngine's `sync_engine` (orm/aio.py says why)."""
+    bind = aio.sessions_engine(maker, engine)
+    if sync_engine is None:
+        runtime_engine = acquire_sync_engine(bind)
+        release: Callable[[], None] | None = ParqueDB._releaser(runtime_engine)
+    else:
+        runtime_engine, release = check_sync_engine(bind, sync_engine), None
+    try:
+        # a flush inline in a commit would hold up the event loop for its Parquet writes
+        rt = prepare(
+            runtime_engine,
+            archive=archive,
+            policy=policy or FlushPolicy(mode="background"),
+            shared=shared,
+            archive_options=archive_options,
+            migrate=migrate,
+        )
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    bridge = bridge_for(rt)
+    if release is not None:
+        bridge.handle._hold(runtime_engine, release)
+    found: ParqueDB = bridge.handle
+    old: object = (maker.kw.get("info") or {}).get(_BRIDGE_KEY)
+    if old is bridge:
+        return found  # enabled already: its class and listeners are in place
+    if isinstance(old, _Bridge):
+        old.detach(maker)  # restores the maker's own Session class before we subclass it
+    own, restore = aio.own_session_class(maker)
+    attach(maker, bridge, listen_on=own, bind=bind)
+    bridge.makers.append((maker, restore))  # after attach's uninstall: listeners off, then the class
+    return found
 
 
 def bridge_for(rt: Runtime) -> _Bridge:
@@ -159,7 +233,7 @@ def _forget_bridge(rt: Runtime) -> None:
         bridge.close()
 
 
-def disable(target: Target) -> None:
+def disable(target: Target | AsyncTarget) -> None:
     """Remove exactly what `enable` installed on this sessionmaker."""
     maker = _maker(target, "disable()")
     bridge = (maker.kw.get("info") or {}).get(_BRIDGE_KEY)
@@ -167,15 +241,17 @@ def disable(target: Target) -> None:
         bridge.detach(maker)
 
 
-def handle(target: Session | Target) -> ParqueDB:
-    """The store handle of an enabled sessionmaker, scoped_session or one of their sessions."""
+def handle(target: Session | AsyncSession | Target | AsyncTarget) -> ParqueDB:
+    """The store handle of an enabled sessionmaker, scoped_session or one of their sessions
+    (or of their async counterparts)."""
     if isinstance(target, Session):
         return sess.bridge_of(target).handle
-    if isinstance(target, scoped_session):
-        target = target.session_factory
-    if isinstance(target, sessionmaker):
-        bridge = (target.kw.get("info") or {}).get(_BRIDGE_KEY)
-        if isinstance(bridge, _Bridge):
-            return bridge.handle
-        raise ConfigurationError("this sessionmaker was not set up with parquedb_orm.enable(...)")
-    return handle(_maker(target, "handle()"))
+    # an async_scoped_session names its maker here, not this scope's session
+    found = aio.async_session(target) if aio.async_maker(target) is None else None
+    if found is not None:
+        return sess.bridge_of(found.sync_session).handle
+    maker = _maker(target, "handle()")
+    bridge = (maker.kw.get("info") or {}).get(_BRIDGE_KEY)
+    if isinstance(bridge, _Bridge):
+        return bridge.handle
+    raise ConfigurationError("this sessionmaker was not set up with parquedb_orm.enable(...)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
@@ -34,10 +34,13 @@ from parquedb_orm.db import ParqueDB
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import ConfigurationError, TransactionError
+from parquedb_orm.orm import aio
 from parquedb_orm.sql import counters, dialects
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 
 log = logging.getLogger("parquedb_orm")
 
@@ -261,12 +264,35 @@ def _session(target: object, what: str) -> Session:
         target = target()  # this thread's (or scope's) session
     if isinstance(target, Session):
         return target
-    raise ConfigurationError(f"{what} takes a Session or scoped_session, got {type(target).__name__}")
+    found = aio.async_session(target)
+    if found is not None:
+        return found.sync_session
+    raise ConfigurationError(
+        f"{what} takes a Session, scoped_session, AsyncSession or async_scoped_session, got {type(target).__name__}"
+    )
 
 
-def store(session: Session | scoped_session[Any]) -> Store:
-    """The store operations, inside `session`'s transaction."""
-    sess = _session(session, "store()")
+@overload
+def store(session: Session | scoped_session[Any]) -> Store: ...
+
+
+@overload
+def store(session: AsyncSession | async_scoped_session[Any]) -> aio.AsyncStore: ...
+
+
+def store(
+    session: Session | scoped_session[Any] | AsyncSession | async_scoped_session[Any],
+) -> Store | aio.AsyncStore:
+    """The store operations, inside `session`'s transaction. For an AsyncSession (or an
+    async_scoped_session) they are awaitable: `await pq.store(session).create(...)`."""
+    found = aio.async_session(session)
+    if found is not None:
+        bridge_of(found.sync_session)  # refused now, as for a sync session, not at the first await
+        return aio.AsyncStore(found, _store_of)
+    return _store_of(_session(session, "store()"))
+
+
+def _store_of(sess: Session) -> Store:
     bridge = bridge_of(sess)
     return Store(
         bridge.rt,

@@ -193,7 +193,7 @@ def ensure_transaction(conn: Connection) -> None:
     the first write by itself and is left to do so."""
     if conn.dialect.name != "sqlite":
         return
-    dbapi = conn.connection.dbapi_connection
+    dbapi = _driver_connection(conn)
     if dbapi is None or getattr(dbapi, "in_transaction", True):
         return
     if getattr(dbapi, "isolation_level", "") is None:
@@ -210,5 +210,10 @@ def begin(engine: Engine) -> Iterator[Connection]:
 
 def in_write_transaction(conn: Connection) -> bool:
     """SQLite only: has this connection already taken the write lock?"""
-    dbapi = conn.connection.dbapi_connection
-    return bool(getattr(dbapi, "in_transaction", False))
+    return bool(getattr(_driver_connection(conn), "in_transaction", False))
+
+
+def _driver_connection(conn: Connection) -> Any:
+    # the driver's own connection: aiosqlite's (which has `in_transaction`), not the
+    # adapter SQLAlchemy wraps it in; for pysqlite the two are the same object
+    return conn.connection.driver_connection
