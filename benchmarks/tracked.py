@@ -271,11 +271,12 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
     def row(label: str, c: dict[str, Any], b: dict[str, Any] | None, hist: str, versions: str, cap: str) -> str:
         hw = None if c["rows_written"] is None or c["app_rows_written"] is None else (
             c["rows_written"] - c["app_rows_written"])
+        def vs(key: str) -> str:
+            return _ratio(c[key], None if b is None else b[key])
+
         return (f"| {label} | {_int(c['rows_written'])} | {_int(hw)} | {_int(c['rows_read'])} | "
-                f"{c['statements']:,} | {c['seconds']:.3f} | "
-                f"{_ratio(c['rows_written'], b and b['rows_written'])} | "
-                f"{_ratio(c['rows_read'], b and b['rows_read'])} | {_ratio(c['seconds'], b and b['seconds'])} | "
-                f"{hist} | {versions} | {cap} |")
+                f"{c['statements']:,} | {c['seconds']:.3f} | {vs('rows_written')} | {vs('rows_read')} | "
+                f"{vs('seconds')} | {hist} | {versions} | {cap} |")
 
     # seed
     first = next(iter(WORKLOADS))
@@ -375,7 +376,22 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[dist] = "missing"
     out["sqlite"] = sqlite3.sqlite_version
+    commit = _commit()
+    if commit:
+        out["parquedb-orm"] += f" (commit {commit})"
     return out
+
+
+def _commit() -> str | None:
+    """The checkout's commit, "+ local changes" when parquedb_orm/ or benchmarks/ differ from it."""
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, stdin=subprocess.DEVNULL).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "parquedb_orm", "benchmarks"],
+                               capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{sha} + local changes" if dirty else sha
 
 
 def _run_worker(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -399,12 +415,19 @@ def _run_worker(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
             "errors": [{"workload": "?", "type": "WorkerDied", "message": why}], "error": why}
 
 
+def _systems() -> dict[str, Any]:
+    from benchmarks.systems.orders import SYSTEMS
+
+    return dict(SYSTEMS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.tracked",
         description="Tracked-model benchmark: parquedb-orm's pq.Tracked vs SQLAlchemy-Continuum, sqlalchemy-history, "
                     "plain SQLAlchemy and raw sqlite3 on one Order model, measured with the faithful SQLite row "
-                    "meter (see the module docstring and docs/benchmarks.md).")
+                    "meter (see the module docstring and docs/benchmarks.md).",
+        epilog="systems: " + ", ".join(f"{k} = {v.label}" for k, v in _systems().items()))
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
                         help=f"orders seeded and updated per workload (default {DEFAULT_SIZE:,})")
     parser.add_argument("--quick", action="store_true", help=f"small run: --size {QUICK_SIZE}")
@@ -435,8 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(res, indent=1, default=str))
         return 0
 
-    from benchmarks.systems.orders import SYSTEMS
-
+    SYSTEMS = _systems()
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in names if s not in SYSTEMS]
     if unknown:

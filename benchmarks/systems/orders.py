@@ -374,7 +374,7 @@ class ParquedbTracked(OrmSystem):
         class Base(DeclarativeBase):
             pass
 
-        class Order(pq.Tracked, OrderColumns, Base):  # type: ignore[misc,name-defined]
+        class Order(pq.Tracked, OrderColumns, Base):
             pass
 
         self.Base, self.Order = Base, Order
@@ -487,7 +487,8 @@ def _orders_ddl() -> str:
     class Order(OrderColumns, Base):
         pass
 
-    return str(CreateTable(Order.__table__).compile(dialect=sqlite_dialect.dialect())).strip()
+    table: Any = Order.__table__
+    return str(CreateTable(table).compile(dialect=sqlite_dialect.dialect())).strip()
 
 
 class Raw(OrderSystem):
