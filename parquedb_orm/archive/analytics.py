@@ -108,12 +108,13 @@ def connect(db: LiveView) -> Any:
     con.register("_rels_tail", rel_tail)
     con.register("_entities_archived", ents)
     con.register("_entities_tail", ent_tail)
-    cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after"
+    cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after, meta"
     con.execute(
         f"""CREATE VIEW events AS
         SELECT {cols} FROM _events_archived
         UNION ALL SELECT 0 AS seq, created_at AS ts, 'CREATE' AS op, ns, id, 1 AS version,
-               json_extract_string(state, '$.createdBy') AS actor, state AS data, NULL AS before, state AS after
+               json_extract_string(state, '$.createdBy') AS actor, state AS data, NULL AS before, state AS after,
+               NULL AS meta
           FROM _bulk
         UNION ALL SELECT {cols} FROM _events_tail"""
     )
