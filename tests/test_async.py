@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from backends import reset_schema, server_url
-from sqlalchemy import Engine, String, create_engine, event, func, select, text
+from sqlalchemy import Engine, ForeignKey, String, create_engine, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
@@ -26,10 +26,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 import parquedb_orm as pq
 from parquedb_orm import db as db_module
+from parquedb_orm.core.ids import encode_id
 from parquedb_orm.engine import setup
 from parquedb_orm.orm import install
 from parquedb_orm.orm.aio import AsyncParqueDB, AsyncStore
@@ -46,6 +47,22 @@ class Item(Base):
     __tablename__ = "app_async_items"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(50))
+
+
+class Buyer(pq.Tracked, Base):
+    __tablename__ = "app_async_buyers"
+    __pq_namespace__ = "async_buyers"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+class Purchase(pq.Tracked, Base):
+    __tablename__ = "app_async_purchases"
+    __pq_namespace__ = "async_purchases"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    qty: Mapped[int]
+    buyer_id: Mapped[int | None] = mapped_column(ForeignKey("app_async_buyers.id"))
+    buyer: Mapped[Buyer | None] = relationship()
 
 
 @dataclass
@@ -511,6 +528,61 @@ def test_sync_urls() -> None:
     assert sync("mariadb+aiomysql://root@h/db") == "mariadb+pymysql://root@h/db"
     with pytest.raises(pq.ConfigurationError, match="sync_engine="):
         sync("oracle+oracledb_async://u@h/db")
+
+
+def test_tracked_models_under_async_session(backend: Backend) -> None:
+    """pq.Tracked rows become events under an AsyncSession too: the flush and bulk-statement
+    listeners fire on the sync Session inside its greenlet, on the maker's own class."""
+
+    def changes(session: Session, obj: object) -> list[tuple[str, int, dict[str, Any]]]:
+        return [(v.op, v.version, v.changes) for v in pq.history(session, obj)]
+
+    async def main() -> None:
+        engine = backend.engine()
+        maker = async_sessionmaker(engine, expire_on_commit=False)
+        handle = pq.enable(maker)
+        try:
+            async with maker() as s:
+                ann = Buyer(id=1, name="ann")
+                order = Purchase(id=7, qty=1, buyer=ann)
+                s.add_all([ann, order])
+                await s.commit()
+                order.qty = 2
+                await s.commit()
+                with pytest.raises(RuntimeError):
+                    async with s.begin_nested():
+                        order.qty = 99
+                        await s.flush()
+                        raise RuntimeError("the savepoint's update is not recorded")
+                await s.refresh(order)  # the savepoint's rollback expired it: load it on the loop
+                assert order.qty == 2
+                await s.execute(update(Purchase).where(Purchase.id == 7).values(qty=3))  # bulk statement
+                await s.commit()
+                s.add(Purchase(id=8, qty=5))
+                await s.rollback()  # its CREATE is dropped with the row
+                buyer_ref = f"async_buyers/{encode_id(1)}"
+                assert await s.run_sync(changes, order) == [
+                    ("UPDATE", 3, {"qty": (2, 3)}),
+                    ("UPDATE", 2, {"qty": (1, 2)}),
+                    ("LINK", 1, {"buyer": (None, buyer_ref)}),
+                    ("CREATE", 1, {"id": (None, 7), "qty": (None, 1), "buyer_id": (None, 1)}),
+                ]
+                await s.delete(order)
+                await s.commit()
+                assert [(op, version) for op, version, _c in await s.run_sync(changes, order)][:2] == [
+                    ("UNLINK", 4),
+                    ("DELETE", 4),
+                ]
+            # one WAL row per namespace per commit; the savepoint and the rolled-back insert wrote none
+            assert backend.wal() == {"async_buyers": [1], "async_purchases": [1, 1, 1, 1]}
+            assert backend.rels() == {"async_purchases": [1, 1]}
+            assert handle.find("async_purchases") == []
+            assert handle.get("async_buyers", encode_id(1))["name"] == "ann"  # type: ignore[index]
+        finally:
+            handle.close()
+            await engine.dispose()
+
+    run(main)
 
 
 # --------------------------------------------------------------------------- standalone
