@@ -47,7 +47,7 @@ def _log(msg: str) -> None:
 
 
 def _canon(doc: dict[str, Any] | None) -> Any:
-    from parquedb_orm.workload import FIELDS
+    from benchmarks.workload import FIELDS
 
     if doc is None:
         return None
@@ -64,10 +64,9 @@ def _digest(items: list[Any]) -> str:
 
 
 def run_worker(name: str, scale: float, seed: int, workdir: Path, result: Path | None = None) -> dict[str, Any]:
-    from parquedb_orm.report import ProcessMeter, Recorder, dir_bytes, percentile, sql_bytes
-    from parquedb_orm.workload import COMMENTS, POSTS, USERS, generate
-
-    from parquedb_orm import systems
+    from benchmarks.report import ProcessMeter, Recorder, dir_bytes, percentile, sql_bytes
+    from benchmarks.workload import COMMENTS, POSTS, USERS, generate
+    from benchmarks import systems
 
     wl = generate(scale, seed)
     cls = systems.load(name)
@@ -342,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _reexec(args)
 
-    from parquedb_orm.systems import SYSTEMS
-    from parquedb_orm.workload import generate
+    from benchmarks.systems import SYSTEMS
+    from benchmarks.workload import generate
 
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [n for n in names if n not in SYSTEMS]
@@ -382,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                   "rows": wl.single_op_commits + wl.bulk_calls},
         "parquedb_write_phases": (f"{sum(p['rows_written'] or 0 for p in write_phases):,}" if write_phases else None),
     }
-    from parquedb_orm.report import render_chart, render_markdown
+    from benchmarks.report import render_chart, render_markdown
 
     md = render_markdown(results, meta)
     print(md)

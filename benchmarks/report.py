@@ -159,7 +159,7 @@ def _labels(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
 
 def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """The whole report as Markdown (printed and written to blog.md)."""
-    from parquedb_orm.systems import LABELS
+    from benchmarks.systems import LABELS
 
     names = list(results)
     lines: list[str] = []
@@ -314,7 +314,8 @@ def render_chart(results: dict[str, dict[str, Any]], meta: dict[str, Any], path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from parquedb_orm.systems import LABELS
+
+    from benchmarks.systems import LABELS
 
     names = list(results)
     phases = [(k, lbl) for k, lbl in _labels(results) if k != "open"]

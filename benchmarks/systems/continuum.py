@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy_continuum import make_versioned
 
-from parquedb_orm import BenchSystem, Doc, Handle
+from benchmarks.systems import BenchSystem, Doc, Handle
 
 make_versioned(user_cls=None)
 

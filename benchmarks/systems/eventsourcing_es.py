@@ -25,7 +25,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from parquedb_orm import BenchSystem, Doc, Handle, apply_update
+from benchmarks.systems import BenchSystem, Doc, Handle, apply_update
 
 SNAPSHOT_INTERVAL = 10
 _LOG_PAGE = 1_000

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from parquedb_orm import BenchSystem, Doc, Handle, apply_update, sqlite_pragmas
+from benchmarks.systems import BenchSystem, Doc, Handle, apply_update, sqlite_pragmas
 
 metadata = MetaData()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import parquedb_orm as pq
-from parquedb_orm import BenchSystem, Doc, Handle
+from benchmarks.systems import BenchSystem, Doc, Handle
 
 
 class System(BenchSystem):

@@ -1,0 +1,23 @@
+"""The blog benchmark still runs (a tiny scale, parquedb-orm and the row-per-change store),
+so a refactoring that breaks its imports fails here rather than when someone measures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_blog_benchmark_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.blog", "--scale", "0.01", "--no-venv", "--systems", "parquedb,naive",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "blog.md").read_text()
+    assert "failed" not in table, table
+    rows = [line for line in table.splitlines() if line.startswith(("| parquedb-orm |", "| naive (row per change) |"))]
+    assert len(rows) == 2, table
