@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from backends import make_engine, reset_schema, url_of
-from sqlalchemy import Engine, String, delete, event, insert, select, update
+from sqlalchemy import Engine, String, create_engine, delete, event, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from tracked_models import (
     Account,
@@ -451,3 +451,33 @@ def test_configuration_errors(maker: sessionmaker[Session]) -> None:
 def test_tables_used_here_exist_once() -> None:
     # the secondary table and every tracked model share the one metadata the fixtures create
     assert order_tags.metadata is Base.metadata and Order.__table__.metadata is Base.metadata
+
+
+def test_two_writers_in_shared_mode(kind: str, engine: Engine, tmp_path: Path) -> None:
+    """Two runtimes (as two processes) on one database: versions continue across them."""
+    other = create_engine(url_of(kind, tmp_path))
+    makers = [sessionmaker(engine, expire_on_commit=False), sessionmaker(other, expire_on_commit=False)]
+    handles = [pq.enable(m, shared=True, archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual"))
+               for m in makers]  # fmt: skip
+    try:
+        with makers[0]() as a, makers[1]() as b:
+            a.info["actor"], b.info["actor"] = "a", "b"
+            a.add(Order(id=1, qty=1))
+            a.commit()
+            b.get(Order, 1).qty = 2  # type: ignore[union-attr]
+            b.commit()
+            a.get(Order, 1).qty = 3  # type: ignore[union-attr]  # a's identity map still says 1: the store does not
+            a.commit()
+            want = [("UPDATE", 3, "a", {"qty": (2, 3)}), ("UPDATE", 2, "b", {"qty": (1, 2)}),
+                    ("CREATE", 1, "a", None)]  # fmt: skip
+            for session in (a, b):
+                got = [(v.op, v.version, v.actor, v.changes if v.op == "UPDATE" else None)
+                       for v in pq.history(session, Order, 1)]  # fmt: skip
+                assert got == want
+        handles[1].flush()
+        with makers[0]() as a:
+            assert ops(a, Order, 1) == [("UPDATE", 3), ("UPDATE", 2), ("CREATE", 1)]
+    finally:
+        for h in handles:
+            h.close()
+        other.dispose()

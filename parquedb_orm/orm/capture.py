@@ -21,7 +21,7 @@ Bulk statements (docs/tracked.md has the row costs):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,7 @@ def record(session: Session, rows: list[_Row]) -> None:
     if not rows:
         return
     st = store(session)
+    _same_database(session, {id(r.spec): r.spec for r in rows}.values())
     actor, meta = _who(session)
     by_ns: dict[str, list[str]] = {}
     for row in rows:
@@ -95,6 +96,21 @@ def record(session: Session, rows: list[_Row]) -> None:
         st.prefetch(ns, ids)
     for row in rows:
         _record_row(st, row, actor, meta)
+
+
+def _same_database(session: Session, specs: Iterable[Spec]) -> None:
+    """A tracked table must live in the store's database: its events commit in the same
+    transaction as its rows only there."""
+    from parquedb_orm.orm.session import bind_of, bridge_of
+
+    store_bind = bind_of(session, bridge_of(session))
+    for spec in specs:
+        bind = session.get_bind(mapper=spec.mapper)
+        if bind is not store_bind and getattr(bind, "engine", bind) is not store_bind:
+            raise ConfigurationError(
+                f"{spec.cls.__name__} is bound to {bind!r}, the store to {store_bind!r}: its events could not "
+                "commit atomically with its rows; keep tracked tables in the store's database"
+            )
 
 
 def _record_row(st: Store, row: _Row, actor: str | None, meta: Any) -> None:
