@@ -481,6 +481,12 @@ def test_refusals_say_why(backend: Backend, tmp_path: Path) -> None:
                     pq.enable(async_sessionmaker(conn))
             with pytest.raises(pq.ConfigurationError, match="AsyncEngine"):
                 pq.enable(async_sessionmaker())
+            # a failed schema step gives the derived engine back (the autouse fixture checks)
+            with pytest.raises(pq.ConfigurationError, match="migrate"):
+                pq.enable(maker, migrate="yes")  # type: ignore[arg-type]
+            with pytest.raises(pq.ConfigurationError, match="migrate"):
+                pq.ParqueDB(engine, migrate="yes")  # type: ignore[arg-type]
+            assert db_module._derived == {}
             async with maker() as s:
                 with pytest.raises(pq.ConfigurationError, match="enable"):
                     pq.store(s)

@@ -434,7 +434,8 @@ class AsyncParqueDB:
     async def transaction(self) -> AsyncIterator[AsyncTransaction]:
         """Several operations in one commit: `async with db.transaction() as tx: await
         tx.create(...)`. Nothing is written if the block raises; the commit runs in a
-        worker thread."""
+        worker thread (a task cancelled while it runs gets CancelledError, and the commit
+        still completes there: a thread cannot be interrupted)."""
         tx: _Transaction = self.sync._begin()  # no I/O: a unit of work and a lazy connection
         try:
             yield AsyncTransaction(tx.store)
