@@ -18,6 +18,6 @@ def test_blog_benchmark_runs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "blog.md").read_text()
-    assert "failed" not in table, table
-    rows = [line for line in table.splitlines() if line.startswith(("| parquedb-orm |", "| naive (row per change) |"))]
-    assert len(rows) == 2, table
+    assert "failed" not in table, [line for line in table.splitlines() if "fail" in line]
+    for system in ("parquedb-orm", "naive (row per change)"):  # each has a measured line
+        assert any(line.startswith(f"| {system} | ") and "n/a" not in line for line in table.splitlines()), table
