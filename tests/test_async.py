@@ -700,6 +700,26 @@ def test_async_parqueDB_ops(backend: Backend) -> None:
     run(main)
 
 
+def test_async_parqueDB_in_memory_sqlite_runs_one_call_at_a_time() -> None:
+    """`sqlite://` is one connection: concurrent calls (and an open transaction's) take turns."""
+
+    async def main() -> None:
+        async with AsyncParqueDB("sqlite://") as db:
+            assert db.sync.runtime.memory
+
+            async def in_tx() -> list[str]:
+                async with db.transaction() as tx:
+                    return [(await tx.create("tx", {"i": i}))["$id"] for i in range(5)]
+
+            tx_task = asyncio.create_task(in_tx())
+            singles = await asyncio.gather(*(db.create("solo", {"i": i}) for i in range(30)))
+            made = await tx_task
+            assert len(set(made)) == 5 and len({m["$id"] for m in singles}) == 30
+            assert len(await db.find("tx")) == 5 and len(await db.find("solo")) == 30
+
+    run(main)
+
+
 def test_async_parqueDB_wraps_a_handle_and_closes_it(tmp_path: Path) -> None:
     async def main() -> None:
         engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from types import ModuleType
@@ -252,17 +253,30 @@ class AsyncStore:
 # --------------------------------------------------------------------------- standalone
 
 
+async def _in_thread(serial: threading.Lock | None, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn` in a worker thread; holding `serial` there, if given (not on the loop)."""
+    if serial is None:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def locked() -> T:
+        with serial:
+            return fn(*args, **kwargs)
+
+    return await asyncio.to_thread(locked)
+
+
 class AsyncTransaction:
     """`async with db.transaction() as tx`: the operations of one commit, awaitable; each
     runs in a worker thread, one at a time (a unit of work is not shared by threads)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, serial: threading.Lock | None = None) -> None:
         self._store = store
+        self._serial = serial
         self._lock = asyncio.Lock()
 
     async def _run(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
-            return await asyncio.to_thread(fn, self._store, *args, **kwargs)
+            return await _in_thread(self._serial, fn, self._store, *args, **kwargs)
 
     async def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
         return await self._run(Store.create, ns, data, actor=actor)
@@ -385,6 +399,11 @@ class AsyncParqueDB:
                 meter=meter,
                 migrate=migrate,
             )
+        # an in-memory SQLite database is one connection: its calls must not overlap
+        self._serial = threading.Lock() if self.sync.runtime.memory else None
+
+    async def _thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await _in_thread(self._serial, fn, *args, **kwargs)
 
     @classmethod
     async def open(
@@ -419,7 +438,7 @@ class AsyncParqueDB:
 
     async def aclose(self) -> None:
         """`ParqueDB.close()` in a worker thread (it waits for a flush in progress)."""
-        await asyncio.to_thread(self.sync.close)
+        await self._thread(self.sync.close)
 
     def close(self) -> None:
         self.sync.close()
@@ -438,23 +457,23 @@ class AsyncParqueDB:
         still completes there: a thread cannot be interrupted)."""
         tx: _Transaction = self.sync._begin()  # no I/O: a unit of work and a lazy connection
         try:
-            yield AsyncTransaction(tx.store)
+            yield AsyncTransaction(tx.store, self._serial)
         except BaseException:
-            await asyncio.to_thread(tx.end, commit=False)
+            await self._thread(tx.end, commit=False)
             raise
-        await asyncio.to_thread(tx.end, commit=True)
+        await self._thread(tx.end, commit=True)
 
     # ------------------------------------------------------------------ entities
     async def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
-        return await asyncio.to_thread(self.sync.create, ns, data, actor=actor)
+        return await self._thread(self.sync.create, ns, data, actor=actor)
 
     async def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
-        return await asyncio.to_thread(self.sync.create_many, ns, list(items), actor=actor)
+        return await self._thread(self.sync.create_many, ns, list(items), actor=actor)
 
     async def get(
         self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
     ) -> State | None:
-        return await asyncio.to_thread(self.sync.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)
+        return await self._thread(self.sync.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)
 
     async def update(
         self,
@@ -465,7 +484,7 @@ class AsyncParqueDB:
         expected_version: int | None = None,
         actor: str | None = None,
     ) -> State:
-        return await asyncio.to_thread(
+        return await self._thread(
             self.sync.update, ns, entity_id, update, expected_version=expected_version, actor=actor
         )
 
@@ -478,14 +497,14 @@ class AsyncParqueDB:
         expected_version: int | None = None,
         actor: str | None = None,
     ) -> bool:
-        return await asyncio.to_thread(
+        return await self._thread(
             self.sync.delete, ns, entity_id, hard=hard, expected_version=expected_version, actor=actor
         )
 
     async def restore(
         self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None
     ) -> State:
-        return await asyncio.to_thread(self.sync.restore, ns, entity_id, expected_version=expected_version, actor=actor)
+        return await self._thread(self.sync.restore, ns, entity_id, expected_version=expected_version, actor=actor)
 
     async def find(
         self,
@@ -497,7 +516,7 @@ class AsyncParqueDB:
         skip: int = 0,
         include_deleted: bool = False,
     ) -> list[State]:
-        return await asyncio.to_thread(
+        return await self._thread(
             self.sync.find, ns, filter, sort=sort, limit=limit, skip=skip, include_deleted=include_deleted
         )
 
@@ -512,38 +531,38 @@ class AsyncParqueDB:
         data: dict[str, Any] | None = None,
         actor: str | None = None,
     ) -> None:
-        await asyncio.to_thread(self.sync.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
+        await self._thread(self.sync.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
 
     async def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
-        await asyncio.to_thread(self.sync.unlink, from_ref, predicate, to_ref, actor=actor)
+        await self._thread(self.sync.unlink, from_ref, predicate, to_ref, actor=actor)
 
     async def related(
         self, ref: str, predicate: str | None = None, *, direction: str = "outbound", include_deleted: bool = False
     ) -> list[State]:
-        return await asyncio.to_thread(
+        return await self._thread(
             self.sync.related, ref, predicate, direction=direction, include_deleted=include_deleted
         )
 
     async def links(
         self, ref: str, predicate: str | None = None, *, direction: str = "outbound"
     ) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.sync.links, ref, predicate, direction=direction)
+        return await self._thread(self.sync.links, ref, predicate, direction=direction)
 
     async def history(self, ref: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.sync.history, ref)
+        return await self._thread(self.sync.history, ref)
 
     # ------------------------------------------------------------------ archive
     async def flush(self) -> FlushResult:
         """Move every committed WAL event to the Parquet archive now; returns what it did."""
-        return await asyncio.to_thread(self.sync.flush)
+        return await self._thread(self.sync.flush)
 
     async def compact(self, threshold: int = 1) -> int:
-        return await asyncio.to_thread(self.sync.compact, threshold)
+        return await self._thread(self.sync.compact, threshold)
 
     async def duckdb(self) -> Any:
         """A DuckDB connection with views `events`, `rels` and `entities` (its queries are
         sync: run them in a thread too if they are long)."""
-        return await asyncio.to_thread(self.sync.duckdb)
+        return await self._thread(self.sync.duckdb)
 
     def stats(self) -> dict[str, Any]:
         """In-memory counters only: no I/O."""
