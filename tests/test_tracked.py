@@ -292,7 +292,7 @@ def _upsert(kind: str, rows: list[dict[str, Any]]) -> Any:
     return stmt_lite.on_conflict_do_update(index_elements=[Order.id], set_={"qty": stmt_lite.excluded.qty})
 
 
-def test_upserts(kind: str, engine: Engine, maker: sessionmaker[Session]) -> None:
+def test_upserts(kind: str, engine: Engine, maker: sessionmaker[Session], tmp_path: Path) -> None:
     with maker() as s:
         s.add(Order(id=1, qty=1))
         s.commit()
@@ -305,12 +305,23 @@ def test_upserts(kind: str, engine: Engine, maker: sessionmaker[Session]) -> Non
         s.commit()
         assert ops(s, Order, 2) == [("CREATE", 1)]
         assert pq.as_of(s, Order, 1, version=1).qty == 1
+        pq.revert(s, Order, 1, to=1)
+        s.commit()
+        assert s.get(Order, 1).qty == 1  # type: ignore[union-attr]
+        assert pq.history(s, Order, 1)[0].changes == {"qty": (10, 1)}
+        before = history_json(s, Order, 1)
+    pq.handle(maker).flush()
+    with maker() as s:
+        assert history_json(s, Order, 1) == before
+    assert in_fresh_process(kind, tmp_path, "Order", 1) == before
 
 
 # ---------------------------------------------------------------------------- relationships
 
 
-def test_relationship_changes_are_links(kind: str, engine: Engine, maker: sessionmaker[Session]) -> None:
+def test_relationship_changes_are_links(
+    kind: str, engine: Engine, maker: sessionmaker[Session], tmp_path: Path
+) -> None:
     with maker() as s:
         ann, bo = Customer(id=1, name="ann"), Customer(id=2, name="bo")
         red, blue = Tag(id=1, label="red"), Tag(id=2, label="blue")
@@ -356,10 +367,14 @@ def test_relationship_changes_are_links(kind: str, engine: Engine, maker: sessio
         s.delete(order)
         s.commit()
         assert st.related(pq.ref(order), "tags") == [] and st.related(pq.ref(order), "customer") == []
+        links_before = history_json(s, Order, 1)
+        assert [h[0] for h in links_before].count("LINK") == 6  # 2 made, 2 changed, 2 by the revert
     pq.handle(maker).flush()
     with maker() as s:
         assert s.get(Order, 1) is None
+        assert history_json(s, Order, 1) == links_before
         assert [b["title"] for b in pq.store(s).related("shelves/" + encode_id(1), "books")] == ["b"]
+    assert in_fresh_process(kind, tmp_path, "Order", 1) == links_before
     with engine.connect() as conn:
         assert conn.execute(select(RelsWal)).first() is None  # archived
 
