@@ -28,6 +28,7 @@ from parquedb_orm.errors import (
     VersionConflictError,
 )
 from parquedb_orm.orm import disable, enable, handle, store
+from parquedb_orm.orm.aio import AsyncParqueDB, AsyncStore, AsyncTransaction
 from parquedb_orm.orm.capture import acting_as
 from parquedb_orm.orm.history import Version, as_of, history, revert
 from parquedb_orm.orm.tracked import Tracked, ref, track, untrack
@@ -36,6 +37,9 @@ from parquedb_orm.sql.models import metadata
 __all__ = [
     "NAMESPACE_PATTERN",
     "ArchiveError",
+    "AsyncParqueDB",
+    "AsyncStore",
+    "AsyncTransaction",
     "ConfigurationError",
     "CorruptBatchError",
     "EntityNotFoundError",

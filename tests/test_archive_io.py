@@ -388,6 +388,33 @@ def test_background_flushes_from_a_worker_thread(open_db: Opener, hook: list[tup
     assert sum(r[5] for r in manifest_rows(db.engine) if r[0] == "events") == 50
 
 
+def test_commits_during_a_background_flush_are_flushed_without_another_commit(
+    open_db: Opener, hook: list[tuple[str, str]]
+) -> None:
+    db = started(open_db(pq.FlushPolicy(mode="background", min_events=10, max_events=10, max_interval=60)), hook)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_first(step: str) -> None:
+        hook.append((step, threading.current_thread().name))
+        if step == "events_file_written" and not entered.is_set():
+            entered.set()
+            release.wait(10)  # the first flush has read the WAL and waits here
+
+    flush_module.CRASH_HOOK = hold_first
+    db.create_many("posts", [{"n": i} for i in range(4)])  # below BULK_MIN: events in the WAL
+    with db.transaction() as tx:
+        for i in range(10):
+            tx.create("posts", {"n": i})
+    assert entered.wait(10)
+    with db.transaction() as tx:  # >= max_events again while that flush runs
+        for i in range(10):
+            tx.create("posts", {"n": i})
+    release.set()
+    # no further commit: the worker runs once more for what arrived meanwhile
+    assert wait_until(lambda: db.stats()["unflushed_events"] == 0, timeout=10)
+    assert sum(r[5] for r in manifest_rows(db.engine) if r[0] == "events") == 24
+
+
 def test_timer_flushes_after_max_interval_at_min_events(open_db: Opener, hook: list[tuple[str, str]]) -> None:
     db = started(open_db(pq.FlushPolicy(mode="inline", min_events=5, max_events=1000, max_interval=0.2)), hook)
     for i in range(4):

@@ -82,6 +82,8 @@ class Scheduler:
         self._running = threading.RLock()
         self._timer: threading.Timer | None = None
         self._worker: threading.Thread | None = None
+        self._busy = False  # a background worker is flushing (or about to)
+        self._again = False  # a commit asked for a flush while it was
         self._closed = False
         self.last_error: BaseException | None = None
         self.last_result: FlushResult | None = None
@@ -155,11 +157,24 @@ class Scheduler:
 
     def _background(self) -> None:
         with self._lock:
-            if self._closed or (self._worker is not None and self._worker.is_alive()):
+            if self._closed:
                 return
-            worker = threading.Thread(target=self.run, name="parquedb-flush", daemon=True)
+            if self._busy:  # the running flush may have read the WAL before this commit:
+                self._again = True  # the worker runs once more, rather than leave it waiting
+                return
+            self._busy = True
+            worker = threading.Thread(target=self._work, name="parquedb-flush", daemon=True)
             self._worker = worker
         worker.start()
+
+    def _work(self) -> None:
+        while True:
+            self.run()
+            with self._lock:  # the same lock _background decides under: no request is lost
+                if not self._again or self._closed:
+                    self._busy = False
+                    return
+                self._again = False
 
     def run(self) -> FlushResult | None:
         """Flush now (and compact if due); errors are logged and kept, never raised here:
