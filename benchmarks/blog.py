@@ -64,9 +64,9 @@ def _digest(items: list[Any]) -> str:
 
 
 def run_worker(name: str, scale: float, seed: int, workdir: Path, result: Path | None = None) -> dict[str, Any]:
+    from benchmarks import systems
     from benchmarks.report import ProcessMeter, Recorder, dir_bytes, percentile, sql_bytes
     from benchmarks.workload import COMMENTS, POSTS, USERS, generate
-    from benchmarks import systems
 
     wl = generate(scale, seed)
     cls = systems.load(name)
