@@ -1,0 +1,166 @@
+"""Statements and rows of one commit, per kind of commit (counts, never times).
+
+`EXPECTED_PER_COMMIT` holds the numbers the commit path has NOW, observed on SQLite (a
+file, `FlushPolicy(mode="manual")`, no archive). Every measured commit must cost exactly
+these. The commit path is being rewritten to cost less (target: 1 statement and 0 rows
+read per single-owner single-op commit): whoever changes the cost updates this table.
+
+How it is measured: one subprocess (about 2 s) under the faithful SQLite meter
+(`parquedb_meter.metered_env()`: libSQL's row counters, as Cloudflare D1 / Turso bill them)
+opens a store per case, warms it up (the namespace's first commit loads its WAL tail and
+reserves the first block of 100 ids), then meters 5 commits one by one. The meter listens
+on SQLAlchemy's `Engine` class, so the store's side engine (id blocks) would count too; no
+measured commit reserves a block. A statement is one DBAPI execute; BEGIN / COMMIT are not
+counted. Without the faithful library (outside CI) the same child runs on the portable
+meter and only statements are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parquedb_meter import FaithfulMeterUnavailable, metered_env
+
+# --------------------------------------------------------------------------- the numbers
+#: per commit, on SQLite; observed on commit f81d21d ("benchmarks/blog.py: import order")
+EXPECTED_PER_COMMIT: dict[str, dict[str, int]] = {
+    # db.create(ns, {...}) of a single-owner store
+    "create": {"statements": 3, "rows_read": 1, "rows_written": 1},
+    # db.update(ns, id, {"$set": ...}) of a single-owner store
+    "update": {"statements": 3, "rows_read": 1, "rows_written": 1},
+    # db.create with ParqueDB(url, shared=True)
+    "shared_create": {"statements": 3, "rows_read": 1, "rows_written": 1},
+    # db.update with ParqueDB(url, shared=True): the tail and counters are checked first
+    "shared_update": {"statements": 7, "rows_read": 3, "rows_written": 1},
+    # ORM: pq.enable(Session); pq.store(s).create(...); s.commit()
+    "session_create": {"statements": 3, "rows_read": 1, "rows_written": 1},
+}
+# ---------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+METER_DIR = REPO_ROOT / "tools" / "meter"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("PARQUEDB_REQUIRE_SERVERS") == "1"
+MEASURED = 5  # commits metered per case
+
+_CHILD = r"""
+import json, sys, tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+from parquedb_meter import EngineMeter, faithful_available
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+import parquedb_orm as pq
+from parquedb_orm.sql.dialects import create_engine_for
+
+MEASURED = int(sys.argv[1])
+root = Path(tempfile.mkdtemp(prefix="pq-commit-counts-"))
+em = EngineMeter(SimpleNamespace(dialect=SimpleNamespace(name="sqlite")))  # every engine of the process
+em.engine = Engine
+em.install()
+m = em.meter
+
+
+def per_commit(op):
+    out = []
+    for i in range(MEASURED):
+        before = m.snapshot()
+        op(i)
+        after = m.snapshot()
+        out.append({k: None if after[k] is None else after[k] - before[k]
+                    for k in ("statements", "rows_read", "rows_written")})
+    return out
+
+
+def store_case(name, shared, kind):
+    db = pq.ParqueDB(f"sqlite:///{root / (name + '.db')}", policy=pq.FlushPolicy(mode="manual"), shared=shared)
+    try:
+        sqid = db.create("posts", {"title": "warm", "views": 0})["$id"].split("/")[1]
+        db.create("posts", {"title": "warm", "views": 0})
+        db.update("posts", sqid, {"$set": {"views": 1}})
+        if kind == "create":
+            return per_commit(lambda i: db.create("posts", {"title": f"p{i:06d}", "views": i}))
+        return per_commit(lambda i: db.update("posts", sqid, {"$set": {"views": 100 + i}}))
+    finally:
+        db.close()
+
+
+def session_case():
+    engine = create_engine_for(f"sqlite:///{root / 'session.db'}")
+    maker = sessionmaker(engine)
+    handle = pq.enable(maker, policy=pq.FlushPolicy(mode="manual"))
+
+    def op(i):
+        with maker() as s:
+            pq.store(s).create("posts", {"title": f"p{i:06d}", "views": i})
+            s.commit()
+
+    try:
+        op(-2)
+        op(-1)
+        return per_commit(op)
+    finally:
+        handle.close()
+        engine.dispose()
+
+
+out = {
+    "create": store_case("create", False, "create"),
+    "update": store_case("update", False, "update"),
+    "shared_create": store_case("shared_create", True, "create"),
+    "shared_update": store_case("shared_update", True, "update"),
+    "session_create": session_case(),
+}
+em.uninstall()
+print(json.dumps({"faithful": faithful_available(), "cases": out}))
+"""
+
+
+@pytest.fixture(scope="module")
+def observed() -> dict[str, Any]:
+    try:
+        env = metered_env()
+    except FaithfulMeterUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"faithful SQLite meter unavailable under CI: {exc}")
+        env = dict(os.environ)  # portable meter: statements only
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(METER_DIR), str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(MEASURED)],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _table(observed: dict[str, Any]) -> str:
+    lines = []
+    for case, commits in observed["cases"].items():
+        distinct = [dict(c) for c in {json.dumps(c, sort_keys=True): c for c in commits}.values()]
+        lines.append(f"  {case!r}: {distinct[0] if len(distinct) == 1 else distinct},")
+    return "observed per commit (faithful={}):\n{{\n{}\n}}".format(observed["faithful"], "\n".join(lines))
+
+
+@pytest.mark.parametrize("case", list(EXPECTED_PER_COMMIT))
+def test_counts_per_commit(observed: dict[str, Any], case: str) -> None:
+    expected = dict(EXPECTED_PER_COMMIT[case])
+    if not observed["faithful"]:
+        expected = {"statements": expected["statements"]}
+    commits = observed["cases"][case]
+    assert len(commits) == MEASURED
+    got = [{k: c[k] for k in expected} for c in commits]
+    assert all(g == expected for g in got), (
+        f"{case}: expected {expected} for each of {MEASURED} commits, got {got}\n{_table(observed)}"
+    )
+
+
+def test_every_case_has_an_expectation(observed: dict[str, Any]) -> None:
+    assert set(observed["cases"]) == set(EXPECTED_PER_COMMIT), _table(observed)
