@@ -66,7 +66,8 @@ class _Transaction:
         self.store = Store(db.runtime, lambda: self.uow, self._lazy)
 
     def end(self, *, commit: bool) -> None:
-        """Commit the unit (`commit=True`; returns once durable) or drop it."""
+        """Commit the unit (`commit=True`; returns once committed, as durable as the engine's
+        settings make it: docs/durability.md) or drop it."""
         try:
             self._lazy.close()
         except BaseException:
@@ -236,16 +237,17 @@ def release_sync_engine(engine: Engine) -> None:
     engine.dispose()
 
 
-def _engine_for_url(url: str) -> Engine:
-    """Our own engine for a URL; an async driver's URL means the same database through its
-    sync driver (this engine is never used on an event loop)."""
+def _engine_for_url(url: str, durability: dialects.Durability | None = None) -> Engine:
+    """Our own engine for a URL, with our settings for `durability` on a SQLite file; an
+    async driver's URL means the same database through its sync driver (this engine is
+    never used on an event loop)."""
     try:
         parsed = make_url(url)
     except Exception as exc:
         raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
     if parsed.get_driver_name() in _ASYNC_DRIVERS:
-        return dialects.create_engine_for(sync_url(parsed).render_as_string(hide_password=False))
-    return dialects.create_engine_for(url)
+        return dialects.create_engine_for(sync_url(parsed).render_as_string(hide_password=False), durability)
+    return dialects.create_engine_for(url, durability)
 
 
 class ParqueDB:
@@ -257,6 +259,13 @@ class ParqueDB:
     docs/async.md). `shared=True` when several processes write the
     same database. `migrate`: "auto" (default) creates or upgrades the store's schema,
     "check" only verifies it, False skips the step (docs/migrations.md).
+
+    `durability` (docs/durability.md): on a SQLite file opened from its URL, "normal" (the
+    default: WAL + synchronous=NORMAL, a commit survives a crash of the process, the last
+    commits may be lost on power loss or an OS crash) or "full" (WAL + synchronous=FULL:
+    each commit survives power loss). An Engine of yours, and a server, keep their
+    settings: they are read back, said once in the log ("parquedb_orm"), and a durability
+    they do not give raises ConfigurationError (`pq.sqlite_settings(engine)` applies ours).
 
     `pq.enable(Session)` returns one of these too: the handle of the store its sessions
     write to (same runtime, caches and flushing).
@@ -273,7 +282,9 @@ class ParqueDB:
         group_commit: bool = True,
         meter: bool = False,
         migrate: MigrateMode = "auto",
+        durability: dialects.Durability | None = None,
     ) -> None:
+        wanted = dialects.check_durability(durability)
         self._on_close: Callable[[Runtime], None] | None = None
         self._closed = False
         #: engines this handle holds a reference to, and how to give each back at close()
@@ -287,7 +298,7 @@ class ParqueDB:
             self.engine = url_or_engine
             self._owns_engine = False
         elif isinstance(url_or_engine, str):
-            self.engine = _engine_for_url(url_or_engine)
+            self.engine = _engine_for_url(url_or_engine, wanted)
             self._owns_engine = True
         else:
             raise ConfigurationError(
@@ -301,6 +312,7 @@ class ParqueDB:
                 shared=shared,
                 migrate=migrate,
                 archive_options=archive_options,
+                durability=wanted,
             )
         except BaseException:
             if self._owns_engine:
@@ -348,8 +360,8 @@ class ParqueDB:
 
     def close(self) -> None:
         """Stop timers and background flushing, waiting for a flush in progress; committed
-        events stay safe in the WAL. A handle from `enable()` also disables its
-        sessionmakers. Closing twice is a no-op."""
+        events stay in the WAL tables, for the next flush. A handle from `enable()` also
+        disables its sessionmakers. Closing twice is a no-op."""
         if self._closed:
             return
         self._closed = True

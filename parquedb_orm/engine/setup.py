@@ -24,6 +24,9 @@ from parquedb_orm.archive.flush import Flusher
 from parquedb_orm.archive.policy import FlushPolicy, Scheduler
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import ConfigurationError
+from parquedb_orm.sql import dialects
+from parquedb_orm.sql.dialects import Durability
+from parquedb_orm.sql.durability import check as check_settings
 
 MigrateMode = Literal["auto", "check", False]
 MIGRATE_MODES: tuple[MigrateMode, ...] = ("auto", "check", False)
@@ -165,13 +168,21 @@ def prepare(
     shared: bool = False,
     migrate: MigrateMode = "auto",
     archive_options: dict[str, Any] | None = None,
+    durability: Durability | None = None,
 ) -> Runtime:
     """The runtime of `engine` in this process, with its archive and flush policy set up;
-    the caller holds a reference to it (`release_runtime`)."""
+    the caller holds a reference to it (`release_runtime`).
+
+    `durability`: what the engine's settings must give (docs/durability.md); they are read
+    back, never changed, and a ConfigurationError says how to get it if they give less.
+    Once per engine the logger "parquedb_orm" says what they give."""
     if policy is not None and not isinstance(policy, FlushPolicy):
         raise ConfigurationError(f"policy must be a parquedb_orm.FlushPolicy, got {type(policy).__name__}")
     if migrate not in MIGRATE_MODES or (isinstance(migrate, int) and migrate is not False):
         raise ConfigurationError(f'migrate must be "auto", "check" or False, got {migrate!r}')
+    wanted = dialects.check_durability(durability)
+    # before the schema step: a refused engine is left as it was
+    check_settings(engine, wanted)
     _ensure_schema_retrying(engine, migrate)
     rt = runtime_for(engine, shared=shared)
     rt.shared = rt.shared or shared
@@ -187,3 +198,34 @@ def prepare(
             _flushing[id(rt)] = Flushing(flusher, scheduler)
         scheduler.start()
     return rt
+
+
+def sqlite_settings(engine: Engine, durability: Durability = dialects.DEFAULT_DURABILITY) -> Engine:
+    """Give your own SQLite engine the settings the store uses on a URL it opens: WAL
+    journal, synchronous=NORMAL (`durability="normal"`) or FULL (`"full"`), and a 30 s busy
+    timeout (docs/durability.md). Every new connection gets them when it connects, one
+    already pooled at its next checkout, and a store already open on the engine on its own
+    connections too. Calling it again with another durability changes it. Returns `engine`.
+
+    Raises ConfigurationError for another database (the store never changes a server's
+    settings) and for an in-memory SQLite database (no commit outlives its process).
+    For an AsyncEngine pass its `sync_engine`."""
+    if not isinstance(engine, Engine):
+        raise ConfigurationError(f"sqlite_settings() takes an Engine, got {type(engine).__name__}")
+    wanted = dialects.check_durability(durability)
+    if wanted is None:
+        raise ConfigurationError('sqlite_settings(durability=...) takes "normal" or "full", got None')
+    if engine.dialect.name != "sqlite":
+        raise ConfigurationError(
+            f"sqlite_settings() is for SQLite engines, got {engine.dialect.name}: the store reads a server's "
+            "durability settings and never changes them (docs/durability.md)"
+        )
+    if dialects.is_memory_sqlite(engine):
+        raise ConfigurationError("sqlite_settings(): an in-memory SQLite database has no durability to set")
+    dialects.apply_sqlite_settings(engine, wanted)
+    with _runtimes_lock:
+        rt = _runtimes.get(id(engine))
+    if rt is not None and rt.engine is engine and rt.ids.engine is not engine:
+        # the side engine copied the pool's listeners when it was made: tell it too
+        dialects.apply_sqlite_settings(rt.ids.engine, wanted)
+    return engine

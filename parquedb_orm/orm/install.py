@@ -19,6 +19,7 @@ from parquedb_orm.errors import ConfigurationError
 from parquedb_orm.orm import aio, capture
 from parquedb_orm.orm import session as sess
 from parquedb_orm.orm.session import _BIND_KEY, _BRIDGE_KEY, _Bridge
+from parquedb_orm.sql.dialects import Durability
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session, async_sessionmaker
@@ -88,6 +89,7 @@ def enable(
     archive_options: dict[str, Any] | None = None,
     migrate: MigrateMode = "auto",
     sync_engine: Engine | None = None,
+    durability: Durability | None = None,
 ) -> ParqueDB:
     """Let sessions of `target` (a sessionmaker or scoped_session, or an async_sessionmaker
     or async_scoped_session) carry store operations (`store(session)`), committed with
@@ -98,7 +100,9 @@ def enable(
     sessions' get_bind() answers). `shared=True` when several processes write the same
     database. `migrate`: "auto" creates or upgrades the store's schema unless the host
     app's Alembic records it, "check" only verifies it is current, False skips the step
-    (docs/migrations.md).
+    (docs/migrations.md). `durability` ("normal" or "full", docs/durability.md): what the
+    engine's settings must give; they are read back and never changed (a ConfigurationError
+    says how to get it), and the logger "parquedb_orm" says once per engine what they give.
 
     Async makers (docs/async.md): the store runs on a sync engine of the sessions'
     database, derived from the AsyncEngine's URL unless `sync_engine` is given, and
@@ -115,6 +119,7 @@ def enable(
             archive_options=archive_options,
             migrate=migrate,
             sync_engine=sync_engine,
+            durability=durability,
         )
     if sync_engine is not None:
         raise ConfigurationError("enable(sync_engine=...) is for async_sessionmakers; use engine= here")
@@ -127,7 +132,13 @@ def enable(
         )
     bind = engine or _engine_of(maker)
     rt = prepare(
-        bind, archive=archive, policy=policy, shared=shared, archive_options=archive_options, migrate=migrate
+        bind,
+        archive=archive,
+        policy=policy,
+        shared=shared,
+        archive_options=archive_options,
+        migrate=migrate,
+        durability=durability,
     )
     bridge = bridge_for(rt)
     attach(maker, bridge, listen_on=maker)
@@ -144,6 +155,7 @@ def _enable_async(
     archive_options: dict[str, Any] | None,
     migrate: MigrateMode,
     sync_engine: Engine | None,
+    durability: Durability | None,
 ) -> ParqueDB:
     """`enable()` of an async maker: the runtime on a sync engine of the sessions' database;
     the session listeners on a Session subclass of the maker's own, the `commit` listener
@@ -163,6 +175,7 @@ def _enable_async(
             shared=shared,
             archive_options=archive_options,
             migrate=migrate,
+            durability=durability,
         )
     except BaseException:
         if release is not None:

@@ -11,7 +11,7 @@ import hashlib
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, Table, event, insert, select, text
 from sqlalchemy.engine import make_url
@@ -80,24 +80,116 @@ def is_memory_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
 
 
-def create_engine_for(url: str, **kwargs: Any) -> Engine:
+#: what a returned commit survives (docs/durability.md). On SQLite: "normal" is WAL +
+#: synchronous=NORMAL (a crash of the process, not always a power loss or OS crash),
+#: "full" is WAL + synchronous=FULL (also a power loss)
+Durability = Literal["normal", "full"]
+DURABILITIES: tuple[Durability, ...] = ("normal", "full")
+#: the URL form's default: SQLite's own advice for WAL, and what the store always used
+DEFAULT_DURABILITY: Durability = "normal"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SYNCHRONOUS: dict[Durability, str] = {"normal": "NORMAL", "full": "FULL"}
+#: key in a pool connection record's `info`: the durability its connection was set to
+_RECORD_KEY = "parquedb_durability"
+
+
+def check_durability(value: object, what: str = "durability") -> Durability | None:
+    """`value` as a durability option (None: not given), or a ConfigurationError."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in DURABILITIES:
+        raise ConfigurationError(f'{what} must be "normal" or "full" (docs/durability.md), got {value!r}')
+    return value
+
+
+class SqliteSettings:
+    """Our pragmas on every connection of one engine: at connect, and at checkout for a
+    connection that has not got the current ones (pooled before they were applied, or
+    under another durability). One object per engine, kept by its side engine too (its
+    pool copies the listeners), so a change of `durability` reaches both."""
+
+    def __init__(self, durability: Durability) -> None:
+        self.durability: Durability = durability
+
+    def connect(self, dbapi_conn: Any, record: Any) -> None:
+        self._apply(dbapi_conn, record)
+
+    def checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get(_RECORD_KEY) != self.durability:
+            self._apply(dbapi_conn, record)
+
+    def _apply(self, dbapi_conn: Any, record: Any) -> None:
+        durability = self.durability
+        cur = dbapi_conn.cursor()
+        try:
+            # the timeout first: switching a file to WAL may wait for another connection
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            # WAL: readers never block the writer, and a commit writes its pages once
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+        finally:
+            cur.close()
+        if record is not None:
+            record.info[_RECORD_KEY] = durability
+
+
+_sqlite_settings: weakref.WeakKeyDictionary[Engine, SqliteSettings] = weakref.WeakKeyDictionary()
+#: engines made by create_engine_for: their settings are ours, not the user's
+_created: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def apply_sqlite_settings(engine: Engine, durability: Durability) -> None:
+    """Our pragmas (WAL journal, `durability`'s synchronous, a 30 s busy timeout) on every
+    connection of this SQLite file engine: new ones when they connect, pooled ones at their
+    next checkout. Applying again with another durability changes it for both."""
+    found = _sqlite_settings.get(engine)
+    if found is not None:
+        found.durability = durability
+        return
+    settings = _sqlite_settings[engine] = SqliteSettings(durability)
+    event.listen(engine, "connect", settings.connect)
+    event.listen(engine, "checkout", settings.checkout)
+
+
+def applied_durability(engine: Engine) -> Durability | None:
+    """The durability our pragmas give this engine's connections, if we set them."""
+    found = _sqlite_settings.get(engine)
+    return found.durability if found is not None else None
+
+
+def created_here(engine: Engine) -> bool:
+    """Was `engine` made by create_engine_for (the URL form), not by the user?"""
+    return engine in _created
+
+
+def create_engine_for(url: str, durability: Durability | None = None, **kwargs: Any) -> Engine:
+    """The store's own engine for a URL. A SQLite file gets our pragmas with `durability`
+    (default "normal"); an in-memory one refuses a durability, having none."""
     from sqlalchemy import create_engine
 
     try:
         parsed = make_url(url)
     except Exception as exc:
         raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
+    sqlite_file = False
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
+            if durability is not None:
+                raise ConfigurationError(
+                    f"durability={durability!r}: an in-memory SQLite database ends with its process, no commit "
+                    "survives a crash; use a file (sqlite:///app.db) or leave durability out"
+                )
             # one shared in-memory database for every thread, not one per connection
             kwargs.setdefault("poolclass", StaticPool)
             kwargs.setdefault("connect_args", {"check_same_thread": False})
         else:
+            sqlite_file = True
             kwargs.setdefault("connect_args", {"timeout": 30})
             kwargs.setdefault("pool_size", 32)  # many writer threads may wait on the write lock
     engine = create_engine(parsed, **kwargs)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        event.listen(engine, "connect", sqlite_file_pragmas)
+    if sqlite_file:
+        apply_sqlite_settings(engine, durability or DEFAULT_DURABILITY)
+    _created.add(engine)
     return engine
 
 
@@ -105,22 +197,26 @@ def side_engine(engine: Engine) -> Engine:
     """An engine with a pool of its own on the same database, for the store's short
     autonomous transactions (id blocks) taken while a caller holds a connection: drawing
     them from the app's pool could wait forever once its sessions hold every connection.
-    Same creator and connect listeners (pragmas, search_path); an in-memory SQLite database
-    exists only in its one connection, so it keeps that."""
+    Same creator and connect listeners (pragmas, search_path; the user's own on an engine
+    of theirs); an in-memory SQLite database exists only in its one connection, so it
+    keeps that."""
     if is_memory_sqlite(engine):
         return engine
     from sqlalchemy import create_engine
 
-    return create_engine(engine.url, pool=engine.pool.recreate())
+    side = create_engine(engine.url, pool=engine.pool.recreate())
+    settings = _sqlite_settings.get(engine)
+    if settings is not None:  # the copied listeners are this object's: it answers for both
+        _sqlite_settings[side] = settings
+    if engine in _created:
+        _created.add(side)
+    return side
 
 
-def sqlite_file_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL journal: readers never block the writer; NORMAL sync is durable at commit in WAL mode
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+def sqlite_file_pragmas(dbapi_conn: Any, record: Any) -> None:
+    """Our pragmas with durability "normal", as a `connect` listener of any engine (the
+    benchmarks give every system's SQLite file the store's settings with it)."""
+    SqliteSettings(DEFAULT_DURABILITY).connect(dbapi_conn, record)
 
 
 #: a write statement that touches no row: it only takes SQLite's write lock
