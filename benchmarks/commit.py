@@ -28,9 +28,10 @@ How the lines are made fair:
 
 - **Same file settings, verified.** Every SQLite connection runs in WAL mode with
   ``synchronous=NORMAL`` and a 30 s busy timeout: the raw line sets the pragmas that
-  ``create_engine_for`` sets (``sqlite_file_pragmas``: ``journal_mode=WAL``,
-  ``synchronous=NORMAL``, ``busy_timeout=30000``), every other line uses that function's
-  engines. Each line reads ``PRAGMA journal_mode`` and ``PRAGMA synchronous`` back on its
+  ``create_engine_for`` sets on every connection of a SQLite file (``busy_timeout=30000``,
+  ``journal_mode=WAL``, ``synchronous=NORMAL``; it also gives the pool 32 connections and
+  pysqlite a 30 s timeout), every other line uses that function's engines (``ParqueDB(url)``
+  makes its engine with it). Each line reads ``PRAGMA journal_mode`` and ``PRAGMA synchronous`` back on its
   own connection (the session's, for the ORM line) and the table prints them; the servers
   print ``synchronous_commit`` (PostgreSQL) and ``innodb_flush_log_at_trx_commit``
   (MariaDB) as read on their connections. Server defaults are used as they are.
@@ -50,11 +51,12 @@ How the lines are made fair:
   loop together (a barrier) and stop at the same deadline; N-thread lines count every
   thread's ops over the wall time, N-process lines add the processes' rates. parquedb-orm
   runs with ``FlushPolicy(mode="manual")`` and no archive, so no flush is in any figure:
-  this is the commit path alone. ``--repeat R`` repeats the timed pass and reports the
-  median rate.
+  this is the commit path alone. ``--rounds R`` runs every line R times, round-robin in
+  table order, each time on a fresh database, and reports the median rate and the range:
+  a slow minute of the shared machine then hits every line alike.
 - **What is counted.** Statements and rows come from a separate metered pass of
   ``--metered-ops`` ops (default 200; threads and processes as in the timed pass) right
-  after the timed pass, on the same store: the meter's per-statement callback would slow
+  after the timed pass of the first round, on the same store: the meter's per-statement callback would slow
   the timed pass (the output prints by how much), so no meter is attached while timing.
   A statement is one DBAPI ``execute`` / ``executemany``; BEGIN and COMMIT are not
   counted, on any line. On SQLite rows read / written are libSQL's counters (the faithful
@@ -66,7 +68,9 @@ How the lines are made fair:
   are counted (the portable meter; raw lines: one per op by construction): their rows
   columns say ``n/f`` (not faithful).
 - **Same run, same machine.** Lines run one after the other, never at the same time;
-  absolute rates vary with the machine's other load, the ratios are within one run.
+  absolute rates vary with the machine's other load, the ratios are within one run. The
+  header names the parquedb-orm commit measured (and says so when the tree has local
+  changes).
 
 ``--profile`` also prints a cProfile summary (top functions by cumulative time) of the
 single-op create and update loops on SQLite. Results: ``benchmarks/results/commit.md``;
@@ -565,6 +569,8 @@ def prepare_target(spec: Spec, root: Path, payload_: Payload, admin: dict[str, s
     """A fresh database for one line, its schema and seed rows (not timed)."""
     if spec.backend == "sqlite":
         path = root / f"{spec.key}.db"
+        for old in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            old.unlink(missing_ok=True)  # the previous round's
         target = Target("sqlite", f"sqlite:///{path}", str(path))
     else:
         admin_url = admin[spec.backend]
@@ -601,7 +607,8 @@ class _Waiter(Protocol):
 class Measured:
     ops: int = 0
     seconds: float = 0.0
-    rate: float = 0.0  # median of the timed passes
+    rate: float = 0.0  # of the timed pass; the median over rounds once merged
+    rates: list[float] = field(default_factory=list)  # every round's
     metered_ops: int = 0
     metered_seconds: float = 0.0
     counts: Counts = field(default_factory=Counts)
@@ -652,20 +659,18 @@ def _run_threads(wl: Workload, threads: int, ids: Iterator[int], *, seconds: flo
     return sum(done), elapsed
 
 
-def drive(wl: Workload, spec: Spec, cfg: Config, barrier: _Waiter | None = None) -> Measured:
+def drive(wl: Workload, spec: Spec, cfg: Config, metered: bool, barrier: _Waiter | None = None) -> Measured:
+    """Warm-up, the timed pass, then (`metered`) the metered pass, on one opened workload."""
     ids = itertools.count(1)
     _run_threads(wl, spec.threads, ids, seconds=cfg.warmup)
     res = Measured(settings=wl.settings())
-    rates = []
-    for _ in range(cfg.repeat):
-        gc.collect()
-        if barrier is not None:
-            barrier.wait(BARRIER_TIMEOUT)
-        n, elapsed = _run_threads(wl, spec.threads, ids, seconds=cfg.seconds)
-        res.ops += n
-        res.seconds += elapsed
-        rates.append(n / elapsed)
-    res.rate = statistics.median(rates)
+    gc.collect()
+    if barrier is not None:
+        barrier.wait(BARRIER_TIMEOUT)
+    res.ops, res.seconds = _run_threads(wl, spec.threads, ids, seconds=cfg.seconds)
+    res.rate = res.ops / res.seconds
+    if not metered:
+        return res
     if barrier is not None:
         barrier.wait(BARRIER_TIMEOUT)
     wl.meter_start()
@@ -681,15 +686,15 @@ class Config:
     seconds: float
     warmup: float
     metered_ops: int
-    repeat: int
+    rounds: int
 
 
-def _worker(spec: Spec, target: Target, payload_: Payload, worker: int, cfg: Config, barrier: _Waiter,
-            out: Any) -> None:  # fmt: skip
+def _worker(spec: Spec, target: Target, payload_: Payload, worker: int, cfg: Config, metered: bool,
+            barrier: _Waiter, out: Any) -> None:  # fmt: skip
     try:
         wl = open_workload(spec, target, payload_, worker)
         try:
-            out.put(("ok", asdict(drive(wl, spec, cfg, barrier))))
+            out.put(("ok", asdict(drive(wl, spec, cfg, metered, barrier))))
         finally:
             wl.close()
     except BaseException as exc:
@@ -698,21 +703,22 @@ def _worker(spec: Spec, target: Target, payload_: Payload, worker: int, cfg: Con
             cast(Any, barrier).abort()
 
 
-def run_line(spec: Spec, target: Target, payload_: Payload, cfg: Config) -> Measured:
+def run_line(spec: Spec, target: Target, payload_: Payload, cfg: Config, metered: bool) -> Measured:
+    """One round of one line: in this process, or in `spec.processes` spawned ones."""
     if spec.processes == 1:
         wl = open_workload(spec, target, payload_, 0)
         try:
-            return drive(wl, spec, cfg)
+            return drive(wl, spec, cfg, metered)
         finally:
             wl.close()
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(spec.processes)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(spec, target, payload_, k, cfg, barrier, out))
+    procs = [ctx.Process(target=_worker, args=(spec, target, payload_, k, cfg, metered, barrier, out))
              for k in range(spec.processes)]  # fmt: skip
     for p in procs:
         p.start()
-    results = [out.get(timeout=BARRIER_TIMEOUT + cfg.repeat * cfg.seconds + 120) for _ in procs]
+    results = [out.get(timeout=BARRIER_TIMEOUT + cfg.warmup + cfg.seconds + 120) for _ in procs]
     for p in procs:
         p.join(60)
     errors = [r[1] for r in results if r[0] == "error"]
@@ -776,22 +782,25 @@ def _ratio(rows: dict[str, Row], row: Row, ref: str | None) -> str:
 def render(rows: list[Row], header: list[str], cfg: Config) -> str:
     by_key = {r.spec.key: r for r in rows}
     out = [*header, ""]
-    out.append("| line | backend | procs x threads | ops/s | ÷ raw | ÷ Core | statements/op | rows read/op "
-               "| rows written/op | settings read back |")  # fmt: skip
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    spread = cfg.rounds > 1
+    out.append("| line | backend | procs x threads | ops/s |" + (" range |" if spread else "")
+               + " ÷ raw | ÷ Core | statements/op | rows read/op | rows written/op | settings read back |")
+    out.append("|---|---|---:|---:|" + ("---:|" if spread else "") + "---:|---:|---:|---:|---:|---|")
     slowdowns: list[float] = []
     for r in rows:
         s, m = r.spec, r.measured
         where = f"{s.processes} x {s.threads}"
         if m is None:
-            out.append(f"| {s.label} | {s.backend} | {where} | failed: {r.error} | | | | | | |")
+            out.append(f"| {s.label} | {s.backend} | {where} | failed: {r.error} |" + " |" * (6 + spread))
             continue
         faithful_backend = s.backend == "sqlite"
         ops = max(m.metered_ops, 1)
-        if m.metered_seconds and m.rate:
-            slowdowns.append(1 - (m.metered_ops / m.metered_seconds) / m.rate)
+        if m.metered_seconds and m.rates and m.rates[0]:  # the metered pass ran in round 1
+            slowdowns.append(1 - (m.metered_ops / m.metered_seconds) / m.rates[0])
         out.append(
-            f"| {s.label} | {s.backend} | {where} | {m.rate:,.0f} | {_ratio(by_key, r, s.raw_ref)} "
+            f"| {s.label} | {s.backend} | {where} | {m.rate:,.0f} "
+            + (f"| {min(m.rates):,.0f}-{max(m.rates):,.0f} " if spread else "")
+            + f"| {_ratio(by_key, r, s.raw_ref)} "
             f"| {_ratio(by_key, r, s.core_ref)} | {m.counts.statements / ops:.2f} "
             f"| {_per_op(m.counts.rows_read, ops, faithful_backend)} "
             f"| {_per_op(m.counts.rows_written, ops, faithful_backend)} | {m.settings} |"
@@ -799,14 +808,15 @@ def render(rows: list[Row], header: list[str], cfg: Config) -> str:
     out.append("")
     out.append(
         f"- ops/s: the timed pass ({cfg.seconds:g} s per line after {cfg.warmup:g} s of warm-up"
-        + (f", median of {cfg.repeat}" if cfg.repeat > 1 else "")
+        + (f"; median of {cfg.rounds} rounds, every line once per round, in table order" if cfg.rounds > 1 else "")
         + "; no meter attached). ÷ raw / ÷ Core: ops/s over the raw driver's / SQLAlchemy Core's line of the "
         "same backend and kind (INSERT for creates, UPDATE for updates; 4-process lines over the 4-process raw "
         "line), same run."
     )
     meter_note = (
-        f" The meter slows a line by {100 * min(slowdowns):.0f}% to {100 * max(slowdowns):.0f}% (metered pass "
-        "vs timed pass), which is why it is kept out of the timed pass."
+        f" The meter slows a line by up to {100 * max(slowdowns):.0f}% (median "
+        f"{100 * statistics.median(slowdowns):.0f}%; metered pass vs timed pass of the same round), which is why "
+        "it is kept out of the timed pass."
         if slowdowns
         else ""
     )
@@ -828,6 +838,19 @@ def render(rows: list[Row], header: list[str], cfg: Config) -> str:
         "any figure."
     )
     return "\n".join(out) + "\n"
+
+
+def _revision() -> str:
+    """The parquedb-orm code measured: its git commit, and whether it has local changes."""
+    pkg = Path(pq.__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(pkg), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"parquedb-orm from {pkg} (not a git checkout)"
+    return f"parquedb-orm at {sha}" + (" with uncommitted changes under parquedb_orm/" if dirty else "")
 
 
 def _server_version(admin: str) -> str | None:
@@ -880,7 +903,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="1 s per line, short warm-up, 100 metered ops")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds per line (default 1, --quick 0.3)")
     ap.add_argument("--metered-ops", type=int, default=None, help="ops of the metered pass (default 200)")
-    ap.add_argument("--repeat", type=int, default=1, help="timed passes per line; the median is reported")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every line R times, round-robin (fresh database each time); median ops/s")  # fmt: skip
     ap.add_argument("--no-servers", action="store_true", help="SQLite lines only")
     ap.add_argument("--lines", default=None, help="comma-separated line keys to run (default: all)")
     ap.add_argument("--list", action="store_true", help="print the line keys and exit")
@@ -908,7 +932,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=float(args.seconds) if args.seconds is not None else (1.0 if quick else 5.0),
         warmup=args.warmup if args.warmup is not None else (0.3 if quick else 1.0),
         metered_ops=args.metered_ops if args.metered_ops is not None else (100 if quick else 200),
-        repeat=max(1, int(args.repeat)),
+        rounds=max(1, int(args.rounds)),
     )
     specs = _sqlite_specs()
     admin = {"postgresql": str(args.pg_url), "mysql": str(args.mysql_url)}
@@ -938,10 +962,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`{command}`",
         "",
-        f"Python {platform.python_version()}, SQLAlchemy {sa.__version__}, SQLite {sqlite3.sqlite_version} "
-        f"({'faithful meter loaded' if faithful_available() else 'no faithful meter'}), "
-        + ", ".join(f"{v}" for v in versions.values() if v)
-        + f"; {os.cpu_count()} cores; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        ", ".join([
+            f"Python {platform.python_version()}", f"SQLAlchemy {sa.__version__}",
+            f"SQLite {sqlite3.sqlite_version} ({'faithful meter' if faithful_available() else 'no faithful meter'})",
+            *(v for v in versions.values() if v),
+        ]) + f"; {os.cpu_count()} cores; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {_revision()}.",
     ]
     rows: list[Row] = []
     failed = False
@@ -949,14 +974,23 @@ def main(argv: list[str] | None = None) -> int:
         payload_ = calibrate(root)
         header.append(f"WAL blob of one create: {len(payload_.create_blob)} bytes, of one update: "
                       f"{len(payload_.update_blob)} bytes (the raw and Core lines write the same blobs).")  # fmt: skip
-        for spec in specs:
-            print(f"... {spec.key}", file=sys.stderr, flush=True)
-            try:
-                target = prepare_target(spec, root, payload_, admin)
-                rows.append(Row(spec, run_line(spec, target, payload_, cfg)))
-            except Exception as exc:
-                failed = True
-                rows.append(Row(spec, None, f"{type(exc).__name__}: {str(exc)[:200]}"))
+        rows = [Row(spec, None) for spec in specs]
+        for rnd in range(cfg.rounds):  # round-robin: a slow minute of the machine hits every line alike
+            for row in rows:
+                if row.error is not None:
+                    continue
+                print(f"... round {rnd + 1}/{cfg.rounds}: {row.spec.key}", file=sys.stderr, flush=True)
+                try:
+                    target = prepare_target(row.spec, root, payload_, admin)
+                    m = run_line(row.spec, target, payload_, cfg, metered=rnd == 0)
+                except Exception as exc:
+                    failed = True
+                    row.measured, row.error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
+                    continue
+                if row.measured is None:
+                    row.measured = m
+                row.measured.rates.append(m.rate)
+                row.measured.rate = statistics.median(row.measured.rates)
         sqlite_settings = {r.measured.settings for r in rows if r.measured is not None and r.spec.backend == "sqlite"}
         if sqlite_settings:
             same = "yes" if sqlite_settings == {"wal/NORMAL"} else f"NO: {sorted(sqlite_settings)}"
