@@ -72,8 +72,8 @@ How the lines are made fair:
   header names the parquedb-orm commit measured (and says so when the tree has local
   changes).
 
-``--profile`` also prints a cProfile summary (top functions by cumulative time) of the
-single-op create and update loops on SQLite. Results: ``benchmarks/results/commit.md``;
+``--profile`` also prints a cProfile summary of 2,000 single-op creates and 2,000 updates
+on SQLite (own time by package, top functions by cumulative and by own time). Results: ``benchmarks/results/commit.md``;
 see docs/benchmarks.md.
 """
 
@@ -592,7 +592,11 @@ def prepare_target(spec: Spec, root: Path, payload_: Payload, admin: dict[str, s
                 conn.execute(sa.insert(BENCH_TABLE), [_row(n, payload_.update_blob) for n in range(1, SEEDED + 1)])
         engine.dispose()
     else:
-        pq.ParqueDB(target.url).close()  # the schema, once, before several processes open it
+        with pq.ParqueDB(target.url) as db:  # the schema, once, before several processes open it
+            if spec.processes > 1:
+                # and the namespace (its counter row): N processes making a namespace's first
+                # commit at the same moment is a start-up race, not the steady state measured
+                db.create(NS, payload(0))
     return target
 
 
@@ -660,25 +664,34 @@ def _run_threads(wl: Workload, threads: int, ids: Iterator[int], *, seconds: flo
 
 
 def drive(wl: Workload, spec: Spec, cfg: Config, metered: bool, barrier: _Waiter | None = None) -> Measured:
-    """Warm-up, the timed pass, then (`metered`) the metered pass, on one opened workload."""
+    """Warm-up, the timed pass, then (`metered`) the metered pass, on one opened workload.
+    An error says in which of them it happened."""
     ids = itertools.count(1)
-    _run_threads(wl, spec.threads, ids, seconds=cfg.warmup)
-    res = Measured(settings=wl.settings())
-    gc.collect()
-    if barrier is not None:
-        barrier.wait(BARRIER_TIMEOUT)
-    res.ops, res.seconds = _run_threads(wl, spec.threads, ids, seconds=cfg.seconds)
-    res.rate = res.ops / res.seconds
-    if not metered:
-        return res
-    if barrier is not None:
-        barrier.wait(BARRIER_TIMEOUT)
-    wl.meter_start()
+    phase = "warm-up"
     try:
-        res.metered_ops, res.metered_seconds = _run_threads(wl, spec.threads, ids, ops=cfg.metered_ops)
-    finally:
-        res.counts = wl.meter_stop()
-    return res
+        _run_threads(wl, spec.threads, ids, seconds=cfg.warmup)
+        res = Measured(settings=wl.settings())
+        gc.collect()
+        if barrier is not None:
+            barrier.wait(BARRIER_TIMEOUT)
+        phase = "timed pass"
+        res.ops, res.seconds = _run_threads(wl, spec.threads, ids, seconds=cfg.seconds)
+        res.rate = res.ops / res.seconds
+        if not metered:
+            return res
+        if barrier is not None:
+            barrier.wait(BARRIER_TIMEOUT)
+        phase = "metered pass"
+        wl.meter_start()
+        try:
+            res.metered_ops, res.metered_seconds = _run_threads(wl, spec.threads, ids, ops=cfg.metered_ops)
+        finally:
+            res.counts = wl.meter_stop()
+        return res
+    except threading.BrokenBarrierError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"{phase}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -698,7 +711,7 @@ def _worker(spec: Spec, target: Target, payload_: Payload, worker: int, cfg: Con
         finally:
             wl.close()
     except BaseException as exc:
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
+        out.put(("error", f"worker {worker}: {exc}" if isinstance(exc, RuntimeError) else f"worker {worker}: {exc!r}"))
         with contextlib.suppress(Exception):
             cast(Any, barrier).abort()
 
@@ -721,9 +734,9 @@ def run_line(spec: Spec, target: Target, payload_: Payload, cfg: Config, metered
     results = [out.get(timeout=BARRIER_TIMEOUT + cfg.warmup + cfg.seconds + 120) for _ in procs]
     for p in procs:
         p.join(60)
-    errors = [r[1] for r in results if r[0] == "error"]
+    errors = sorted((r[1] for r in results if r[0] == "error"), key=lambda e: "BrokenBarrierError" in e)
     if errors:
-        raise RuntimeError("; ".join(errors))
+        raise RuntimeError("; ".join(errors))  # the first error first, the workers it stopped after it
     parts = [Measured(**{**d, "counts": Counts(**d["counts"])}) for _status, d in results]
     total = Measured(counts=parts[0].counts, settings=parts[0].settings)
     for k, m in enumerate(parts):
@@ -867,8 +880,20 @@ def _server_version(admin: str) -> str | None:
 # --------------------------------------------------------------------------- profile
 
 
+def _where(filename: str, func: str) -> str:
+    """The package a profiled function belongs to."""
+    for part, name in (("/parquedb_orm/", "parquedb_orm"), ("/sqlalchemy/", "sqlalchemy"), ("/zstandard", "zstandard"),
+                       ("/sqids/", "sqids"), ("/benchmarks/", "benchmark loop")):  # fmt: skip
+        if part in filename:
+            return name
+    if filename == "~":  # a C function: pysqlite's execute / commit are where SQLite runs
+        return "sqlite3 (C: SQLite itself)" if "sqlite3.Connection" in func or "sqlite3.Cursor" in func else "other C"
+    return "Python stdlib / other"
+
+
 def profile_loops(root: Path, ops: int) -> str:
-    """cProfile of the single-op create and update loops (SQLite, single owner)."""
+    """cProfile of the single-op create and update loops (SQLite, single owner): the top
+    functions by cumulative and by own time, and own time by package."""
     out = io.StringIO()
     for kind in ("insert", "update"):
         path = root / f"profile-{kind}.db"
@@ -883,10 +908,23 @@ def profile_loops(root: Path, ops: int) -> str:
         prof.disable()
         line.close()
         call = "create" if kind == "insert" else "update"
-        out.write(f"\n### cProfile: {ops} single-op `db.{call}` calls, top 10 by cumulative time\n\n```\n")
         stats = pstats.Stats(prof, stream=out)
-        stats.strip_dirs().sort_stats("cumulative").print_stats(10)
-        out.write("```\n")
+        raw = cast(dict[tuple[str, int, str], tuple[int, int, float, float, Any]], stats.stats)  # type: ignore[attr-defined]
+        total = sum(v[2] for v in raw.values())
+        out.write(f"\n### cProfile: {ops} single-op `db.{call}` calls on SQLite ({1e6 * total / ops:.0f} µs "
+                  "per call under the profiler)\n\n")  # fmt: skip
+        by_pkg: dict[str, float] = {}
+        for (filename, _line, func), v in raw.items():
+            by_pkg[_where(filename, func)] = by_pkg.get(_where(filename, func), 0.0) + v[2]
+        out.write("Own time by package: " + ", ".join(
+            f"{name} {100 * t / total:.0f}%" for name, t in sorted(by_pkg.items(), key=lambda kv: -kv[1])) + "\n\n")
+        for order, top in (("cumulative", 20), ("tottime", 10)):
+            title = f"top {top} by {'cumulative' if order == 'cumulative' else 'own'} time"
+            out.write(f"{title}:\n\n```\n")
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).strip_dirs().sort_stats(order).print_stats(top)
+            text = buf.getvalue()
+            out.write(text[text.index("   ncalls"):].rstrip() + "\n```\n\n")
     return out.getvalue()
 
 
@@ -985,7 +1023,8 @@ def main(argv: list[str] | None = None) -> int:
                     m = run_line(row.spec, target, payload_, cfg, metered=rnd == 0)
                 except Exception as exc:
                     failed = True
-                    row.measured, row.error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
+                    first = (str(exc).strip().splitlines() or [""])[0].replace("|", "/")
+                    row.measured, row.error = None, f"{type(exc).__name__}: {first[:240]}"
                     continue
                 if row.measured is None:
                     row.measured = m
