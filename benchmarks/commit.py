@@ -47,7 +47,10 @@ How the lines are made fair:
   commit returned. Opening the store or engine, schema creation, seeding and a warm-up
   (1 s, or 0.3 s with ``--quick``: imports, SQLAlchemy's statement cache, the
   namespace's first commit, the first id block, pool connections, prepared statements)
-  are outside it; ``gc.collect()`` runs before it. Threads and processes start the timed
+  are outside it; ``gc.collect()`` runs before it. For the N-process lines the parent
+  makes the schema and the namespace's first entity before it starts the workers (N
+  processes making a namespace's first commit at the same moment is a start-up race, not
+  the steady state measured here). Threads and processes start the timed
   loop together (a barrier) and stop at the same deadline; N-thread lines count every
   thread's ops over the wall time, N-process lines add the processes' rates. parquedb-orm
   runs with ``FlushPolicy(mode="manual")`` and no archive, so no flush is in any figure:
