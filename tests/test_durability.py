@@ -148,11 +148,11 @@ def test_one_line_per_engine_says_what_its_settings_imply(tmp_path: Path, info_l
         pq.ParqueDB(fast).close()
 
         [line] = lines(info_logs, slow)
-        assert line.levelno == logging.WARNING  # as durable as WAL+FULL, several times the cost
+        assert line.levelno == logging.WARNING  # less durable than WAL+FULL, and slower
         text = line.getMessage()
         assert "journal_mode=delete, synchronous=FULL" in text
         assert "a power loss soon after a commit may roll it back" in text
-        assert "several times slower per commit than WAL" in text
+        assert "slower: a rollback journal syncs several times per commit" in text
         assert "pq.sqlite_settings(engine)" in text
 
         [line] = lines(info_logs, fast)
@@ -170,8 +170,8 @@ def test_one_line_per_engine_says_what_its_settings_imply(tmp_path: Path, info_l
     ("journal", "sync", "level", "means"),
     [
         ("WAL", "FULL", "full", "each commit durable on power loss"),
-        ("TRUNCATE", "FULL", "full", "each commit durable on power loss; several times slower"),
-        ("DELETE", "EXTRA", "full", "each commit durable on power loss; several times slower"),
+        ("TRUNCATE", "FULL", "full", "each commit durable on power loss; slower: a rollback journal"),
+        ("DELETE", "EXTRA", "full", "each commit durable on power loss; slower: a rollback journal"),
         ("DELETE", "NORMAL", "normal", "the last commits may be lost on power loss or OS crash"),
         ("WAL", "OFF", None, "an OS crash or power loss can corrupt the database"),
         ("MEMORY", "FULL", None, "a crash in the middle of a write can corrupt the database"),
@@ -277,6 +277,30 @@ def test_the_helper_reaches_an_open_stores_side_pool(tmp_path: Path) -> None:
     finally:
         db.close()
         late.dispose()
+
+
+def test_the_helper_on_an_async_engines_sync_side(tmp_path: Path) -> None:
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> list[tuple[int, str]]:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+        seen = []
+        try:
+            async with engine.connect() as conn:  # pooled before the helper
+                await conn.exec_driver_sql("SELECT 1")
+            sqlite_settings(engine.sync_engine, durability="full")
+            async with engine.connect() as a, engine.connect() as b:
+                for conn in (a, b):
+                    sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+                    journal = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                    seen.append((int(sync or 0), str(journal)))
+        finally:
+            await engine.dispose()
+        return seen
+
+    assert asyncio.run(run()) == [(2, "wal"), (2, "wal")]
 
 
 # --------------------------------------------------------------------------- bad values

@@ -120,7 +120,7 @@ def apply_update(data: Doc, update: Doc) -> Doc:
 
 def sqlite_pragmas(engine: Any) -> None:
     """The journal settings parquedb-orm uses on a SQLite file, for every system alike:
-    WAL journal, synchronous=NORMAL (durable at commit in WAL mode), a busy timeout."""
+    WAL journal, synchronous=NORMAL (its durability="normal": docs/durability.md), a busy timeout."""
     from sqlalchemy import event
 
     from parquedb_orm.sql.dialects import sqlite_file_pragmas

@@ -79,7 +79,7 @@ def updated_fields(i: int, qty: int) -> dict[str, Any]:
 
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=30000")
 """Applied to every connection of every system (the settings parquedb-orm itself uses on a
-SQLite file: WAL journal, synchronous=NORMAL is durable at commit in WAL mode)."""
+SQLite file: WAL journal, synchronous=NORMAL, its durability="normal": docs/durability.md)."""
 
 
 def _apply_pragmas(dbapi_conn: Any, _record: Any = None) -> None:

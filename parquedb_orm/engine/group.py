@@ -76,8 +76,9 @@ class GroupCommitter:
             self._building += 1
 
     def commit(self, uow: UnitOfWork | None) -> None:
-        """Commit `uow`, possibly with others; returns once it is durable. Every `begin()`
-        is matched by one `commit()` (with None when the operation failed)."""
+        """Commit `uow`, possibly with others; returns once it is committed (as durable as
+        the engine's settings make it: docs/durability.md). Every `begin()` is matched by
+        one `commit()` (with None when the operation failed)."""
         me = _Pending(uow) if uow is not None and not uow.empty else None
         with self._cv:
             self._building -= 1

@@ -1,4 +1,4 @@
-"""The id pool: durable reserved-but-unissued id numbers of each namespace (process-wide).
+"""The id pool: reserved-but-unissued id numbers of each namespace, committed (process-wide).
 
 Blocks come from the `id:<ns>` counters (sql/counters.py). A block is committed before
 any of its ids is handed out, except on SQLite inside a transaction that already holds the
@@ -23,7 +23,7 @@ from parquedb_orm.sql.counters import DEFAULT_BLOCK, id_key, reserve, reserve_au
 
 @dataclass
 class IdBlocks:
-    """Durable reserved-but-unissued id numbers of each namespace (process-wide)."""
+    """Reserved-but-unissued id numbers of each namespace, committed (process-wide)."""
 
     engine: Engine
     block: int = DEFAULT_BLOCK
@@ -39,7 +39,7 @@ class IdBlocks:
             return set(self._issued) | set(self._free)
 
     def take(self, ns: str, count: int) -> list[int] | None:
-        """Up to `count` numbers from the durable pool, or None if it is empty."""
+        """Up to `count` numbers from the committed pool, or None if it is empty."""
         with self._lock:
             ranges = self._free.get(ns)
             if not ranges:

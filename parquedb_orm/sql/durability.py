@@ -42,7 +42,7 @@ class Reading:
     level: Durability | None
     #: what a returned commit survives, in words
     means: str
-    #: a rollback journal: every commit syncs journal and database, several times the cost of WAL
+    #: a rollback journal: every commit syncs journal and database, where WAL syncs one file or none
     slow: bool = False
     #: how to change it, for the log line and errors
     advice: str = ""
@@ -85,8 +85,8 @@ def _sqlite(conn: Connection) -> Reading:
             return Reading("sqlite", settings, "full", FULL_MEANS)
         return Reading("sqlite", settings, "normal", NORMAL_MEANS)
     # a rollback journal (delete, truncate, persist): readers block the writer, and each
-    # commit syncs the journal and the database file (WAL syncs one file, or none)
-    slow = "several times slower per commit than WAL"
+    # commit syncs the journal (twice at FULL) and the database file
+    slow = "slower: a rollback journal syncs several times per commit, WAL+FULL once, WAL+NORMAL not at all"
     if sync >= 3 or (sync == 2 and journal != "delete"):
         return Reading("sqlite", settings, "full", f"{FULL_MEANS}; {slow}", slow=True, advice=_HELPER)
     if sync == 2:
