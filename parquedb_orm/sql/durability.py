@@ -120,7 +120,7 @@ def _postgresql(conn: Connection) -> Reading:
 
 def _mysql(conn: Connection) -> Reading:
     row = conn.exec_driver_sql("SELECT @@innodb_flush_log_at_trx_commit, @@log_bin, @@sync_binlog").one()
-    flush, log_bin, sync_binlog = int(row[0]), bool(int(row[1])), int(row[2])
+    flush, log_bin, sync_binlog = int(row[0]), str(row[1]).upper() in ("1", "ON"), int(row[2])
     settings = f"innodb_flush_log_at_trx_commit={flush}"
     if log_bin:
         settings += f", log_bin=ON, sync_binlog={sync_binlog}"
