@@ -12,6 +12,7 @@ from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.core.codec import register_enum, register_type
 from parquedb_orm.core.ids import NAMESPACE_PATTERN
 from parquedb_orm.db import ParqueDB
+from parquedb_orm.engine.setup import sqlite_settings
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import (
     ArchiveError,
@@ -69,6 +70,7 @@ __all__ = [
     "register_enum",
     "register_type",
     "revert",
+    "sqlite_settings",
     "store",
     "track",
     "untrack",

@@ -75,3 +75,27 @@ def url_of(kind: str, tmp_path: Path) -> str:
     if kind == "sqlite-memory":
         raise ValueError("an in-memory database has no URL another process can open")
     return server_url(kind)
+
+
+def wal_left(engine: Engine) -> dict[str, list[tuple[str, int, bool]]]:
+    """What a flush left in the WAL tables: table -> [(ns, first_seq, flushed)]. A flush keeps
+    each namespace's newest row (a writer with stale numbers must still find it), flushed."""
+    from sqlalchemy import select
+
+    from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
+
+    out: dict[str, list[tuple[str, int, bool]]] = {}
+    with engine.connect() as conn:
+        marks = {name: value for name, value in conn.execute(select(Counter.name, Counter.value))}
+        for model, prefix in ((EventsWal, "seq:"), (RelsWal, "rseq:")):
+            rows = conn.execute(select(model.ns, model.first_seq, model.last_seq).order_by(model.ns, model.first_seq))
+            out[model.__tablename__] = [(ns, f, last <= marks.get(prefix + ns, 0)) for ns, f, last in rows]
+    return out
+
+
+def assert_wal_flushed(engine: Engine) -> None:
+    """Everything flushed: at most the newest row of each namespace is left, and it is flushed."""
+    for table, rows in wal_left(engine).items():
+        assert all(flushed for _ns, _f, flushed in rows), (table, rows)
+        names = [ns for ns, _f, _fl in rows]
+        assert len(names) == len(set(names)), (table, rows)

@@ -385,8 +385,9 @@ class SessionContract:
         assert wal(engine) == {"posts": [200], "users": [25]}
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(RelsWal)).scalar_one() == 1
-        inserts = [r.sql for r in m.records if re.match(r"\s*INSERT INTO (events_wal|rels_wal)", r.sql, re.I)]
-        assert len(inserts) == 3, inserts
+        wal_insert = re.compile(r"\s*INSERT (OR IGNORE |IGNORE )?INTO (events_wal|rels_wal)", re.I)
+        inserts = [r.sql for r in m.records if wal_insert.match(r.sql)]
+        assert len(inserts) == 2, inserts  # one statement per WAL table, whatever the namespaces
 
     # ------------------------------------------------------------------ ways to build sessions
     def test_scoped_session(self, engine: Engine) -> None:

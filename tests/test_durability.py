@@ -387,3 +387,37 @@ def test_postgresql_commits_that_a_crash_can_take_back(tmp_path: Path, info_logs
         assert "the last commits may be lost on a crash of the server" in line.getMessage()
     finally:
         engine.dispose()
+
+
+def test_compaction_commits_durably_whatever_the_setting(tmp_path: Path) -> None:
+    """A compaction deletes the files it merged right after its commit: that commit runs
+    with synchronous=FULL (a power loss cannot bring back a manifest listing deleted files),
+    and the connection gets its own setting back."""
+    from sqlalchemy import event
+
+    db = pq.ParqueDB(
+        f"sqlite:///{tmp_path / 'c.db'}", archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual")
+    )
+    try:
+        for i in range(3):
+            db.create("posts", {"n": i})
+            db.flush()
+        seen: list[str] = []
+
+        def record(_conn: Any, _cur: Any, statement: str, *_a: Any) -> None:
+            if statement.startswith("PRAGMA synchronous") or "archive_manifest" in statement:
+                seen.append(statement.split(" WHERE")[0].split("(")[0].strip())
+
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            assert db.compact() == 2  # the events files and the entities files of posts, each merged into one
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)
+        first_full = seen.index("PRAGMA synchronous=FULL")
+        assert any(s.startswith("DELETE FROM archive_manifest") for s in seen[first_full:])
+        assert seen[-1] == "PRAGMA synchronous=1"  # back to NORMAL after the commit
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        assert len(db.find("posts")) == 3
+    finally:
+        db.close()

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as papq
 import pytest
-from backends import servers_required
+from backends import assert_wal_flushed, servers_required
 from sqlalchemy import text
 
 import parquedb_orm as pq
@@ -292,7 +292,6 @@ def test_bad_credentials_lose_nothing(s3: S3Server, prefix: str, tmp_path: Path)
         result = db.flush()
         assert result.events == 3
         assert [db.get("posts", sqid(e)) for e in made] == made
-        with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM events_wal")).scalar() == 0
+        assert_wal_flushed(db.engine)
     finally:
         db.close()

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, text, update
 
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
@@ -290,7 +290,12 @@ class Flusher:
                 keep = {ns: done.get(ns, marks.get(f"{prefix}{ns}", 0)) for ns in sorted(names)}
                 _rebuild_table(conn, table, keep)
             else:
-                flushed = or_(*[and_(table.c.ns == ns, table.c.first_seq <= last) for ns, last in done.items()])
+                flushed = or_(
+                    *[
+                        and_(table.c.ns == ns, table.c.first_seq <= last, table.c.first_seq < _newest_first(table, ns))
+                        for ns, last in done.items()
+                    ]
+                )
                 conn.execute(delete(table).where(flushed))
 
     def _flush(self) -> FlushResult:
@@ -365,13 +370,21 @@ def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str]) -> 
     return removed
 
 
+def _newest_first(table: Table, ns: str) -> Any:
+    """The first_seq of a namespace's newest WAL row, which retiring keeps: a writer with
+    stale numbers finds it (wal.insert_unclaimed), and shared mode reads its floor there.
+    Through a derived table, which MySQL requires to read the table a DELETE deletes from."""
+    newest = select(func.max(table.c.first_seq).label("m")).where(table.c.ns == ns).subquery()
+    return select(newest.c.m).scalar_subquery()
+
+
 def _rebuild_table(conn: Connection, table: Table, marks: dict[str, int]) -> None:
     """Retire flushed rows without paying a written row per row (see module doc): keep each
     namespace's rows above its mark (one seek each), drop the table, put them back."""
     conn.execute(text(f"DROP TABLE IF EXISTS temp.keep_{table.name}"))
     parts = [
         select(table)
-        .where(table.c.ns == ns, table.c.first_seq > mark)
+        .where(table.c.ns == ns, or_(table.c.first_seq > mark, table.c.first_seq == _newest_first(table, ns)))
         .compile(conn, compile_kwargs={"literal_binds": True})
         for ns, mark in marks.items()
     ]
@@ -408,7 +421,10 @@ def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manif
     size = archive.write_table(path, table)
     merged = manifest.Entry(kind, ns, first, last, path, table.num_rows, size)
     _step("compacted_file_written")
-    with dialects.begin(rt.engine) as conn:
+    # the sources are deleted right after this commit: it must survive a power loss even
+    # where commits in general need not (synchronous=NORMAL), or the manifest could come
+    # back listing deleted files
+    with dialects.durable_begin(rt.engine) as conn:
         dialects.lock_flush(conn)
         if not archive.exists(merged.path):
             conn.rollback()  # swept as an orphan by a flush elsewhere: the sources stay listed

@@ -44,6 +44,8 @@ class UnitOfWork:
     id_floors: dict[str, int] = field(default_factory=dict)
     inflight: bool = False
     committing: bool = False
+    #: locks a commit holds until its transaction ends (released by finish/abort)
+    held: list[Any] = field(default_factory=list)
     #: create_many bypass: manifest rows of bulk files written by this unit, committed with it
     bulk: list[tuple[Any, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)
 

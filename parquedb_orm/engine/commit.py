@@ -2,17 +2,19 @@
 unit's events (`prepare`); after COMMIT fold them into the caches and tell subscribers
 (`finish`); on any other end release what `prepare` took (`abort`).
 
-A commit reads the namespaces' sequence floors under the commit locks: beyond what this
-process knows, another process writes the database, and the engine switches to shared mode
-for good.
+A single owner numbers from memory; its INSERT claims the numbers or finds them taken
+(another process writes the database), and the engine switches to shared mode for good,
+where each commit reads its namespaces' floors first.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 
 from parquedb_orm.core.unit import UnitOfWork
 from parquedb_orm.engine.archived import ArchivedReads
@@ -21,9 +23,9 @@ from parquedb_orm.engine.reads import Reads
 from parquedb_orm.engine.rels import Relationships
 from parquedb_orm.engine.state import Known
 from parquedb_orm.engine.tail import WalTail
-from parquedb_orm.errors import VersionConflictError
+from parquedb_orm.errors import TransactionError, VersionConflictError
 from parquedb_orm.sql import dialects, manifest, wal
-from parquedb_orm.sql.counters import id_key, namespace_of, raise_to, seq_key
+from parquedb_orm.sql.counters import id_key, namespace_of, raise_to, rseq_key, seq_key
 from parquedb_orm.sql.models import Counter
 
 log = logging.getLogger("parquedb_orm")
@@ -51,6 +53,8 @@ class Committer:
         #: tail may lag the table, so a flush reads the table instead
         self._committing = 0
         self._subscribers: list[Callable[[int], None]] = []
+        #: per namespace: this process's committers take turns (databases without one write lock)
+        self._ns_locks: dict[str, threading.Lock] = {}
 
     @property
     def unflushed(self) -> int:
@@ -68,73 +72,72 @@ class Committer:
         if hook in self._subscribers:
             self._subscribers.remove(hook)
 
-    def _check_floors(self, conn: Connection, uow: UnitOfWork) -> dict[tuple[str, str], int]:
-        """Read the namespaces' highest sequences (one statement, ~2 rows read per
-        namespace) under the commit locks. If they are beyond what this process knows,
-        another process writes this database: the runtime switches to shared mode for
-        good, so caches are checked against the database from now on."""
+    def _switch_to_shared(self) -> None:
+        if self.known.shared:
+            return
+        log.warning(
+            "another process writes this database: parquedb-orm switches to shared=True "
+            "(pass shared=True to ParqueDB()/enable() when several processes write)"
+        )
+        with self.lock:
+            self.known.shared = True
+            self.rels.unload()
+            self.known.restart_all()
+
+    def _floors(self, conn: Connection, uow: UnitOfWork) -> dict[tuple[str, str], int]:
+        """Shared mode: the namespaces' highest sequences (one statement, one row read per
+        namespace: its newest WAL row, which every flush keeps)."""
         floors = wal.seq_floors(conn, list(uow.events), list(uow.rel_events))
-        foreign = False
         with self.lock:
             for (kind, ns), floor in floors.items():
                 st = self.known.ns(ns)
-                known = st.next_seq if kind == "e" else st.rel_next_seq
-                if known is not None and floor >= known:
-                    foreign = True
-        if foreign and not self.known.shared:
-            log.warning(
-                "another process writes this database: parquedb-orm switches to shared=True "
-                "(pass shared=True to ParqueDB()/enable() when several processes write)"
-            )
-            with self.lock:
-                self.known.shared = True
-                self.rels.unload()
-                self.known.restart_all()
+                if kind == "e" and (st.next_seq or 0) <= floor:
+                    st.next_seq = floor + 1
+                if kind == "r" and (st.rel_next_seq or 0) <= floor:
+                    st.rel_next_seq = floor + 1
         return floors
 
-    def _next_seqs(self, conn: Connection, uow: UnitOfWork, floors: dict[tuple[str, str], int]) -> None:
-        """Number the unit's events; the caller holds the namespaces' commit locks."""
+    def _next_seqs(self, uow: UnitOfWork) -> None:
+        """Number the unit's events from the namespaces' next numbers."""
         with self.lock:
             for ns, evs in uow.events.items():
                 st = self.known.ns(ns)
-                nxt = max(st.next_seq or 0, floors.get(("e", ns), 0) + 1)
+                nxt = st.next_seq or 1
                 for ev in evs:
                     ev.seq = nxt
                     nxt += 1
                 st.next_seq = nxt
             for ns, revs in uow.rel_events.items():
                 st = self.known.ns(ns)
-                nxt = max(st.rel_next_seq or 0, floors.get(("r", ns), 0) + 1)
+                nxt = st.rel_next_seq or 1
                 for rev in revs:
                     rev.seq = nxt
                     nxt += 1
                 st.rel_next_seq = nxt
 
-    def prepare(self, conn: Connection, uow: UnitOfWork) -> None:
-        """Inside the committing transaction: lock, check versions, number and write the events."""
-        if uow.bulk:
-            manifest.add(conn, [entry for entry, _states in uow.bulk])
-        for ns, floor in sorted(uow.id_floors.items()):
-            raise_to(conn, id_key(ns), floor)
-        if not uow.events and not uow.rel_events:
+    def _lock(self, conn: Connection, uow: UnitOfWork, names: list[str]) -> None:
+        """Numbers must follow commit order (a flush takes a prefix of the sequence):
+        SQLite's write lock orders every writer; elsewhere this process's committers of a
+        namespace take turns on a lock held to the end of the transaction, and other
+        processes (shared mode) are ordered by the WAL's primary key or a row lock."""
+        dialects.take_write_lock(conn)
+        if dialects.capabilities(conn).single_writer:
             return
         with self.lock:
-            self._committing += 1
-        uow.committing = True
-        dialects.lock_namespaces(conn, [*uow.events, *uow.rel_events])
-        self._register(conn, [*uow.events, *uow.rel_events])
-        floors = self._check_floors(conn, uow)
-        # the first commit to a namespace loads its WAL tail (one seek; nothing to read on
-        # a fresh database), so later reads and flushes are served from memory
-        for ns in uow.events:
-            if not self.known.ns(ns).tail_loaded:
-                self.tail.ensure(conn, ns)
-        if uow.rel_events and not self.rels.loaded:
-            self.rels.ensure(conn)
-        # concurrent writers: every entity this unit changed must still be at the version it read
-        if self.known.shared:  # one refresh per namespace, not one per entity
+            locks = [self._ns_locks.setdefault(ns, threading.Lock()) for ns in names]
+        for lk in locks:
+            lk.acquire()
+            uow.held.append(lk)
+
+    def _check_versions(self, conn: Connection, uow: UnitOfWork, floors: dict[tuple[str, str], int]) -> None:
+        """Concurrent writers: every entity this unit changed must still be at the version it read.
+        Shared mode refreshes each namespace's tail once, unless the floor just read says
+        nothing was committed since this process last looked."""
+        if self.known.shared:
             for ns in {ns for ns, _eid in uow.base_versions}:
-                self.tail.ensure(conn, ns)
+                st = self.known.ns(ns)
+                if not (st.tail_loaded and floors.get(("e", ns)) == st.tail_max):
+                    self.tail.ensure(conn, ns)
         for (ns, eid), base in uow.base_versions.items():
             current = self.reads.committed(conn, ns, eid, fresh=self.known.shared)[0]
             with self.lock:
@@ -146,16 +149,78 @@ class Committer:
                     expected=base,
                     actual=current,
                 )
-        self._next_seqs(conn, uow, floors)
-        with self.lock:
-            for key, (version, _state) in uow.overlay.items():
-                self._inflight[key] = max(self._inflight.get(key, 0), version)
-        uow.inflight = True
-        for ns, evs in uow.events.items():
-            wal.insert_rows(conn, wal.EVENTS, wal.build_rows(ns, [e.to_record() for e in evs]))
-        for ns, revs in uow.rel_events.items():
-            wal.insert_rows(conn, wal.RELS, wal.build_rows(ns, [e.to_record() for e in revs]))
 
+    def prepare(self, conn: Connection, uow: UnitOfWork) -> None:
+        """Inside the committing transaction: check versions, number and write the events.
+
+        A single owner numbers from memory; its one INSERT per table (reading one counter
+        row) fails to claim the numbers if another writer used them (`insert_unclaimed`):
+        then the runtime switches to shared mode and the commit runs again that way.
+        Shared mode reads each namespace's floor first (one row each): under a lock
+        (SQLite's write lock, a row lock on MySQL), or none on PostgreSQL, where a taken key
+        makes the insert retry from a fresh floor."""
+        if uow.bulk:
+            manifest.add(conn, [entry for entry, _states in uow.bulk])
+        for ns, floor in sorted(uow.id_floors.items()):
+            raise_to(conn, id_key(ns), floor)
+        if not uow.events and not uow.rel_events:
+            return
+        with self.lock:
+            self._committing += 1
+        uow.committing = True
+        names = sorted({*uow.events, *uow.rel_events})
+        self._lock(conn, uow, names)
+        self._register(conn, names)
+        # the first commit to a namespace loads its WAL tail (one seek; nothing to read on
+        # a fresh database), so later reads and flushes are served from memory
+        for ns in uow.events:
+            if not self.known.ns(ns).tail_loaded:
+                self.tail.ensure(conn, ns)
+        if uow.rel_events and not self.rels.loaded:
+            self.rels.ensure(conn)
+        caps = dialects.capabilities(conn)
+        for _attempt in range(100):
+            with self.lock:  # a namespace this process has not numbered yet starts from its floor
+                unknown = any(self.known.ns(ns).next_seq is None for ns in uow.events) or any(
+                    self.known.ns(ns).rel_next_seq is None for ns in uow.rel_events
+                )
+            if caps.snapshot_reads or (self.known.shared and not caps.optimistic_numbering and not caps.single_writer):
+                dialects.lock_namespaces(conn, names)
+            floors = self._floors(conn, uow) if self.known.shared or unknown else {}
+            self._check_versions(conn, uow, floors)
+            self._next_seqs(uow)
+            with self.lock:
+                for key, (version, _state) in uow.overlay.items():
+                    self._inflight[key] = max(self._inflight.get(key, 0), version)
+            uow.inflight = True
+            # numbers from a floor read under the lock, or made unique by the key: no mark to check
+            if self._insert(conn, uow, check_marks=not self.known.shared):
+                return
+            with self.lock:  # numbered again below: its versions are not in flight meanwhile
+                for key in uow.overlay:
+                    self._inflight.pop(key, None)
+                uow.inflight = False
+            self._switch_to_shared()
+        raise TransactionError(
+            f"could not number this commit's events after 100 attempts (namespaces {names}): other writers "
+            "keep taking the same sequence numbers; retry the transaction"
+        )
+
+    def _insert(self, conn: Connection, uow: UnitOfWork, *, check_marks: bool) -> bool:
+        """Write the unit's WAL rows; False (and nothing of them left) if any number was taken."""
+        written: list[tuple[Table, list[dict[str, Any]]]] = []
+        for table, per_ns, mark in ((wal.EVENTS, uow.events, seq_key), (wal.RELS, uow.rel_events, rseq_key)):
+            rows = [r for ns, evs in per_ns.items() for r in wal.build_rows(ns, [e.to_record() for e in evs])]
+            if not rows:
+                continue
+            marks = {ns: mark(ns) for ns in per_ns} if check_marks else None
+            if not wal.insert_unclaimed(conn, table, rows, marks):
+                # rare (the switch to shared mode): take back what of this unit went in
+                for done_table, done_rows in [*written, (table, rows)]:
+                    wal.delete_own_rows(conn, done_table, done_rows)
+                return False
+            written.append((table, rows))
+        return True
 
     def finish(self, uow: UnitOfWork) -> None:
         """After COMMIT: fold the unit into the shared caches and tell the flush policy."""
@@ -212,6 +277,8 @@ class Committer:
 
 
     def _release(self, uow: UnitOfWork) -> None:
+        while uow.held:
+            uow.held.pop().release()
         if uow.inflight:
             for key in uow.overlay:
                 self._inflight.pop(key, None)

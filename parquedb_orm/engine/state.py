@@ -73,9 +73,13 @@ class Known:
             return self._ns.get(name)
 
     def restart(self, name: str) -> None:
-        """Forget one namespace (another process flushed events this one never saw)."""
+        """Forget one namespace (another process flushed events this one never saw), but
+        not the numbers this process has reached in it."""
         with self.lock:
-            self._ns[name] = NsState(name)
+            old = self._ns.get(name)
+            self._ns[name] = NsState(
+                name, next_seq=old.next_seq if old else None, rel_next_seq=old.rel_next_seq if old else None
+            )
 
     def restart_all(self) -> None:
         """Forget every cache, keeping only the sequences this process assigned."""

@@ -29,12 +29,20 @@ class Capabilities:
     #: deletes are billed a written row each: retire flushed WAL rows by rebuilding the
     #: table around the few rows kept (DROP costs no written row) instead of DELETE
     retire_by_table_swap: bool
+    #: shared mode numbers a commit without a lock: read the floor, insert at floor + 1
+    #: unless that key is taken (a unique-key conflict waits for the other transaction,
+    #: then says so), and retry. Needs reads that see the latest commits (READ COMMITTED)
+    optimistic_numbering: bool = False
+    #: InnoDB: plain SELECTs read a snapshot taken at the transaction's first read (the
+    #: floor needs a locking read), and an INSERT ... SELECT takes gap locks that deadlock
+    #: concurrent inserters: committers of a namespace always take its row lock first
+    snapshot_reads: bool = False
 
 
 _CAPABILITIES = {
     "sqlite": Capabilities(single_writer=True, retire_by_table_swap=True),
-    "postgresql": Capabilities(single_writer=False, retire_by_table_swap=False),
-    "mysql": Capabilities(single_writer=False, retire_by_table_swap=False),
+    "postgresql": Capabilities(single_writer=False, retire_by_table_swap=False, optimistic_numbering=True),
+    "mysql": Capabilities(single_writer=False, retire_by_table_swap=False, snapshot_reads=True),
 }
 _overrides: weakref.WeakKeyDictionary[Any, Capabilities] = weakref.WeakKeyDictionary()
 
@@ -270,6 +278,18 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
         conn.execute(insert(table).prefix_with("IGNORE"), rows)
 
 
+def insert_skipping_taken_keys(conn: Connection, table: Table) -> Any:
+    """An INSERT that skips rows whose primary key exists (its rowcount says how many went in)."""
+    fam = family(conn)
+    if fam == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if fam == "sqlite":
+        return insert(table).prefix_with("OR IGNORE")
+    return insert(table).prefix_with("IGNORE")
+
+
 def greatest(conn: Connection, column: Any, value: int) -> Any:
     """SQL max of a column and a number (SQLite's scalar max(), GREATEST elsewhere)."""
     from sqlalchemy import func, literal
@@ -302,6 +322,50 @@ def begin(engine: Engine) -> Iterator[Connection]:
     with engine.begin() as conn:
         ensure_transaction(conn)
         yield conn
+
+
+@contextlib.contextmanager
+def durable_begin(engine: Engine) -> Iterator[Connection]:
+    """`begin(engine)` whose COMMIT is durable on power loss, whatever the connections'
+    setting: SQLite syncs the WAL at this commit (synchronous=FULL around it, then back);
+    PostgreSQL waits for the WAL flush (synchronous_commit=on, this transaction only).
+    MySQL has no per-transaction switch: innodb_flush_log_at_trx_commit decides
+    (docs/durability.md)."""
+    fam = family(engine)
+    with engine.connect() as conn:
+        before = None
+        if fam == "sqlite":  # set outside the transaction; it applies to the commit
+            before = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            conn.commit()  # ends SQLAlchemy's autobegun (empty) transaction
+        try:
+            with conn.begin():
+                ensure_transaction(conn)
+                if fam == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO on")
+                yield conn
+        finally:
+            if fam == "sqlite":
+                conn.rollback()
+                conn.exec_driver_sql(f"PRAGMA synchronous={int(before if before is not None else 2)}")
+                conn.commit()
+
+
+def take_write_lock(conn: Connection) -> None:
+    """SQLite: make sure this transaction holds the database write lock before a commit
+    numbers its events (so numbers follow commit order). A transaction that has written
+    holds it already; one that has not begins with BEGIN IMMEDIATE, which is transaction
+    control, not a billed statement. Other databases: nothing (see lock_namespaces)."""
+    if not capabilities(conn).single_writer:
+        return
+    dbapi = _driver_connection(conn)
+    if dbapi is not None and not getattr(dbapi, "in_transaction", True):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif dbapi is None or getattr(dbapi, "isolation_level", "") is None:
+        # driver-autocommit mode (the savepoint recipe): its BEGIN may be a deferred one
+        # that holds no write lock yet; a no-op write takes it
+        conn.execute(SQLITE_WRITE_LOCK)
+    # else pysqlite opened the transaction right before a write: the lock is held
 
 
 def in_write_transaction(conn: Connection) -> bool:

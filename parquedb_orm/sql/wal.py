@@ -60,17 +60,69 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         conn.execute(_INSERTS[table.name], rows)
 
 
+def insert_unclaimed(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], marks: dict[str, str] | None
+) -> bool:
+    """Insert a commit's rows in ONE statement unless another writer got to their numbers
+    first. False if any row was left out: the caller's numbers are stale.
+
+    A writer numbers from the highest sequence it knows, so the first row anyone else
+    writes after this process's last one starts exactly at this process's next number:
+    - while that row is in the table, its primary key is taken (the insert skips it);
+    - once a flush has retired it, the namespace's flushed mark (counter `marks[ns]`) is
+      at or above it: each namespace's first row goes in only if the mark is below it.
+    Reading the mark is this commit's one row read (a seek in `counters`, not in the WAL
+    table, which SQLite would copy aside first to read while inserting into it).
+    `marks` None: the numbers come from a floor just read (shared mode), only the key counts."""
+    if not rows:
+        return True
+    from sqlalchemy import exists, literal, union_all
+
+    from parquedb_orm.sql import dialects
+
+    cols = ["ns", "first_seq", "last_seq", "event_count", "events", "created_at"]
+    types = [table.c[c].type for c in cols]  # the columns' own types: casts and bind processing
+    selects = []
+    seen: set[str] = set()
+    for row in rows:
+        sel = select(*[literal(row[c], t) for c, t in zip(cols, types, strict=True)])
+        if marks is not None and row["ns"] not in seen:
+            seen.add(row["ns"])
+            flushed = exists().where(Counter.name == marks[row["ns"]], Counter.value >= row["first_seq"])
+            sel = sel.where(~flushed)
+        selects.append(sel)
+    source = union_all(*selects) if len(selects) > 1 else selects[0]
+    stmt = dialects.insert_skipping_taken_keys(conn, table).from_select(cols, source)
+    # rowcount of an INSERT is read only when asked for (SQLAlchemy 2.0.28+)
+    return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == len(rows)
+
+
+def delete_own_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Delete rows this transaction inserted, matched by key AND content: a row under the
+    same key with other events is another writer's."""
+    from sqlalchemy import and_, delete, or_
+
+    match = [
+        and_(table.c.ns == r["ns"], table.c.first_seq == r["first_seq"], table.c.events == r["events"]) for r in rows
+    ]
+    conn.execute(delete(table).where(or_(*match)))
+
+
 @lru_cache(maxsize=64)
-def _floors_sql(events: int, rels: int) -> TextClause:
+def _floors_sql(events: int, rels: int, locking: bool = False) -> TextClause:
     """The floors statement for `events` + `rels` namespaces, built once per shape: it runs
     on every commit, and building it with the expression language cost ~0.3 ms."""
+    # a snapshot (InnoDB REPEATABLE READ) may predate the last commits: read them locked
+    lock = " LOCK IN SHARE MODE" if locking else ""
     parts = []
     for kind, table, count in (("e", "events_wal", events), ("r", "rels_wal", rels)):
         for i in range(count):
             parts.append(
-                f"SELECT '{kind}' AS k, :{kind}{i}_ns AS ns, "
-                f"(SELECT last_seq FROM {table} WHERE ns = :{kind}{i}_ns ORDER BY first_seq DESC LIMIT 1) AS w, "
-                f"(SELECT value FROM counters WHERE name = :{kind}{i}_c) AS m"
+                # the newest row is kept by every flush (flush.py), so the mark is read only
+                # where a namespace has no row at all: COALESCE evaluates it lazily
+                f"SELECT '{kind}' AS k, :{kind}{i}_ns AS ns, coalesce("
+                f"(SELECT last_seq FROM {table} WHERE ns = :{kind}{i}_ns ORDER BY first_seq DESC LIMIT 1{lock}), "
+                f"(SELECT value FROM counters WHERE name = :{kind}{i}_c{lock})) AS w"
             )
     return text(" UNION ALL ".join(parts))
 
@@ -86,8 +138,11 @@ def seq_floors(conn: Connection, events_ns: list[str], rels_ns: list[str]) -> di
         params[f"e{i}_ns"], params[f"e{i}_c"] = ns, f"seq:{ns}"
     for i, ns in enumerate(rels_ns):
         params[f"r{i}_ns"], params[f"r{i}_c"] = ns, f"rseq:{ns}"
-    rows = conn.execute(_floors_sql(len(events_ns), len(rels_ns)), params).all()
-    return {(str(k), str(ns)): max(int(w or 0), int(m or 0)) for k, ns, w, m in rows}
+    from parquedb_orm.sql import dialects
+
+    locking = dialects.capabilities(conn).snapshot_reads
+    rows = conn.execute(_floors_sql(len(events_ns), len(rels_ns), locking), params).all()
+    return {(str(k), str(ns)): int(w or 0) for k, ns, w in rows}
 
 
 def read_tail(conn: Connection, table: Table, ns: str, after_seq: int = -1) -> list[tuple[int, int, list[Any]]]:
