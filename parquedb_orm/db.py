@@ -365,6 +365,7 @@ class ParqueDB:
         if self._closed:
             return
         self._closed = True
+        self._group.release()
         if self._on_close is not None:
             self._on_close(self.runtime)
         release_runtime(self.runtime)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sqlite3
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -48,13 +49,19 @@ _overrides: weakref.WeakKeyDictionary[Any, Capabilities] = weakref.WeakKeyDictio
 
 
 def capabilities(bind: Connection | Engine) -> Capabilities:
-    found = _overrides.get(bind.dialect)
-    return found if found is not None else _CAPABILITIES[family(bind)]
+    # kept on the dialect object: asked several times per commit
+    dialect = bind.dialect
+    found: Capabilities | None = dialect.__dict__.get("_parquedb_caps")
+    if found is None:
+        found = _overrides.get(dialect) or _CAPABILITIES[family(bind)]
+        dialect.__dict__["_parquedb_caps"] = found
+    return found
 
 
 def override_capabilities(engine: Engine, **changes: bool) -> None:
     """Tests: run another path on this engine (e.g. `retire_by_table_swap=False` on SQLite)."""
     _overrides[engine.dialect] = replace(capabilities(engine), **changes)
+    engine.dialect.__dict__["_parquedb_caps"] = _overrides[engine.dialect]
 
 
 def holds_write_lock(conn: Connection) -> bool:
@@ -360,7 +367,10 @@ def take_write_lock(conn: Connection) -> None:
         return
     dbapi = _driver_connection(conn)
     if dbapi is not None and not getattr(dbapi, "in_transaction", True):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if isinstance(dbapi, sqlite3.Connection):
+            dbapi.execute("BEGIN IMMEDIATE")  # transaction control, as SQLAlchemy sends BEGIN itself
+        else:  # aiosqlite's connection: its execute is a coroutine; go through SQLAlchemy
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif dbapi is None or getattr(dbapi, "isolation_level", "") is None:
         # driver-autocommit mode (the savepoint recipe): its BEGIN may be a deferred one
         # that holds no write lock yet; a no-op write takes it

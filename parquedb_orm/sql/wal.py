@@ -24,6 +24,9 @@ _INSERTS = {t.name: insert(t) for t in (EVENTS, RELS)}  # built once: this runs 
 
 def _chunks(records: list[list[Any]]) -> Iterator[list[list[Any]]]:
     """Split a commit's records only past the row size cap."""
+    if len(records) == 1:  # the single-op commit: one row, whatever its size
+        yield records
+        return
     batch: list[list[Any]] = []
     size = 0
     for rec in records:
@@ -60,6 +63,42 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         conn.execute(_INSERTS[table.name], rows)
 
 
+_COLUMNS = ("ns", "first_seq", "last_seq", "event_count", "events", "created_at")
+#: PostgreSQL cannot type the parameters of a SELECT without FROM: cast them
+_PG_CASTS = ("varchar", "bigint", "bigint", "integer", "bytea", "timestamptz")
+
+
+@lru_cache(maxsize=256)
+def _unclaimed_sql(family: str, paramstyle: str, table: str, checked: tuple[bool, ...]) -> str:
+    """The claiming INSERT for rows of this shape (`checked[i]`: row i carries the mark
+    check), built once per shape: it runs on every commit."""
+    # positional placeholders in the driver's own style (format/pyformat drivers take %s)
+    mark = {"qmark": "?", "numeric": ":{}", "numeric_dollar": "${}"}.get(paramstyle, "%s")
+    n = 0
+
+    def param(cast: str | None = None) -> str:
+        nonlocal n
+        n += 1
+        text_ = mark.format(n) if "{}" in mark else mark
+        return f"CAST({text_} AS {cast})" if cast else text_
+
+    selects = []
+    for has_check in checked:
+        values = ", ".join(param(_PG_CASTS[i] if family == "postgresql" else None) for i in range(len(_COLUMNS)))
+        sel = f"SELECT {values}"
+        if has_check:
+            sel += f" WHERE NOT EXISTS (SELECT 1 FROM counters WHERE name = {param()} AND value >= {param()})"
+        selects.append(sel)
+    verb = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}.get(family, "INSERT INTO")
+    sql = f"{verb} {table} ({', '.join(_COLUMNS)}) {' UNION ALL '.join(selects)}"
+    return sql + (" ON CONFLICT DO NOTHING" if family == "postgresql" else "")
+
+
+@lru_cache(maxsize=32)
+def _processors(dialect: Any, table: Table) -> tuple[Any, ...]:
+    return tuple(table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in _COLUMNS)
+
+
 def insert_unclaimed(
     conn: Connection, table: Table, rows: list[dict[str, Any]], marks: dict[str, str] | None
 ) -> bool:
@@ -73,28 +112,31 @@ def insert_unclaimed(
       at or above it: each namespace's first row goes in only if the mark is below it.
     Reading the mark is this commit's one row read (a seek in `counters`, not in the WAL
     table, which SQLite would copy aside first to read while inserting into it).
-    `marks` None: the numbers come from a floor just read (shared mode), only the key counts."""
+    `marks` None: the numbers come from a floor just read (shared mode), only the key counts.
+
+    Sent as the driver's own SQL (built once per shape): the expression language would
+    spend more time building and caching this statement than the database takes to run it."""
     if not rows:
         return True
-    from sqlalchemy import exists, literal, union_all
-
     from parquedb_orm.sql import dialects
 
-    cols = ["ns", "first_seq", "last_seq", "event_count", "events", "created_at"]
-    types = [table.c[c].type for c in cols]  # the columns' own types: casts and bind processing
-    selects = []
+    dialect = conn.dialect
+    procs = _processors(dialect, table)
+    params: list[Any] = []
+    checked = []
     seen: set[str] = set()
     for row in rows:
-        sel = select(*[literal(row[c], t) for c, t in zip(cols, types, strict=True)])
-        if marks is not None and row["ns"] not in seen:
-            seen.add(row["ns"])
-            flushed = exists().where(Counter.name == marks[row["ns"]], Counter.value >= row["first_seq"])
-            sel = sel.where(~flushed)
-        selects.append(sel)
-    source = union_all(*selects) if len(selects) > 1 else selects[0]
-    stmt = dialects.insert_skipping_taken_keys(conn, table).from_select(cols, source)
-    # rowcount of an INSERT is read only when asked for (SQLAlchemy 2.0.28+)
-    return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == len(rows)
+        for col, proc in zip(_COLUMNS, procs, strict=True):
+            params.append(proc(row[col]) if proc is not None else row[col])
+        check = marks is not None and row["ns"] not in seen
+        seen.add(row["ns"])
+        if check:
+            assert marks is not None
+            params += [marks[row["ns"]], row["first_seq"]]
+        checked.append(check)
+    sql = _unclaimed_sql(dialects.family(conn), dialect.paramstyle, table.name, tuple(checked))
+    result = conn.exec_driver_sql(sql, tuple(params), execution_options={"preserve_rowcount": True})
+    return result.rowcount == len(rows)
 
 
 def delete_own_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
