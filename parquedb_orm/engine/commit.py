@@ -184,7 +184,12 @@ class Committer:
                 unknown = any(self.known.ns(ns).next_seq is None for ns in uow.events) or any(
                     self.known.ns(ns).rel_next_seq is None for ns in uow.rel_events
                 )
-            if caps.snapshot_reads or (self.known.shared and not caps.optimistic_numbering and not caps.single_writer):
+            # optimistic numbering tries once without a lock; a writer that lost the race
+            # queues on the namespaces' lock instead of racing the other losers again
+            lock = caps.snapshot_reads or (
+                self.known.shared and not caps.single_writer and (not caps.optimistic_numbering or _attempt > 0)
+            )
+            if lock:
                 dialects.lock_namespaces(conn, names)
             floors = self._floors(conn, uow) if self.known.shared or unknown else {}
             self._check_versions(conn, uow, floors)
