@@ -42,7 +42,9 @@ BACKENDS = [
 MODES = [pytest.param(False, id="single-owner"), pytest.param(True, id="shared")]
 
 
-def create_in_process(url: str, shared: bool, tag: str, count: int, barrier: Any, results: Any) -> None:
+def create_in_process(
+    url: str, shared: bool, tag: str, count: int, barrier: Any, results: Any, ns: str = NS
+) -> None:
     """Worker body (top level, so "spawn" can import it): open the store, wait for the
     others, create `count` entities in separate commits, report the ids."""
     try:
@@ -50,7 +52,7 @@ def create_in_process(url: str, shared: bool, tag: str, count: int, barrier: Any
         try:
             if barrier is not None:
                 barrier.wait(timeout=TIMEOUT)
-            ids = [db.create(NS, {"name": f"{tag}-{i}", "worker": tag, "i": i})["$id"] for i in range(count)]
+            ids = [db.create(ns, {"name": f"{tag}-{i}", "worker": tag, "i": i})["$id"] for i in range(count)]
         finally:
             db.close()
         results.put((tag, ids, None))
@@ -58,13 +60,13 @@ def create_in_process(url: str, shared: bool, tag: str, count: int, barrier: Any
         results.put((tag, [], traceback.format_exc()))
 
 
-def run_workers(url: str, shared: bool, counts: dict[str, int]) -> dict[str, list[str]]:
+def run_workers(url: str, shared: bool, counts: dict[str, int], ns: str = NS) -> dict[str, list[str]]:
     """Start one spawned process per entry of `counts` at once; their ids by tag."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(counts)) if len(counts) > 1 else None
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=create_in_process, args=(url, shared, tag, n, barrier, results), name=f"pq-{tag}")
+        ctx.Process(target=create_in_process, args=(url, shared, tag, n, barrier, results, ns), name=f"pq-{tag}")
         for tag, n in counts.items()
     ]
     for p in procs:
@@ -155,3 +157,19 @@ def test_ids_unique_across_restart_and_concurrent_processes(
     reserved = sum(math.ceil(n / ID_BLOCK) * ID_BLOCK for n in lifetimes.values())  # 100 + 4*200 + 100
     assert value <= reserved + 10, (value, reserved)
     assert value <= len(every) + len(lifetimes) * ID_BLOCK
+
+
+@pytest.mark.parametrize("engine", BACKENDS, indirect=True)
+def test_first_commits_of_a_new_namespace_from_four_shared_processes(
+    engine: Engine, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Four processes make a namespace's very first commits at the same moment: on MariaDB
+    creating the namespace's lock row inside the committing transactions deadlocked them."""
+    url = url_of(request.node.callspec.params["engine"], tmp_path)
+    for trial in range(3):  # the race is not won every time: three new namespaces
+        ns = f"fresh{trial}"
+        made = run_workers(url, True, {f"w{i}": 20 for i in range(WORKERS)}, ns)
+        every = [ref for ids in made.values() for ref in ids]
+        assert len(every) == len(set(every)) == WORKERS * 20
+        with pq.ParqueDB(url) as db:
+            assert {d["$id"] for d in db.find(ns)} == set(every)

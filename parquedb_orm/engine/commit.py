@@ -190,7 +190,7 @@ class Committer:
                 self.known.shared and not caps.single_writer and (not caps.optimistic_numbering or _attempt > 0)
             )
             if lock:
-                dialects.lock_namespaces(conn, names)
+                dialects.lock_namespaces(conn, names, side=self.ids.engine)
             floors = self._floors(conn, uow) if self.known.shared or unknown else {}
             self._check_versions(conn, uow, floors)
             self._next_seqs(uow)

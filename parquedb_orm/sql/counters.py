@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from parquedb_orm.sql import dialects
 from parquedb_orm.sql.models import Counter
@@ -67,7 +67,10 @@ def reserve_autonomous(engine: Engine, name: str, count: int, floor: int = 0) ->
         try:
             with dialects.begin(engine) as conn:
                 return reserve(conn, name, count, floor)
-        except IntegrityError:
+        except (IntegrityError, OperationalError):
+            # two first reservations of a namespace race to insert its row: one gets a
+            # duplicate key, or (InnoDB, whose UPDATE of a missing row gap-locks) a deadlock;
+            # this transaction is its own, so it runs again
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")

@@ -238,7 +238,7 @@ def sqlite_file_pragmas(dbapi_conn: Any, record: Any) -> None:
 SQLITE_WRITE_LOCK = text("UPDATE counters SET value = value WHERE 0")
 
 
-def lock_namespaces(conn: Connection, namespaces: list[str]) -> None:
+def lock_namespaces(conn: Connection, namespaces: list[str], side: Engine | None = None) -> None:
     """Serialise committers of the same namespaces until the transaction ends, so that
     sequence numbers follow commit order. Costs no written row on any backend:
 
@@ -260,7 +260,20 @@ def lock_namespaces(conn: Connection, namespaces: list[str]) -> None:
         found = set(conn.execute(stmt).scalars())
         missing = [k for k in keys if k not in found]
         if missing:
-            insert_ignore(conn, Counter.__table__, [{"name": k, "value": 0} for k in missing])  # type: ignore[arg-type]
+            rows = [{"name": k, "value": 0} for k in missing]
+            if side is None:
+                insert_ignore(conn, Counter.__table__, rows)  # type: ignore[arg-type]
+            else:
+                # in a short transaction of its own: inserted here, two first commits of a
+                # namespace would deadlock on each other's gap locks (InnoDB)
+                for attempt in range(5):
+                    try:
+                        with begin(side) as own:
+                            insert_ignore(own, Counter.__table__, rows)  # type: ignore[arg-type]
+                        break
+                    except Exception:
+                        if attempt == 4:
+                            raise
             conn.execute(stmt)
 
 
