@@ -33,7 +33,7 @@ REPO = HERE.parent
 VENV_PYTHON = HERE / ".venv" / "bin" / "python"
 SETUP_SCRIPT = HERE / "setup_env.sh"
 _CHILD_FLAG = "PARQUEDB_BENCH_REEXEC"
-DEFAULT_SYSTEMS = "parquedb,naive,eventsourcing,continuum"
+DEFAULT_SYSTEMS = "parquedb,naive,raw,eventsourcing,continuum"
 DEFAULT_SEED = 20240505
 
 

@@ -19,12 +19,14 @@ Doc = dict[str, Any]
 SYSTEMS: dict[str, str] = {
     "parquedb": "parquedb",
     "naive": "naive",
+    "raw": "raw",
     "eventsourcing": "eventsourcing_es",
     "continuum": "continuum",
 }
 LABELS: dict[str, str] = {
     "parquedb": "parquedb-orm",
     "naive": "naive (row per change)",
+    "raw": "raw sqlite3, row per change",
     "eventsourcing": "eventsourcing",
     "continuum": "SQLAlchemy-Continuum",
 }

@@ -25,6 +25,10 @@ Two levels of fidelity:
   statement finishes (for a SELECT: when its rows are exhausted or the cursor
   closes), so ``sqlite3.Connection.set_trace_callback`` cannot be used on a
   metered connection at the same time.
+
+A raw ``sqlite3.Connection`` (no SQLAlchemy) is metered the same way by
+:class:`SQLite3Meter`: its statements go to the meters it is given and to every
+process-wide :class:`EngineMeter` (one installed on the ``Engine`` class itself).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import contextlib
 import ctypes
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -49,6 +54,7 @@ __all__ = [
     "EngineMeter",
     "FaithfulMeterUnavailable",
     "Meter",
+    "SQLite3Meter",
     "StatementRecord",
     "build_metered_sqlite",
     "faithful_available",
@@ -335,17 +341,14 @@ class Meter:
 # --------------------------------------------------------------------------
 
 
-class EngineMeter:
-    """Long-lived meter: ``EngineMeter(engine).install()`` ... ``.uninstall()``.
+class _StatementMeter:
+    """The counting shared by :class:`EngineMeter` and :class:`SQLite3Meter`: one
+    :class:`StatementRecord` per statement sent through a DBAPI cursor, and the faithful
+    counters of each finished statement attributed by (connection handle, SQL)."""
 
-    Listeners are added by :meth:`install` and removed by :meth:`uninstall`
-    (symmetric); the counters live in :attr:`meter`.
-    """
-
-    def __init__(self, engine: Engine, *, max_records: int | None = None) -> None:
-        self.engine = engine
-        self._sqlite = engine.dialect.name == "sqlite"
-        self._backslash = engine.dialect.name in ("mysql", "mariadb")
+    def __init__(self, dialect: str, max_records: int | None) -> None:
+        self._sqlite = dialect == "sqlite"
+        self._backslash = dialect in ("mysql", "mariadb")
         self._faithful = self._sqlite and faithful_available()
         self.meter = Meter(faithful=self._faithful, max_records=max_records)
         self._local = threading.local()
@@ -357,51 +360,18 @@ class EngineMeter:
     def installed(self) -> bool:
         return self._installed
 
-    def install(self) -> EngineMeter:
-        if self._installed:
-            return self
-        event.listen(self.engine, "before_cursor_execute", self._before)
-        event.listen(self.engine, "after_cursor_execute", self._after)
-        if self._faithful:
-            _FAITHFUL.subscribe(self)
-        self._installed = True
-        return self
+    def _open_statement(
+        self, statement: str, parameters: Any, executemany: bool, conn: Connection | int
+    ) -> StatementRecord | None:
+        """Start the record of one statement (None for transaction control).
 
-    def uninstall(self) -> None:
-        if not self._installed:
-            return
-        event.remove(self.engine, "before_cursor_execute", self._before)
-        event.remove(self.engine, "after_cursor_execute", self._after)
-        if self._faithful:
-            _FAITHFUL.unsubscribe(self)
-        with self.meter._lock:
-            self._by_db.clear()
-        self._installed = False
-
-    def __enter__(self) -> Meter:
-        self.install()
-        return self.meter
-
-    def __exit__(self, *exc: object) -> None:
-        self.uninstall()
-
-    # -- event handlers ---------------------------------------------------
-
-    def _before(
-        self,
-        conn: Connection,
-        cursor: DBAPICursor,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
+        ``conn``: the SQLAlchemy connection running it, or the ``sqlite3*`` handle of a
+        raw connection (0: not traced), for the faithful counters' attribution."""
         kind, table, values_rows = _analyze(statement, self._backslash)
         if kind in _TX_KINDS:
             # SAVEPOINT / RELEASE / ROLLBACK TO (begin_nested) are transaction
             # control, like the BEGIN/COMMIT that never reach cursor_execute.
-            self._local.current = None
-            return
+            return None
         # insertmanyvalues batches arrive with executemany=True but one flat
         # parameter set; their rows are the VALUES tuples of the batch.
         many = executemany and _is_param_list(parameters)
@@ -419,7 +389,7 @@ class EngineMeter:
         )
         if self._faithful:
             record.rows_returned = 0
-            db = _FAITHFUL.db_handle(conn)
+            db = conn if isinstance(conn, int) else _FAITHFUL.db_handle(conn)
             if db:
                 key = _norm_sql(statement)
                 with self.meter._lock:
@@ -430,22 +400,12 @@ class EngineMeter:
                         # a statement's counters arrive when it finishes, long
                         # before this many newer statements ran on the connection
                         del pending[next(iter(pending))]
-        self._local.current = record
         self.meter._open(record)
+        return record
 
-    def _after(
-        self,
-        conn: Connection,
-        cursor: DBAPICursor,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
-        record: StatementRecord | None = getattr(self._local, "current", None)
-        if record is None or record.sql != statement:
-            return
-        self._local.current = None
+    def _close_statement(self, record: StatementRecord, cursor: _CursorLike, server_side: bool) -> None:
+        """Finish ``record`` once its DBAPI call returned ``cursor``."""
+        statement = record.sql
         rowcount = _rowcount(cursor)
         has_rows = cursor.description is not None
         affected = 0
@@ -463,7 +423,7 @@ class EngineMeter:
             # are fetched (after this event); each spelled row is one insert.
             affected = record.inserted_rows
         returned: int | None = None
-        if has_rows and not self._sqlite and not _server_side(context):
+        if has_rows and not self._sqlite and not server_side:
             # psycopg / PyMySQL buffer the whole result: rowcount is its size.
             returned = max(rowcount, 0)
         self.meter._close(record, affected, returned)
@@ -478,6 +438,86 @@ class EngineMeter:
         self.meter._faithful_add(record, read, written, returned)
 
 
+class EngineMeter(_StatementMeter):
+    """Long-lived meter: ``EngineMeter(engine).install()`` ... ``.uninstall()``.
+
+    Listeners are added by :meth:`install` and removed by :meth:`uninstall`
+    (symmetric); the counters live in :attr:`meter`.
+
+    A meter whose ``engine`` is the :class:`~sqlalchemy.engine.Engine` class itself
+    listens to every engine of the process; while installed it also counts the
+    statements of every :class:`SQLite3Meter` (raw ``sqlite3`` connections).
+    """
+
+    def __init__(self, engine: Engine, *, max_records: int | None = None) -> None:
+        self.engine = engine
+        super().__init__(engine.dialect.name, max_records)
+
+    def install(self) -> EngineMeter:
+        if self._installed:
+            return self
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+        if self._faithful:
+            _FAITHFUL.subscribe(self)
+        if self._process_wide():
+            _PROCESS_METERS.add(self)
+        self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if not self._installed:
+            return
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+        if self._faithful:
+            _FAITHFUL.unsubscribe(self)
+        _PROCESS_METERS.discard(self)
+        with self.meter._lock:
+            self._by_db.clear()
+        self._installed = False
+
+    def __enter__(self) -> Meter:
+        self.install()
+        return self.meter
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
+
+    def _process_wide(self) -> bool:
+        """Listening on the ``Engine`` class (every engine), not on one engine."""
+        engine: object = self.engine
+        return isinstance(engine, type) and issubclass(engine, Engine)
+
+    # -- event handlers ---------------------------------------------------
+
+    def _before(
+        self,
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        self._local.current = self._open_statement(statement, parameters, executemany, conn)
+
+    def _after(
+        self,
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        record: StatementRecord | None = getattr(self._local, "current", None)
+        if record is None or record.sql != statement:
+            return
+        self._local.current = None
+        self._close_statement(record, cursor, _server_side(context))
+
+
 @contextlib.contextmanager
 def meter(engine: Engine) -> Iterator[Meter]:
     """Meter the statements ``engine`` runs inside the ``with`` block."""
@@ -488,13 +528,135 @@ def meter(engine: Engine) -> Iterator[Meter]:
         em.uninstall()
 
 
+class _ProcessMeters:
+    """The installed process-wide :class:`EngineMeter` objects (on the ``Engine``
+    class), which also count :class:`SQLite3Meter` statements. Copy-on-write tuple:
+    read without the lock on every statement."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.meters: tuple[EngineMeter, ...] = ()
+
+    def add(self, em: EngineMeter) -> None:
+        with self._lock:
+            if em not in self.meters:
+                self.meters = (*self.meters, em)
+
+    def discard(self, em: EngineMeter) -> None:
+        with self._lock:
+            self.meters = tuple(m for m in self.meters if m is not em)
+
+
+_PROCESS_METERS: Final = _ProcessMeters()
+
+
+# --------------------------------------------------------------------------
+# Raw sqlite3 connections (no SQLAlchemy)
+# --------------------------------------------------------------------------
+
+
+class SQLite3Meter(_StatementMeter):
+    """Meter the statements of one raw :class:`sqlite3.Connection` exactly as
+    :class:`EngineMeter` meters an engine's.
+
+    A bare connection has no cursor events, so its statements are run through
+    :meth:`execute` and :meth:`executemany` (same arguments and result as the
+    connection's own methods). Each call is one statement, as one DBAPI cursor call is
+    for an engine: an ``executemany`` of N parameter sets is one statement of N
+    inserted rows. Transaction control (``BEGIN``, ``COMMIT``, savepoints) is not
+    counted, as an engine's BEGIN / COMMIT never reach its cursor events.
+
+    With the faithful library loaded, the connection is traced at its first metered
+    statement (``sqlite3_trace_v2``, as an engine's connections are), so each statement
+    also gets its rows read, written and returned; a statement run on the connection
+    directly (``con.execute``, ``con.commit()``) after that still adds its rows to the
+    totals, unattributed, like an engine's BEGIN / COMMIT. The statements that set the
+    connection up before its first metered one are not counted (an engine's ``connect``
+    listeners are not either). ``set_trace_callback`` cannot be used on the connection.
+
+    The statements are counted by this meter's own :attr:`meter` while it is installed,
+    and by every process-wide :class:`EngineMeter` (one installed on the ``Engine``
+    class, such as the benchmarks' ``ProcessMeter``) installed when they run::
+
+        with SQLite3Meter(sqlite3.connect(path)) as sm:  # or .install() ... .uninstall()
+            sm.execute("INSERT INTO t (a) VALUES (?)", (1,))
+            sm.con.commit()
+        sm.meter.statements, sm.meter.rows_written  # 1, 1 (faithful) or None
+    """
+
+    def __init__(self, con: sqlite3.Connection, *, max_records: int | None = None) -> None:
+        super().__init__("sqlite", max_records)
+        self.con = con
+        self._db: int | None = None  # sqlite3* once traced (0: no counters)
+
+    def install(self) -> SQLite3Meter:
+        if not self._installed:
+            if self._faithful:
+                _FAITHFUL.subscribe(self)
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if not self._installed:
+            return
+        if self._faithful:
+            _FAITHFUL.unsubscribe(self)
+        with self.meter._lock:
+            self._by_db.clear()
+        self._installed = False
+
+    def __enter__(self) -> SQLite3Meter:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
+
+    @property
+    def db_handle(self) -> int:
+        """The connection's ``sqlite3*``, traced on first use (0 without counters)."""
+        if self._db is None:
+            self._db = _FAITHFUL.trace_connection(self.con) if faithful_available() else 0
+        return self._db
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        """``con.execute(sql, parameters)``, metered as one statement."""
+        return self._run(sql, parameters, False)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> sqlite3.Cursor:
+        """``con.executemany(sql, seq_of_parameters)``, metered as one statement."""
+        params = seq_of_parameters if isinstance(seq_of_parameters, (list, tuple)) else list(seq_of_parameters)
+        return self._run(sql, params, True)
+
+    def _run(self, sql: str, parameters: Any, many: bool) -> sqlite3.Cursor:
+        db = self.db_handle
+        meters: tuple[_StatementMeter, ...] = _PROCESS_METERS.meters
+        if self._installed:
+            meters = (self, *meters)
+        opened = [(m, r) for m in meters if (r := m._open_statement(sql, parameters, many, db)) is not None]
+        cursor = self.con.executemany(sql, parameters) if many else self.con.execute(sql, parameters)
+        for m, record in opened:
+            m._close_statement(record, cursor, False)
+        return cursor
+
+
 def _is_param_list(parameters: Any) -> bool:
     if isinstance(parameters, (list, tuple)) and parameters:
         return isinstance(parameters[0], (Mapping, list, tuple))
     return False
 
 
-def _rowcount(cursor: DBAPICursor) -> int:
+class _CursorLike(Protocol):
+    """What the meter reads of a cursor after its statement ran (a DBAPI cursor's
+    ``description`` and ``rowcount``; SQLAlchemy's and ``sqlite3``'s both have them)."""
+
+    @property
+    def description(self) -> object: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+def _rowcount(cursor: _CursorLike) -> int:
     try:
         rc = cursor.rowcount
     except Exception:  # some drivers raise on closed cursors
@@ -533,7 +695,7 @@ class _Faithful:
         self._lock = threading.Lock()
         self._probed = False
         self._lib: ctypes.CDLL | None = None
-        self._subscribers: tuple[EngineMeter, ...] = ()
+        self._subscribers: tuple[_StatementMeter, ...] = ()
         # one C callback for every connection; kept alive for the process
         self._callback = _TraceCallback(self._trace)
 
@@ -547,11 +709,11 @@ class _Faithful:
                     self._probed = True
         return self._lib
 
-    def subscribe(self, em: EngineMeter) -> None:
+    def subscribe(self, em: _StatementMeter) -> None:
         with self._lock:
             self._subscribers = (*self._subscribers, em)
 
-    def unsubscribe(self, em: EngineMeter) -> None:
+    def unsubscribe(self, em: _StatementMeter) -> None:
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not em)
 
@@ -566,6 +728,15 @@ class _Faithful:
         dbapi = fairy.dbapi_connection
         if lib is None or dbapi is None:
             return 0
+        db = self.trace_connection(dbapi)
+        info["parquedb_meter_db"] = db
+        return db
+
+    def trace_connection(self, dbapi: Any) -> int:
+        """Trace a DBAPI ``sqlite3`` connection; its ``sqlite3*`` (0: cannot be traced)."""
+        lib = self.lib()
+        if lib is None:
+            return 0
         # The patched library registers parquedb_meter_db_handle() on every
         # connection; asking SQL for the pointer avoids reading CPython's
         # private pysqlite_Connection layout.
@@ -577,7 +748,6 @@ class _Faithful:
             finally:
                 cur.close()
         except Exception:
-            info["parquedb_meter_db"] = 0
             return 0
         db = int(row[0]) if row and row[0] else 0
         if db:
@@ -594,7 +764,6 @@ class _Faithful:
                     for op in _COUNTER_OPS:
                         lib.sqlite3_stmt_status(p, op, 1)
                     stmt = lib.sqlite3_next_stmt(ctypes.c_void_p(db), p)
-        info["parquedb_meter_db"] = db
         return db
 
     def _trace(self, mask: int, ctx: int | None, stmt: int | None, _x: int | None) -> int:
