@@ -382,11 +382,17 @@ def _rebuild_table(conn: Connection, table: Table, marks: dict[str, int]) -> Non
     """Retire flushed rows without paying a written row per row (see module doc): keep each
     namespace's rows above its mark (one seek each), drop the table, put them back."""
     conn.execute(text(f"DROP TABLE IF EXISTS temp.keep_{table.name}"))
+    # two seeks per namespace, not one OR (which would scan the namespace's rows): the rows
+    # above the mark, and the newest row when it is at or below the mark
     parts = [
-        select(table)
-        .where(table.c.ns == ns, or_(table.c.first_seq > mark, table.c.first_seq == _newest_first(table, ns)))
-        .compile(conn, compile_kwargs={"literal_binds": True})
+        sel.compile(conn, compile_kwargs={"literal_binds": True})
         for ns, mark in marks.items()
+        for sel in (
+            select(table).where(table.c.ns == ns, table.c.first_seq > mark),
+            select(table).where(
+                table.c.ns == ns, table.c.first_seq <= mark, table.c.first_seq == _newest_first(table, ns)
+            ),
+        )
     ]
     keep_sql = " UNION ALL ".join(str(p) for p in parts) if parts else f"SELECT * FROM {table.name} WHERE 0"
     conn.execute(text(f"CREATE TEMP TABLE keep_{table.name} AS {keep_sql}"))

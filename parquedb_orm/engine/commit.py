@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,7 @@ class Committer:
         self._subscribers: list[Callable[[int], None]] = []
         #: per namespace: this process's committers take turns (databases without one write lock)
         self._ns_locks: dict[str, threading.Lock] = {}
+        self._contended_until = 0.0  # monotonic time until which shared commits lock first
 
     @property
     def unflushed(self) -> int:
@@ -184,10 +186,12 @@ class Committer:
                 unknown = any(self.known.ns(ns).next_seq is None for ns in uow.events) or any(
                     self.known.ns(ns).rel_next_seq is None for ns in uow.rel_events
                 )
-            # optimistic numbering tries once without a lock; a writer that lost the race
-            # queues on the namespaces' lock instead of racing the other losers again
+            # optimistic numbering tries without a lock while there is no contention; a writer
+            # that lost the race, and every commit for a second after, queues on the
+            # namespaces' lock instead (racing the other writers again costs more than waiting)
+            contended = _attempt > 0 or time.monotonic() < self._contended_until
             lock = caps.snapshot_reads or (
-                self.known.shared and not caps.single_writer and (not caps.optimistic_numbering or _attempt > 0)
+                self.known.shared and not caps.single_writer and (not caps.optimistic_numbering or contended)
             )
             if lock:
                 dialects.lock_namespaces(conn, names, side=self.ids.engine)
@@ -201,6 +205,7 @@ class Committer:
             # numbers from a floor read under the lock, or made unique by the key: no mark to check
             if self._insert(conn, uow, check_marks=not self.known.shared):
                 return
+            self._contended_until = time.monotonic() + 1.0
             with self.lock:  # numbered again below: its versions are not in flight meanwhile
                 for key in uow.overlay:
                     self._inflight.pop(key, None)
