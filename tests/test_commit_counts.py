@@ -45,7 +45,7 @@ EXPECTED_PER_COMMIT: dict[str, dict[str, int]] = {
     "create_after_flush": {"statements": 1, "rows_read": 1, "rows_written": 1},
 }
 #: a flush of 200 single-op commits (200 WAL rows): what it reads must not grow with them
-FLUSH_OF_200_MAX_ROWS_READ = 60
+FLUSH_OF_200_ROWS_READ = 31
 # ---------------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -198,4 +198,4 @@ def test_a_flush_reads_no_row_per_wal_row(observed: dict[str, Any]) -> None:
     got = observed["flush_of_200"]
     if not observed["faithful"]:
         pytest.skip("rows read need the faithful SQLite meter")
-    assert got["rows_read"] <= FLUSH_OF_200_MAX_ROWS_READ, got
+    assert got["rows_read"] == FLUSH_OF_200_ROWS_READ, got
