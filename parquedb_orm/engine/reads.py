@@ -29,6 +29,17 @@ class Reads:
             return chunk.entities[entity_id], chunk.wal_seq
         return (0, None), (chunk.wal_seq if chunk is not None else 0)
 
+    def cached(self, ns: str, entity_id: str) -> Versioned | None:
+        """A single owner's cached committed state, without touching SQL (None: not cached,
+        or shared mode, where the cache must be checked against the database first)."""
+        if self.known.shared:
+            return None
+        st = self.known.peek(ns)
+        if st is None:
+            return None
+        with self.lock:
+            return st.cache.get(entity_id)
+
     def committed(self, conn: Connection, ns: str, entity_id: str, *, fresh: bool = False) -> Versioned:
         """The committed state of one entity: cache, else snapshot chunk + WAL tail.
         `fresh`: the caller has just refreshed this namespace's tail (shared mode)."""

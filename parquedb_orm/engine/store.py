@@ -122,6 +122,9 @@ class Store:
         key = (ns, entity_id)
         if key in self._uow.overlay:
             return self._uow.overlay[key]
+        hit = self._rt.reads.cached(ns, entity_id)  # no connection for a cache hit
+        if hit is not None:
+            return hit
         return self._rt.reads.committed(self._connection(), ns, entity_id)
 
     def _existing(self, ns: str, entity_id: str, *, allow_deleted: bool = False) -> Versioned:
@@ -377,7 +380,9 @@ class Store:
             _check_predicate(predicate)
         if direction not in ("outbound", "inbound"):
             raise ValidationError(f"direction must be 'outbound' or 'inbound', got {direction!r}")
-        index = self._rt.rels.ensure(self._connection())
+        rels = self._rt.rels
+        # a single owner's loaded index needs no connection
+        index = rels.index if rels.index.loaded and not self._rt.shared else rels.ensure(self._connection())
         found: dict[tuple[str, str, str], Link] = {}
         with self._rt.known.lock:
             keys = (index.by_from if direction == "outbound" else index.by_to).get(ref, set())

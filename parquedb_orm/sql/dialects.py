@@ -257,23 +257,26 @@ def lock_namespaces(conn: Connection, namespaces: list[str], side: Engine | None
     else:
         keys = [f"id:{ns}" for ns in names]
         stmt = select(Counter.name).where(Counter.name.in_(keys)).order_by(Counter.name).with_for_update()
+        if side is not None:
+            # rows missing are created first, in a short transaction of its own, and found
+            # with a plain read: a locking read of a missing row gap-locks, and two first
+            # commits of a namespace (or this transaction and that short one) then deadlock
+            seen = set(conn.execute(select(Counter.name).where(Counter.name.in_(keys))).scalars())
+            missing = [{"name": k, "value": 0} for k in keys if k not in seen]
+            for attempt in range(5) if missing else ():
+                try:
+                    with begin(side) as own:
+                        insert_ignore(own, Counter.__table__, missing)  # type: ignore[arg-type]
+                    break
+                except Exception:
+                    if attempt == 4:
+                        raise
+            conn.execute(stmt)
+            return
         found = set(conn.execute(stmt).scalars())
-        missing = [k for k in keys if k not in found]
-        if missing:
-            rows = [{"name": k, "value": 0} for k in missing]
-            if side is None:
-                insert_ignore(conn, Counter.__table__, rows)  # type: ignore[arg-type]
-            else:
-                # in a short transaction of its own: inserted here, two first commits of a
-                # namespace would deadlock on each other's gap locks (InnoDB)
-                for attempt in range(5):
-                    try:
-                        with begin(side) as own:
-                            insert_ignore(own, Counter.__table__, rows)  # type: ignore[arg-type]
-                        break
-                    except Exception:
-                        if attempt == 4:
-                            raise
+        missing_rows = [{"name": k, "value": 0} for k in keys if k not in found]
+        if missing_rows:
+            insert_ignore(conn, Counter.__table__, missing_rows)  # type: ignore[arg-type]
             conn.execute(stmt)
 
 
