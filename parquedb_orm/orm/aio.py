@@ -151,7 +151,94 @@ def own_session_class(maker: async_sessionmaker[Any]) -> tuple[type[Session], Ca
 # --------------------------------------------------------------------------- sessions
 
 
-class AsyncStore:
+class _AsyncOperations:
+    """The store operations as coroutines; subclasses say where the sync `Store` call runs."""
+
+    async def _run(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        raise NotImplementedError
+
+    async def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
+        return await self._run(Store.create, ns, data, actor=actor)
+
+    async def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
+        return await self._run(Store.create_many, ns, list(items), actor=actor)
+
+    async def get(
+        self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
+    ) -> State | None:
+        return await self._run(Store.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)
+
+    async def update(
+        self,
+        ns: str,
+        entity_id: str,
+        update: dict[str, Any],
+        *,
+        expected_version: int | None = None,
+        actor: str | None = None,
+    ) -> State:
+        return await self._run(Store.update, ns, entity_id, update, expected_version=expected_version, actor=actor)
+
+    async def delete(
+        self,
+        ns: str,
+        entity_id: str,
+        *,
+        hard: bool = False,
+        expected_version: int | None = None,
+        actor: str | None = None,
+    ) -> bool:
+        return await self._run(Store.delete, ns, entity_id, hard=hard, expected_version=expected_version, actor=actor)
+
+    async def restore(
+        self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None
+    ) -> State:
+        return await self._run(Store.restore, ns, entity_id, expected_version=expected_version, actor=actor)
+
+    async def find(
+        self,
+        ns: str,
+        filter: dict[str, Any] | None = None,
+        *,
+        sort: dict[str, int] | None = None,
+        limit: int | None = None,
+        skip: int = 0,
+        include_deleted: bool = False,
+    ) -> list[State]:
+        return await self._run(
+            Store.find, ns, filter, sort=sort, limit=limit, skip=skip, include_deleted=include_deleted
+        )
+
+    async def link(
+        self,
+        from_ref: str,
+        predicate: str,
+        to_ref: str,
+        *,
+        reverse: str | None = None,
+        data: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        await self._run(Store.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
+
+    async def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
+        await self._run(Store.unlink, from_ref, predicate, to_ref, actor=actor)
+
+    async def links(
+        self, ref: str, predicate: str | None = None, *, direction: str = "outbound"
+    ) -> list[dict[str, Any]]:
+        return await self._run(Store.links, ref, predicate, direction=direction)
+
+    async def related(
+        self, ref: str, predicate: str | None = None, *, direction: str = "outbound", include_deleted: bool = False
+    ) -> list[State]:
+        return await self._run(Store.related, ref, predicate, direction=direction, include_deleted=include_deleted)
+
+    async def history(self, ref: str) -> list[dict[str, Any]]:
+        return await self._run(Store.history, ref)
+
+
+class AsyncStore(_AsyncOperations):
     """`pq.store(async_session)`: the store operations, awaitable, inside the session's
     transaction. Each runs the sync `Store` operation in the session's greenlet
     (`AsyncSession.run_sync`), on the session's connection: its events commit with the
@@ -169,86 +256,6 @@ class AsyncStore:
 
         return await self.session.run_sync(call)
 
-    async def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
-        return await self._run(Store.create, ns, data, actor=actor)
-
-    async def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
-        return await self._run(Store.create_many, ns, list(items), actor=actor)
-
-    async def get(
-        self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
-    ) -> State | None:
-        return await self._run(Store.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)
-
-    async def update(
-        self,
-        ns: str,
-        entity_id: str,
-        update: dict[str, Any],
-        *,
-        expected_version: int | None = None,
-        actor: str | None = None,
-    ) -> State:
-        return await self._run(Store.update, ns, entity_id, update, expected_version=expected_version, actor=actor)
-
-    async def delete(
-        self,
-        ns: str,
-        entity_id: str,
-        *,
-        hard: bool = False,
-        expected_version: int | None = None,
-        actor: str | None = None,
-    ) -> bool:
-        return await self._run(Store.delete, ns, entity_id, hard=hard, expected_version=expected_version, actor=actor)
-
-    async def restore(
-        self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None
-    ) -> State:
-        return await self._run(Store.restore, ns, entity_id, expected_version=expected_version, actor=actor)
-
-    async def find(
-        self,
-        ns: str,
-        filter: dict[str, Any] | None = None,
-        *,
-        sort: dict[str, int] | None = None,
-        limit: int | None = None,
-        skip: int = 0,
-        include_deleted: bool = False,
-    ) -> list[State]:
-        return await self._run(
-            Store.find, ns, filter, sort=sort, limit=limit, skip=skip, include_deleted=include_deleted
-        )
-
-    async def link(
-        self,
-        from_ref: str,
-        predicate: str,
-        to_ref: str,
-        *,
-        reverse: str | None = None,
-        data: dict[str, Any] | None = None,
-        actor: str | None = None,
-    ) -> None:
-        await self._run(Store.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
-
-    async def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
-        await self._run(Store.unlink, from_ref, predicate, to_ref, actor=actor)
-
-    async def links(
-        self, ref: str, predicate: str | None = None, *, direction: str = "outbound"
-    ) -> list[dict[str, Any]]:
-        return await self._run(Store.links, ref, predicate, direction=direction)
-
-    async def related(
-        self, ref: str, predicate: str | None = None, *, direction: str = "outbound", include_deleted: bool = False
-    ) -> list[State]:
-        return await self._run(Store.related, ref, predicate, direction=direction, include_deleted=include_deleted)
-
-    async def history(self, ref: str) -> list[dict[str, Any]]:
-        return await self._run(Store.history, ref)
-
 
 # --------------------------------------------------------------------------- standalone
 
@@ -265,7 +272,7 @@ async def _in_thread(serial: threading.Lock | None, fn: Callable[P, T], *args: P
     return await asyncio.to_thread(locked)
 
 
-class AsyncTransaction:
+class AsyncTransaction(_AsyncOperations):
     """`async with db.transaction() as tx`: the operations of one commit, awaitable; each
     runs in a worker thread, one at a time (a unit of work is not shared by threads)."""
 
@@ -277,86 +284,6 @@ class AsyncTransaction:
     async def _run(self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
             return await _in_thread(self._serial, fn, self._store, *args, **kwargs)
-
-    async def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:
-        return await self._run(Store.create, ns, data, actor=actor)
-
-    async def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
-        return await self._run(Store.create_many, ns, list(items), actor=actor)
-
-    async def get(
-        self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
-    ) -> State | None:
-        return await self._run(Store.get, ns, entity_id, include_deleted=include_deleted, as_of=as_of)
-
-    async def update(
-        self,
-        ns: str,
-        entity_id: str,
-        update: dict[str, Any],
-        *,
-        expected_version: int | None = None,
-        actor: str | None = None,
-    ) -> State:
-        return await self._run(Store.update, ns, entity_id, update, expected_version=expected_version, actor=actor)
-
-    async def delete(
-        self,
-        ns: str,
-        entity_id: str,
-        *,
-        hard: bool = False,
-        expected_version: int | None = None,
-        actor: str | None = None,
-    ) -> bool:
-        return await self._run(Store.delete, ns, entity_id, hard=hard, expected_version=expected_version, actor=actor)
-
-    async def restore(
-        self, ns: str, entity_id: str, *, expected_version: int | None = None, actor: str | None = None
-    ) -> State:
-        return await self._run(Store.restore, ns, entity_id, expected_version=expected_version, actor=actor)
-
-    async def find(
-        self,
-        ns: str,
-        filter: dict[str, Any] | None = None,
-        *,
-        sort: dict[str, int] | None = None,
-        limit: int | None = None,
-        skip: int = 0,
-        include_deleted: bool = False,
-    ) -> list[State]:
-        return await self._run(
-            Store.find, ns, filter, sort=sort, limit=limit, skip=skip, include_deleted=include_deleted
-        )
-
-    async def link(
-        self,
-        from_ref: str,
-        predicate: str,
-        to_ref: str,
-        *,
-        reverse: str | None = None,
-        data: dict[str, Any] | None = None,
-        actor: str | None = None,
-    ) -> None:
-        await self._run(Store.link, from_ref, predicate, to_ref, reverse=reverse, data=data, actor=actor)
-
-    async def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
-        await self._run(Store.unlink, from_ref, predicate, to_ref, actor=actor)
-
-    async def links(
-        self, ref: str, predicate: str | None = None, *, direction: str = "outbound"
-    ) -> list[dict[str, Any]]:
-        return await self._run(Store.links, ref, predicate, direction=direction)
-
-    async def related(
-        self, ref: str, predicate: str | None = None, *, direction: str = "outbound", include_deleted: bool = False
-    ) -> list[State]:
-        return await self._run(Store.related, ref, predicate, direction=direction, include_deleted=include_deleted)
-
-    async def history(self, ref: str) -> list[dict[str, Any]]:
-        return await self._run(Store.history, ref)
 
 
 class AsyncParqueDB:
