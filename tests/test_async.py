@@ -738,3 +738,19 @@ def test_async_parqueDB_wraps_a_handle_and_closes_it(tmp_path: Path) -> None:
         await engine.dispose()
 
     run(main)
+
+
+def test_async_parquedb_takes_durability(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = await AsyncParqueDB.open(f"sqlite:///{tmp_path / 'd.db'}", durability="full")
+        try:
+            made = await db.create("posts", {"n": 1})
+            assert (await db.get("posts", made["$id"].split("/")[1]))["n"] == 1  # type: ignore[index]
+            with db.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        finally:
+            await db.aclose()
+
+    asyncio.run(main())
+    with pytest.raises(pq.ConfigurationError):
+        AsyncParqueDB(f"sqlite:///{tmp_path / 'e.db'}", durability="fast")  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ from parquedb_orm.db import ParqueDB, _Transaction, sync_side
 from parquedb_orm.engine.setup import MigrateMode
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import ConfigurationError
+from parquedb_orm.sql.dialects import Durability
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -309,10 +310,11 @@ class AsyncParqueDB:
         group_commit: bool = True,
         meter: bool = False,
         migrate: MigrateMode = "auto",
+        durability: Durability | None = None,
     ) -> None:
         if isinstance(url_or_engine, ParqueDB):
-            given = (archive, policy, shared, archive_options, group_commit, meter, migrate)
-            if given != (None, None, False, None, True, False, "auto"):
+            given = (archive, policy, shared, archive_options, group_commit, meter, migrate, durability)
+            if given != (None, None, False, None, True, False, "auto", None):
                 raise ConfigurationError("AsyncParqueDB(<a ParqueDB>) wraps it as it is: pass no other options")
             self.sync = url_or_engine
         else:
@@ -325,6 +327,7 @@ class AsyncParqueDB:
                 group_commit=group_commit,
                 meter=meter,
                 migrate=migrate,
+                durability=durability,
             )
         # an in-memory SQLite database is one connection: its calls must not overlap
         self._serial = threading.Lock() if self.sync.runtime.memory else None
@@ -344,6 +347,7 @@ class AsyncParqueDB:
         group_commit: bool = True,
         meter: bool = False,
         migrate: MigrateMode = "auto",
+        durability: Durability | None = None,
     ) -> AsyncParqueDB:
         """The constructor, with its schema step in a worker thread."""
         return await asyncio.to_thread(
@@ -356,6 +360,7 @@ class AsyncParqueDB:
             group_commit=group_commit,
             meter=meter,
             migrate=migrate,
+            durability=durability,
         )
 
     @property
