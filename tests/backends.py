@@ -7,8 +7,11 @@ suites using `test`. Locally an unreachable server skips; with PARQUEDB_REQUIRE_
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -67,6 +70,24 @@ def make_engine(kind: str, tmp_path: Path) -> Engine:
     engine = create_engine(server_url(kind), pool_pre_ping=True)
     reset_schema(engine)
     return engine
+
+
+@contextlib.contextmanager
+def backend_engine(kind: str, tmp_path: Path, app_metadata: Any = None) -> Iterator[Engine]:
+    """A test's engine on `kind`: the app's tables (if given) created fresh, and the server
+    database left clean afterwards (SQLite files go with tmp_path)."""
+    engine = make_engine(kind, tmp_path)
+    if app_metadata is not None:
+        app_metadata.drop_all(engine)
+        app_metadata.create_all(engine)
+    try:
+        yield engine
+    finally:
+        if not kind.startswith("sqlite"):
+            if app_metadata is not None:
+                app_metadata.drop_all(engine)
+            reset_schema(engine)
+        engine.dispose()
 
 
 def url_of(kind: str, tmp_path: Path) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import make_engine, reset_schema, url_of
+from backends import backend_engine, url_of
 from sqlalchemy import Engine, create_engine
 
 import parquedb_orm as pq
@@ -25,11 +25,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(kind, tmp_path)
-    yield engine
-    if not kind.startswith("sqlite"):
-        reset_schema(engine)
-    engine.dispose()
+    with backend_engine(kind, tmp_path) as engine:
+        yield engine
 
 
 def seqs(db: pq.ParqueDB) -> list[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import assert_wal_flushed, make_engine, reset_schema, url_of
+from backends import assert_wal_flushed, backend_engine, url_of
 from sqlalchemy import Engine, String, create_engine, delete, event, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from tracked_models import (
@@ -48,14 +48,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(kind, tmp_path)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    yield engine
-    if not kind.startswith("sqlite"):
-        Base.metadata.drop_all(engine)
-        reset_schema(engine)
-    engine.dispose()
+    with backend_engine(kind, tmp_path, Base.metadata) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from backends import make_engine, reset_schema, url_of
+from backends import backend_engine, url_of
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
@@ -153,11 +153,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(kind, tmp_path)
-    yield engine
-    if not kind.startswith("sqlite"):
-        reset_schema(engine)
-    engine.dispose()
+    with backend_engine(kind, tmp_path) as engine:
+        yield engine
 
 
 def open_db(engine: Engine, tmp_path: Path) -> pq.ParqueDB:
