@@ -202,8 +202,11 @@ class Committer:
                 for key, (version, _state) in uow.overlay.items():
                     self._inflight[key] = max(self._inflight.get(key, 0), version)
             uow.inflight = True
-            # numbers from a floor read under the lock, or made unique by the key: no mark to check
-            if self._insert(conn, uow, check_marks=not self.known.shared):
+            # a floor read under a lock every writer of the namespace takes (SQLite, MySQL) is
+            # exact: only the key is checked; otherwise (a single owner, or PostgreSQL, where a
+            # lock-free writer and then a flush may land between floor and insert) the mark too
+            exact = self.known.shared and not caps.optimistic_numbering
+            if self._insert(conn, uow, check_marks=not exact):
                 return
             self._contended_until = time.monotonic() + 1.0
             with self.lock:  # numbered again below: its versions are not in flight meanwhile
