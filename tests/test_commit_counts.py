@@ -46,6 +46,9 @@ EXPECTED_PER_COMMIT: dict[str, dict[str, int]] = {
 }
 #: a flush of 200 single-op commits (200 WAL rows): what it reads must not grow with them
 FLUSH_OF_200_ROWS_READ = 31
+#: a fresh process's first get of a bulk-created entity with 300 bulk files: its snapshot
+#: chunk and the one manifest row whose range holds it (not one row per bulk file)
+COLD_GET_300_BULK_FILES_ROWS_READ = 2
 # ---------------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +137,21 @@ def flushed_case():
         db.close()
 
 
+def cold_get_case():
+    # a fresh process's first get of a create_many entity, with 300 bulk files archived
+    url = f"sqlite:///{root / 'bulk.db'}"
+    opts = {"archive": str(root / "bulk-archive"), "policy": pq.FlushPolicy(mode="manual")}
+    with pq.ParqueDB(url, **opts) as db:
+        made = [db.create_many("posts", [{"n": i * 10 + j} for j in range(5)]) for i in range(300)]
+    with pq.ParqueDB(url, **opts) as cold:
+        before = m.snapshot()
+        got = cold.get("posts", made[150][2]["$id"].split("/")[1])
+        after = m.snapshot()
+        assert got is not None and got["n"] == 1502, got
+    return {k: None if after[k] is None else after[k] - before[k] for k in ("statements", "rows_read")}
+
+
+cold_get = cold_get_case()
 after_flush, flush_of_200 = flushed_case()
 out = {
     "create_after_flush": after_flush,
@@ -144,7 +162,8 @@ out = {
     "session_create": session_case(),
 }
 em.uninstall()
-print(json.dumps({"faithful": faithful_available(), "cases": out, "flush_of_200": flush_of_200}))
+print(json.dumps({"faithful": faithful_available(), "cases": out, "flush_of_200": flush_of_200,
+                  "cold_get_300_bulk_files": cold_get}))
 """
 
 
@@ -199,3 +218,10 @@ def test_a_flush_reads_no_row_per_wal_row(observed: dict[str, Any]) -> None:
     if not observed["faithful"]:
         pytest.skip("rows read need the faithful SQLite meter")
     assert got["rows_read"] == FLUSH_OF_200_ROWS_READ, got
+
+
+def test_a_cold_get_reads_one_manifest_row_whatever_the_bulk_file_count(observed: dict[str, Any]) -> None:
+    got = observed["cold_get_300_bulk_files"]
+    if not observed["faithful"]:
+        pytest.skip("rows read need the faithful SQLite meter")
+    assert got["rows_read"] == COLD_GET_300_BULK_FILES_ROWS_READ, got  # it read 301 before

@@ -22,6 +22,8 @@ class ArchivedReads:
         self.lock = known.lock
         self.archive = archive
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
+        #: bulk files found one by one (manifest.covering) before the namespace's list was read
+        self._bulk_seen: dict[str, list[manifest.Entry]] = {}
         self._archived_states: dict[str, dict[str, tuple[int, int, State | None]]] = {}
         self._bulk_files: dict[str, tuple[dict[str, int], Any]] = {}
         self._arrow_entities: dict[str, Any] = {}  # ns -> the archive's entity files as one Arrow table
@@ -44,6 +46,8 @@ class ArchivedReads:
                 if e.kind in ("entities", manifest.BULK):
                     self._arrow_entities.pop(e.ns, None)
             for e in removed:
+                if e.kind == manifest.BULK and e.ns in self._bulk_seen:
+                    self._bulk_seen[e.ns] = [x for x in self._bulk_seen[e.ns] if x.path != e.path]
                 cached = self._manifest.get((e.kind, e.ns))
                 if cached is not None:
                     self._manifest[(e.kind, e.ns)] = [x for x in cached if x.path != e.path]
@@ -57,13 +61,24 @@ class ArchivedReads:
         number = decode_id(entity_id)
         if self.archive is None or number is None:
             return (0, None)
-        for entry in self.files(conn, manifest.BULK, ns):
-            if entry.first_seq <= number <= entry.last_seq:
-                index, table = self._bulk_file(entry)
-                row = index.get(entity_id)
-                if row is not None:
-                    text = table.column("state")[row].as_py()
-                    return (1, codec.loads(text))
+        with self.lock:
+            listed = None if self.known.shared else self._manifest.get((manifest.BULK, ns))
+        if listed is not None:
+            candidates = [e for e in listed if e.first_seq <= number <= e.last_seq]
+        else:  # not listed yet: the one file that can hold it, not the whole list
+            with self.lock:
+                seen = [e for e in self._bulk_seen.get(ns, ()) if e.first_seq <= number <= e.last_seq]
+            found = seen[0] if seen and not self.known.shared else manifest.covering(conn, manifest.BULK, ns, number)
+            candidates = [found] if found is not None and number <= found.last_seq else []
+            if candidates and not seen:
+                with self.lock:
+                    self._bulk_seen.setdefault(ns, []).append(found)  # type: ignore[arg-type]
+        for entry in candidates:
+            index, table = self._bulk_file(entry)
+            row = index.get(entity_id)
+            if row is not None:
+                text = table.column("state")[row].as_py()
+                return (1, codec.loads(text))
         return (0, None)
 
     def _bulk_file(self, entry: manifest.Entry) -> tuple[dict[str, int], Any]:

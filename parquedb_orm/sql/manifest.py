@@ -47,6 +47,19 @@ def load(conn: Connection, kind: str, ns: str) -> list[Entry]:
     return [Entry(*row) for row in conn.execute(stmt)]
 
 
+def covering(conn: Connection, kind: str, ns: str, number: int) -> Entry | None:
+    """The file of one kind and namespace whose range starts at or below `number`, the
+    nearest: one backward seek on the primary key (1 row read, whatever the file count)."""
+    stmt = (
+        select(*_COLUMNS)
+        .where(ArchiveFile.kind == kind, ArchiveFile.ns == ns, ArchiveFile.first_seq <= number)
+        .order_by(ArchiveFile.first_seq.desc())
+        .limit(1)
+    )
+    row = conn.execute(stmt).first()
+    return None if row is None else Entry(*row)
+
+
 def load_kind(conn: Connection, kind: str) -> list[Entry]:
     """Every file of one kind, all namespaces: a seek on the primary key's first column."""
     stmt = select(*_COLUMNS).where(ArchiveFile.kind == kind).order_by(ArchiveFile.ns, ArchiveFile.first_seq)
