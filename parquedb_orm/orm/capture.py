@@ -35,7 +35,7 @@ from parquedb_orm.core.events import CREATE, DELETE, LINK, UNLINK, UPDATE, State
 from parquedb_orm.core.operators import same
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import ConfigurationError, ValidationError
-from parquedb_orm.orm.session import _BRIDGE_KEY, _Bridge, store
+from parquedb_orm.orm.session import _BRIDGE_KEY, _Bridge, bind_of, bridge_of, store
 from parquedb_orm.orm.tracked import LinkSpec, Spec, key_id, namespace_of, spec_for
 
 ACTOR_KEY = "actor"
@@ -101,8 +101,6 @@ def record(session: Session, rows: list[_Row]) -> None:
 def _same_database(session: Session, specs: Iterable[Spec]) -> None:
     """A tracked table must live in the store's database: its events commit in the same
     transaction as its rows only there."""
-    from parquedb_orm.orm.session import bind_of, bridge_of
-
     store_bind = bind_of(session, bridge_of(session))
     for spec in specs:
         bind = session.get_bind(mapper=spec.mapper)
@@ -241,9 +239,7 @@ class _Bulk:
         self.own_returning = bool(getattr(self.stmt, "_returning", ()))
 
     def _conn(self) -> Connection:
-        from parquedb_orm.orm.session import bind_of, bridge_of
-
-        return self.session.connection(bind_arguments={"bind": bind_of(self.session, bridge_of(self.session))})
+            return self.session.connection(bind_arguments={"bind": bind_of(self.session, bridge_of(self.session))})
 
     def _returning(self) -> Callable[[], Any] | None:
         dialect = self._conn().dialect

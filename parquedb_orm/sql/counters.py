@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from parquedb_orm.sql import dialects
 from parquedb_orm.sql.models import Counter
@@ -62,15 +61,6 @@ def raise_to(conn: Connection, name: str, floor: int) -> None:
 
 
 def reserve_autonomous(engine: Engine, name: str, count: int, floor: int = 0) -> range:
-    """Reserve in a transaction of its own, committed before the ids are used."""
-    for attempt in range(5):
-        try:
-            with dialects.begin(engine) as conn:
-                return reserve(conn, name, count, floor)
-        except (IntegrityError, OperationalError):
-            # two first reservations of a namespace race to insert its row: one gets a
-            # duplicate key, or (InnoDB, whose UPDATE of a missing row gap-locks) a deadlock;
-            # this transaction is its own, so it runs again
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    """Reserve in a transaction of its own, committed before the ids are used (two first
+    reservations of a namespace race to insert its row: the loser runs again)."""
+    return dialects.in_own_transaction(engine, lambda conn: reserve(conn, name, count, floor))

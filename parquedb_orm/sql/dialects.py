@@ -10,9 +10,9 @@ import contextlib
 import hashlib
 import sqlite3
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, event, insert, select, text
 from sqlalchemy.engine import make_url
@@ -20,6 +20,8 @@ from sqlalchemy.pool import StaticPool
 
 from parquedb_orm.errors import ConfigurationError
 from parquedb_orm.sql.models import Counter
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -263,14 +265,8 @@ def lock_namespaces(conn: Connection, namespaces: list[str], side: Engine | None
             # commits of a namespace (or this transaction and that short one) then deadlock
             seen = set(conn.execute(select(Counter.name).where(Counter.name.in_(keys))).scalars())
             missing = [{"name": k, "value": 0} for k in keys if k not in seen]
-            for attempt in range(5) if missing else ():
-                try:
-                    with begin(side) as own:
-                        insert_ignore(own, Counter.__table__, missing)  # type: ignore[arg-type]
-                    break
-                except Exception:
-                    if attempt == 4:
-                        raise
+            if missing:
+                in_own_transaction(side, lambda own: insert_ignore(own, Counter.__table__, missing))  # type: ignore[arg-type]
             conn.execute(stmt)
             return
         found = set(conn.execute(stmt).scalars())
@@ -278,6 +274,22 @@ def lock_namespaces(conn: Connection, namespaces: list[str], side: Engine | None
         if missing_rows:
             insert_ignore(conn, Counter.__table__, missing_rows)  # type: ignore[arg-type]
             conn.execute(stmt)
+
+
+def in_own_transaction(engine: Engine, fn: Callable[[Connection], T], attempts: int = 5) -> T:
+    """`fn` in a short transaction of its own, run again when it loses a race: a duplicate
+    key, or a deadlock (InnoDB gap-locks a missing row that an UPDATE or a locking read
+    looked for). Being its own transaction, it is safe to repeat."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with begin(engine) as conn:
+                return fn(conn)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _lock_key(ns: str) -> int:

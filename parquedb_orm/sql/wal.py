@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, TextClause, func, insert, select, text, union_all
+from sqlalchemy import Connection, Table, TextClause, func, select, text, union_all
 
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent
@@ -19,7 +19,6 @@ ROW_CAP_BYTES = 1_000_000
 
 EVENTS: Table = EventsWal.__table__  # type: ignore[assignment]
 RELS: Table = RelsWal.__table__  # type: ignore[assignment]
-_INSERTS = {t.name: insert(t) for t in (EVENTS, RELS)}  # built once: this runs on every commit
 
 
 def _chunks(records: list[list[Any]]) -> Iterator[list[list[Any]]]:
@@ -56,11 +55,6 @@ def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(_INSERTS[table.name], rows)
 
 
 _COLUMNS = ("ns", "first_seq", "last_seq", "event_count", "events", "created_at")
