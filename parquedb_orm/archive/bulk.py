@@ -1,13 +1,20 @@
-"""`create_many` bypass: >= 5 entities go straight to one Parquet file and ONE manifest row.
+"""`create_many` bypass: >= 5 entities go straight to Parquet, with TWO manifest rows.
 
 Ids still come from the counters, reserved as one contiguous block, so the manifest row's
 range (first..last id number) maps any of these ids to its file: `get` decodes the sqid,
 finds the range, reads the file with a filter on `id`.
+
+Next to the entities file (`entities/ns=<ns>/bulk-<first>-<last>.parquet`, kind `bulk`)
+goes its twin `events/ns=<ns>/bulk-<first>-<last>.parquet` (kind `bulk_events`, same
+range): the CREATE events the entities stand for (seq 0). History reads them there, and
+they stay when compaction folds the entities file into the namespace's base file.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import pyarrow as pa
 
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
@@ -22,8 +29,9 @@ BULK_MIN = 5
 
 def write_bulk(
     archive: Archive, ns: str, numbers: range, datas: list[dict[str, Any]], actor: str | None
-) -> tuple[manifest.Entry, list[tuple[str, State]]]:
-    """Build the entities and write their file; the caller commits the manifest row.
+) -> tuple[manifest.Entry, manifest.Entry, list[tuple[str, State]]]:
+    """Build the entities and write their file and its CREATE events' twin; the caller
+    commits both manifest rows (entities entry, events entry) in one transaction.
 
     The hot loop builds each state once (the same dict a replay of its CREATE event gives)
     and encodes it once; the shared timestamps are encoded once for the whole batch."""
@@ -52,10 +60,40 @@ def write_bulk(
             raise SerializationError("keys starting with '$' are reserved inside values")
         head = f'{{"$id":"{ns}/{eid}","$type":{codec.dumps(type_)},'
         jsons.append(head + (body[1:-1] + "," if len(body) > 2 else "") + meta)
-    table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, dt_to_us(when))
+    ts_us = dt_to_us(when)
+    table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, ts_us)
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
-    size = archive.write_table(path, table)
-    return manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size), states
+    size = archive.write_table(path, table, row_group_rows=parquet.ENTITY_ROW_GROUP_ROWS)
+    entry = manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size)
+    twin = _write_twin(archive, entry, parquet.bulk_events_table(ns, ids, states, ts_us, jsons))
+    return entry, twin, states
+
+
+def twin_path(entry: manifest.Entry) -> str:
+    """Where a bulk entities file's CREATE events live (same range, `events/` folder)."""
+    return Archive.file_name("events", entry.ns, entry.first_seq, entry.last_seq, prefix="bulk-")
+
+
+def _write_twin(archive: Archive, entry: manifest.Entry, table: Any) -> manifest.Entry:
+    path = twin_path(entry)
+    size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+    return manifest.Entry(manifest.BULK_EVENTS, entry.ns, entry.first_seq, entry.last_seq, path, table.num_rows, size)
+
+
+def write_twin_of(archive: Archive, entry: manifest.Entry) -> manifest.Entry:
+    """The CREATE events' twin of a bulk file written before twins existed, derived from
+    its rows (compaction writes it before folding the bulk file away). One file's rows
+    in memory: a bulk file is one create_many call."""
+    table = archive.read_table(entry.path, columns=["id", "state"])
+    ids: list[str] = table.column("id").to_pylist()
+    jsons: list[str] = table.column("state").to_pylist()
+    states = [(eid, codec.loads(text)) for eid, text in zip(ids, jsons, strict=True)]
+    stamps = {eid: dt_to_us(st["createdAt"]) for eid, st in states}
+    out = parquet.bulk_events_table(entry.ns, ids, states, stamps[ids[0]] if ids else 0, jsons)
+    if len(set(stamps.values())) > 1:  # one create_many shares one timestamp; be exact anyway
+        column = pa.array([stamps[eid] for eid in out.column("id").to_pylist()], pa.int64()).cast(parquet.TS)
+        out = out.set_column(out.schema.get_field_index("ts"), "ts", column)
+    return _write_twin(archive, entry, out)
 
 
 def _nested_dollar(data: dict[str, Any]) -> bool:

@@ -170,16 +170,19 @@ class Store:
     def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
         """Create several entities in this transaction; ids are reserved in one block.
 
-        With an archive and >= 5 items the entities bypass the WAL: one Parquet file and
-        one manifest row (committed with this transaction), instead of events in SQL."""
+        With an archive and >= 5 items the entities bypass the WAL: a Parquet file of them
+        and one of their CREATE events, two manifest rows (committed with this
+        transaction), instead of events in SQL."""
         check_namespace(ns)
         _check_actor(actor)
         datas = [clone(_check_data(item, deep=False)) for item in items]
         uow = self._w
         if self._rt.archive is not None and len(datas) >= BULK_MIN:
             block = reserve_contiguous(self._rt.ids, self._connection(), ns, len(datas), uow.reserved)
-            entry, states = write_bulk(self._rt.archive, ns, block, datas, actor)
+            entry, events_entry, states = write_bulk(self._rt.archive, ns, block, datas, actor)
+            # both rows commit with the unit; the events twin carries no states to publish
             uow.bulk.append((entry, states))
+            uow.bulk.append((events_entry, []))
             out_states = []
             for eid, state in states:
                 uow.overlay[(ns, eid)] = (1, state)

@@ -9,17 +9,23 @@ from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from parquedb_orm.sql.models import ArchiveFile
 
-#: kinds of files a flush writes (and compaction merges)
+#: kinds of files a flush writes (and compaction merges); also the archive's folders
 KINDS = ("events", "rels", "entities")
 #: create_many files: stored under entities/ns=<ns>/bulk-*.parquet, keyed by id-number range
 BULK = "bulk"
+#: a create_many's CREATE events: events/ns=<ns>/bulk-*.parquet, the same range as its bulk file
+BULK_EVENTS = "bulk_events"
+#: every kind a manifest row can have (a sweep keeps the files of all of them)
+ALL_KINDS = (*KINDS, BULK, BULK_EVENTS)
+#: the folder each kind's files live in
+FOLDER = {"events": "events", "rels": "rels", "entities": "entities", BULK: "entities", BULK_EVENTS: "events"}
 
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str  # events | rels | entities | bulk
+    kind: str  # events | rels | entities | bulk | bulk_events (at most 16 characters)
     ns: str
-    first_seq: int  # events/rels/flushed entities: sequence range; bulk entities: id-number range
+    first_seq: int  # events/rels/flushed entities: sequence range; bulk, bulk_events: id-number range
     last_seq: int
     path: str
     row_count: int
