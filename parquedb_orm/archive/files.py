@@ -24,8 +24,11 @@ import pyarrow.parquet as pq
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError, ConfigurationError
 
-#: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful
+#: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful (the
+#: archive's own files pass `parquet.PIECE_ROWS`: a point read decodes one small piece)
 ROW_GROUP_ROWS = 65_536
+#: JSON text columns: min/max of them prune nothing and would bloat every footer
+_NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,9 @@ class Archive:
         secret_key, endpoint_override, scheme, region...)."""
         text = os.fspath(location)
         if not text.strip():
-            raise ConfigurationError("archive location is empty: pass a folder path or a URI such as s3://bucket/prefix")
+            raise ConfigurationError(
+                "archive location is empty: pass a folder path or a URI such as s3://bucket/prefix"
+            )
         parsed = urlparse(text)
         if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
             path = Path(parsed.path if parsed.scheme == "file" else text).resolve()
@@ -92,16 +97,17 @@ class Archive:
         return f"{kind}/ns={ns}/{prefix}{int(first):012d}-{int(last):012d}.parquet"
 
     # ------------------------------------------------------------------ io
-    def write_table(self, rel: str, table: pa.Table) -> int:
-        """Write a Parquet file atomically; returns its size in bytes."""
+    def write_table(self, rel: str, table: pa.Table, *, row_group_rows: int | None = None) -> int:
+        """Write a Parquet file atomically; returns its size in bytes. Statistics on every
+        column but the JSON texts (row groups are pruned by their min/max)."""
         buf = io.BytesIO()
         pq.write_table(
             table,
             buf,
             compression="zstd",
-            row_group_size=ROW_GROUP_ROWS,
+            row_group_size=row_group_rows or ROW_GROUP_ROWS,
             use_dictionary=True,
-            write_statistics=True,
+            write_statistics=[c for c in table.column_names if c not in _NO_STATISTICS],
         )
         data = buf.getvalue()
         target = self.path(rel)
@@ -140,6 +146,41 @@ class Archive:
         except FileNotFoundError as exc:
             raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
         except (OSError, pa.ArrowInvalid) as exc:
+            raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
+
+    def footer(self, rel: str) -> pq.FileMetaData:
+        """A file's Parquet footer (row groups, statistics, key-value metadata): a ranged
+        read at the end of the file."""
+        target = self.path(rel)
+        try:
+            with self.fs.open_input_file(target) as fh:
+                return pq.ParquetFile(fh).metadata
+        except FileNotFoundError as exc:
+            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise ArchiveError(f"cannot read the footer of archive file {target}: {exc}") from exc
+
+    def read_row_groups(
+        self,
+        rel: str,
+        groups: list[int],
+        columns: list[str] | None = None,
+        *,
+        metadata: pq.FileMetaData | None = None,
+    ) -> pa.Table:
+        """Chosen row groups of chosen columns of one file; `metadata`: its footer, already
+        read (then only those column chunks are fetched)."""
+        target = self.path(rel)
+        try:
+            with self.fs.open_input_file(target) as fh:
+                pf = pq.ParquetFile(fh, metadata=metadata)
+                if columns is not None:
+                    have = set(pf.schema_arrow.names)
+                    columns = [c for c in columns if c in have]  # older files lack newer columns
+                return pf.read_row_groups(groups, columns=columns, use_threads=False)
+        except FileNotFoundError as exc:
+            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
+        except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
 
     def delete(self, rel: str) -> None:

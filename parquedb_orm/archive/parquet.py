@@ -7,12 +7,33 @@ column: it is the hive partition `ns=<ns>` of the file's path.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import CREATE, Event, RelEvent, State, us_to_dt
+from parquedb_orm.core.ids import chunk_number, encode_id
+
+#: rows per row group of every archive file: a point read decodes one such piece
+PIECE_ROWS = 1024
+ENTITY_ROW_GROUP_ROWS = PIECE_ROWS
+#: Parquet key-value metadata of entities files: JSON {field: type} (see `shred`)
+FIELDS_KEY = b"parquedb.fields"
+#: shredded column of state field k
+FIELD_PREFIX = "f_"
+#: at most this many typed `f_<k>` columns per file
+MAX_FIELDS = 64
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+FIELD_TYPES: dict[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+}
 
 TS = pa.timestamp("us", tz="UTC")
 OP = pa.dictionary(pa.int8(), pa.string())
@@ -68,7 +89,9 @@ def _json(value: Any) -> str | None:
 
 
 def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
-    """(event, JSON of the state before, JSON of the state after) rows -> an events table."""
+    """(event, JSON of the state before, JSON of the state after) rows -> an events table,
+    sorted by (id, seq) so one entity's events sit in one row group (history)."""
+    rows = sorted(rows, key=lambda r: (r[0].id, r[0].seq))
     return pa.table(
         {
             "seq": [e.seq for e, _, _ in rows],
@@ -86,7 +109,34 @@ def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
     )
 
 
+def bulk_events_table(
+    ns: str, ids: list[str], states: list[tuple[str, State]], ts_us: int, jsons: list[str] | None = None
+) -> pa.Table:
+    """The CREATE events a bulk file stands for (seq 0, version 1, `data` = what the
+    CREATE carried, as `bulk_create_events` derives it; `after` = the state JSON, taken
+    from `jsons` when the caller already encoded it), sorted by id."""
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    n = len(ids)
+    return pa.table(
+        {
+            "seq": pa.array([0] * n, pa.int64()),
+            "ts": pa.array([ts_us] * n, pa.int64()).cast(TS),
+            "op": pa.array([CREATE] * n, pa.string()).dictionary_encode().cast(OP),
+            "id": [ids[i] for i in order],
+            "version": pa.array([1] * n, pa.int64()),
+            "actor": [states[i][1].get("createdBy") for i in order],
+            "data": [codec.dumps(_create_data(ns, states[i][1])) for i in order],
+            "before": pa.nulls(n, pa.string()),
+            "after": [jsons[i] for i in order] if jsons is not None else [codec.dumps(states[i][1]) for i in order],
+            "meta": pa.nulls(n, pa.string()),
+        },
+        schema=EVENTS_SCHEMA,
+    )
+
+
 def rels_table(rows: list[RelEvent]) -> pa.Table:
+    """Relationship events sorted by (from_id, seq): one entity's links sit together."""
+    rows = sorted(rows, key=lambda r: (r.from_id, r.seq))
     return pa.table(
         {
             "seq": [r.seq for r in rows],
@@ -109,12 +159,125 @@ def _us(value: Any) -> int | None:
     return None if value is None else dt_to_us(value)
 
 
+# ---------------------------------------------------------------------- shredded fields
+_BOOL, _INT, _FLOAT, _STR, _OTHER, _BIG = 1, 2, 4, 8, 16, 32  # kinds seen per field (_BIG: int beyond 2**53)
+_INT64 = 1 << 63
+#: the store's own keys that already have a column: never shredded (recorded as "mixed")
+_COLUMN_KEYS = frozenset({"version", "createdAt", "updatedAt", "deletedAt"})
+
+
+def _kind(value: Any) -> int:
+    t = type(value)  # exact types: subclasses (IntEnum, StrEnum) are tagged in the JSON
+    if t is str:
+        return _STR
+    if t is bool:
+        return _BOOL
+    if t is int:
+        if -_INT64 <= value < _INT64:
+            return _INT | (_BIG if abs(value) > 1 << 53 else 0)
+        return _OTHER
+    if t is float:
+        return _FLOAT
+    return _OTHER
+
+
+def _type_of(mask: int) -> str:
+    kinds = mask & ~_BIG
+    if kinds == _BOOL:
+        return "bool"
+    if kinds == _INT:
+        return "int"
+    if kinds == _FLOAT or (kinds == _INT | _FLOAT and not mask & _BIG):
+        return "float"
+    if kinds == _STR:
+        return "string"
+    return "mixed"
+
+
+def shred(states: Sequence[Mapping[str, Any] | str | None]) -> tuple[dict[str, str], dict[str, pa.Array]]:
+    """The `parquedb.fields` map of these states (in row order) and the typed columns.
+
+    Every top-level key but `$id`/`$type` is in the map, first seen first, so a field a
+    file does not list is one none of its rows has. A key gets a typed `f_<k>` column
+    (NULL where missing or null) when its values are all of one kind, its name fits
+    `FIELD_NAME` and it is among the first `MAX_FIELDS` such keys; every other key is
+    "mixed": only the JSON `state` knows. A key holding only nulls is "mixed" too."""
+    decoded = [json.loads(s) if isinstance(s, str) else s for s in states]
+    masks: dict[str, int] = {}
+    for st in decoded:
+        if st is None:
+            continue
+        for k, v in st.items():
+            if v is None:
+                masks.setdefault(k, 0)
+            else:
+                masks[k] = masks.get(k, 0) | _kind(v)
+    fields: dict[str, str] = {}
+    columns: dict[str, pa.Array] = {}
+    for k, mask in masks.items():
+        if k.startswith("$"):
+            continue
+        kind = _type_of(mask)
+        if kind == "mixed" or k in _COLUMN_KEYS or not FIELD_NAME.fullmatch(k) or len(columns) >= MAX_FIELDS:
+            fields[k] = "mixed"
+            continue
+        fields[k] = kind
+        values = [None if st is None else st.get(k) for st in decoded]
+        columns[FIELD_PREFIX + k] = pa.array(values, FIELD_TYPES[kind])
+    return fields, columns
+
+
+def fields_of(source: pa.Schema | Any) -> dict[str, str] | None:
+    """A file's `{field: type}` map from its Arrow schema, its Parquet FileMetaData or its
+    key-value metadata dict. None: the file predates the map (every field is "mixed")."""
+    meta = source if isinstance(source, dict) or source is None else getattr(source, "metadata", None)
+    if not meta or FIELDS_KEY not in meta:
+        return None
+    out: dict[str, str] = json.loads(meta[FIELDS_KEY])
+    return out
+
+
+def field_type(fields: dict[str, str] | None, key: str) -> str | None:
+    """How a file holds one field: "bool" | "int" | "float" | "string" (column `f_<key>`),
+    "mixed" (only the JSON state), or None: no row of the file has it."""
+    if fields is None:
+        return "mixed"
+    return fields.get(key)
+
+
+def _with_fields(table: pa.Table, states: Sequence[Mapping[str, Any] | str | None]) -> pa.Table:
+    fields, columns = shred(states)
+    for name, column in columns.items():
+        table = table.append_column(name, column)
+    meta = dict(table.schema.metadata or {})
+    meta[FIELDS_KEY] = json.dumps(fields, separators=(",", ":")).encode()
+    return table.replace_schema_metadata(meta)
+
+
+_ZERO_ID: list[str] = []
+
+
+def _number(eid: str, number: int) -> int:
+    """`number` as the file sorts by it: `chunk_number(id)` (older flushes passed 0 for key ids)."""
+    if number != 0:
+        return number
+    if not _ZERO_ID:
+        _ZERO_ID.append(encode_id(0))
+    return 0 if eid == _ZERO_ID[0] else chunk_number(eid)
+
+
 def entities_table(
     rows: list[tuple[str, int, int, State | None, int]], jsons: list[str | None] | None = None
 ) -> pa.Table:
     """(id, number, version, state or None, seq) rows -> an entities table (`jsons`: the
-    states already encoded, same order)."""
-    return pa.table(
+    states already encoded, same order), sorted by (number, id), with the shredded
+    `f_<k>` columns and the `parquedb.fields` metadata."""
+    keyed = [(_number(r[0], r[1]), r[0], i) for i, r in enumerate(rows)]
+    keyed.sort()
+    rows = [(r[1], r[0], rows[r[2]][2], rows[r[2]][3], rows[r[2]][4]) for r in keyed]
+    if jsons is not None:
+        jsons = [jsons[r[2]] for r in keyed]
+    table = pa.table(
         {
             "id": [r[0] for r in rows],
             "number": [r[1] for r in rows],
@@ -129,16 +292,22 @@ def entities_table(
         },
         schema=ENTITIES_SCHEMA,
     )
+    return _with_fields(table, [r[3] for r in rows])
 
 
 def bulk_entities_table(
     ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[str], ts_us: int
 ) -> pa.Table:
-    """Entities table of a bulk create: all version 1, one shared timestamp."""
+    """Entities table of a bulk create: all version 1, one shared timestamp; sorted by
+    (number, id) (an id block is ascending already), shredded like `entities_table`."""
+    if any(numbers[i] > numbers[i + 1] for i in range(len(numbers) - 1)):
+        order = sorted(range(len(ids)), key=lambda i: (numbers[i], ids[i]))
+        ids, numbers = [ids[i] for i in order], [numbers[i] for i in order]
+        states, jsons = [states[i] for i in order], [jsons[i] for i in order]
     n = len(ids)
     ts = pa.array([ts_us] * n, pa.int64()).cast(TS)
     names = [st.get("name") for _eid, st in states]
-    return pa.table(
+    table = pa.table(
         {
             "id": ids,
             "number": numbers,
@@ -153,6 +322,7 @@ def bulk_entities_table(
         },
         schema=ENTITIES_SCHEMA,
     )
+    return _with_fields(table, [st for _eid, st in states])
 
 
 def _micros(col: pa.ChunkedArray) -> list[int]:
@@ -212,18 +382,35 @@ def bulk_create_events(ns: str, table: pa.Table) -> list[Event]:
     """A bulk file read back as the CREATE events it stands for (history, as_of, replay)."""
     cols = table.select(["id", "state"]).to_pydict()
     out = []
+    from parquedb_orm.core.events import dt_to_us
+
     for eid, text in zip(cols["id"], cols["state"], strict=True):
         state = codec.loads(text)
-        data = {k: v for k, v in state.items() if k not in _META}
-        if state.get("$type", ns) != ns:
-            data["$type"] = state["$type"]  # the default type is not part of what was passed
-        from parquedb_orm.core.events import dt_to_us
-
-        out.append(Event(0, dt_to_us(state["createdAt"]), CREATE, eid, state.get("createdBy"), data, 1))
+        out.append(
+            Event(0, dt_to_us(state["createdAt"]), CREATE, eid, state.get("createdBy"), _create_data(ns, state), 1)
+        )
     return out
+
+
+def _create_data(ns: str, state: State) -> dict[str, Any]:
+    """What the CREATE of a bulk entity carried: its state without the store's keys."""
+    data = {k: v for k, v in state.items() if k not in _META}
+    if state.get("$type", ns) != ns:
+        data["$type"] = state["$type"]  # the default type is not part of what was passed
+    return data
 
 
 _META = frozenset(
     {"$id", "$type", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"}
 )
-__all__ = ["ENTITIES_SCHEMA", "EVENTS_SCHEMA", "RELS_SCHEMA", "us_to_dt"]
+__all__ = [
+    "ENTITIES_SCHEMA",
+    "ENTITY_ROW_GROUP_ROWS",
+    "EVENTS_SCHEMA",
+    "PIECE_ROWS",
+    "RELS_SCHEMA",
+    "field_type",
+    "fields_of",
+    "shred",
+    "us_to_dt",
+]

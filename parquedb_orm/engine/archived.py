@@ -1,33 +1,87 @@
 """Reads of the Parquet archive that the engine caches: manifest entries per kind and
-namespace, bulk files (id -> row), the latest archived state of every entity."""
+namespace, file footers (row-group ranges) and delta id sets, and point reads through them.
+
+The latest archived state of an id (`lookup`): the entities layers probed newest first,
+stopping at the first file that holds it: deltas (every entities-kind file whose name
+does not start with `base-`) by `last_seq` descending, then base files (compaction), then
+the bulk file whose id-number range holds it. Inside a file only the row groups whose
+`number` min/max covers the id are read, and of them only id/version/seq/state.
+
+Caches hold no states: per file, the min/max of its key column per row group (bounded
+by `max_footers` files), its parsed footer (bounded by `max_footer_bytes`), and for
+deltas the set of their ids (bounded by `max_delta_ids` ids in all; a delta beyond that
+is probed by its row-group ranges instead). A listed path never changes, so none of these
+go stale, in shared mode either; only manifest lists are re-read there.
+"""
 
 from __future__ import annotations
 
+import bisect
+import posixpath
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection
 
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.pieces import KEY_COLUMN, IdSet, Ranges
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent, State, Versioned
-from parquedb_orm.core.ids import decode_id
+from parquedb_orm.core.ids import chunk_number, decode_id
 from parquedb_orm.engine.state import Known
 from parquedb_orm.sql import manifest
 
+#: manifest kind of the CREATE events of a bulk file (events/ns=<ns>/bulk-*.parquet)
+BULK_EVENTS = "bulk_events"
+#: the columns a point read takes from an entities file
+_POINT_COLUMNS = ["id", "version", "seq", "state"]
+
+Latest = tuple[int, int, State | None]  # (version, seq of the last event folded in, state or None)
+
+
+def is_base(entry: manifest.Entry) -> bool:
+    """A base file: written by compaction, every entity of its namespace once."""
+    return entry.kind == "entities" and posixpath.basename(entry.path).startswith("base-")
+
 
 class ArchivedReads:
-    def __init__(self, known: Known, archive: Archive | None) -> None:
+    def __init__(
+        self,
+        known: Known,
+        archive: Archive | None,
+        *,
+        max_footers: int = 1024,
+        max_footer_bytes: int = 32 << 20,
+        max_delta_ids: int = 1_000_000,
+    ) -> None:
+        """`max_footers`: files whose row-group ranges stay cached (16 bytes a row group
+        of an entities file); `max_footer_bytes`: parsed Parquet footers kept, by their
+        serialized size (a footer kept saves re-reading it before each piece);
+        `max_delta_ids`: ids of delta files held as id sets, all deltas together (8 bytes
+        an id)."""
         self.known = known
         self.lock = known.lock
         self.archive = archive
+        self.max_footers = max_footers
+        self.max_footer_bytes = max_footer_bytes
+        self.max_delta_ids = max_delta_ids
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
-        #: bulk files found one by one (manifest.covering) before the namespace's list was read
-        self._bulk_seen: dict[str, list[manifest.Entry]] = {}
-        self._archived_states: dict[str, dict[str, tuple[int, int, State | None]]] = {}
-        self._bulk_files: dict[str, tuple[dict[str, int], Any]] = {}
+        #: files found one by one (manifest.covering) before the namespace's list was read
+        self._seen: dict[tuple[str, str], list[manifest.Entry]] = {}
+        self._ranges: OrderedDict[str, Ranges] = OrderedDict()
+        self._footers: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._footer_bytes = 0
+        self._delta_ids: dict[str, IdSet] = {}
+        self._delta_total = 0
+        #: deltas refused an id set (the budget was spent): probed by ranges
+        self._no_ids: set[str] = set()
+        # used only until find moves to engine/find.py
+        self._archived_states: dict[str, dict[str, Latest]] = {}
         self._arrow_entities: dict[str, Any] = {}  # ns -> the archive's entity files as one Arrow table
 
+    # ------------------------------------------------------------------ manifest
     def files(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]:
         """Manifest entries of one kind and namespace (cached by a single owner)."""
         key = (kind, ns)
@@ -46,64 +100,270 @@ class ArchivedReads:
                 if e.kind in ("entities", manifest.BULK):
                     self._arrow_entities.pop(e.ns, None)
             for e in removed:
-                if e.kind == manifest.BULK and e.ns in self._bulk_seen:
-                    self._bulk_seen[e.ns] = [x for x in self._bulk_seen[e.ns] if x.path != e.path]
+                seen = self._seen.get((e.kind, e.ns))
+                if seen is not None:
+                    self._seen[(e.kind, e.ns)] = [x for x in seen if x.path != e.path]
                 cached = self._manifest.get((e.kind, e.ns))
                 if cached is not None:
                     self._manifest[(e.kind, e.ns)] = [x for x in cached if x.path != e.path]
+                self._forget(e.path)
             for e in added:
                 cached = self._manifest.get((e.kind, e.ns))
                 if cached is not None:
-                    self._manifest[(e.kind, e.ns)] = sorted([*cached, e], key=lambda x: x.first_seq)
+                    self._manifest[(e.kind, e.ns)] = sorted(
+                        [*(x for x in cached if x.path != e.path), e], key=lambda x: x.first_seq
+                    )
+
+    def _forget(self, path: str) -> None:
+        """Drop what is cached of a file no longer listed (caller holds the lock)."""
+        self._ranges.pop(path, None)
+        footer = self._footers.pop(path, None)
+        if footer is not None:
+            self._footer_bytes -= footer[1]
+        ids = self._delta_ids.pop(path, None)
+        if ids is not None:
+            self._delta_total -= len(ids)
+        self._no_ids.discard(path)
+
+    def put_files(self, kind: str, entries: list[manifest.Entry], names: list[str]) -> None:
+        """Manifest entries of one kind read for several namespaces at once."""
+        with self.lock:
+            for n in names:
+                self._manifest[(kind, n)] = [e for e in entries if e.ns == n]
+
+    def _covering(self, conn: Connection, kind: str, ns: str, number: int) -> manifest.Entry | None:
+        """The file of a number-ranged kind (bulk, bulk_events) holding `number`: from the
+        cached list, else one seek (manifest.covering), remembered."""
+        shared = self.known.shared
+        with self.lock:
+            listed = None if shared else self._manifest.get((kind, ns))
+            seen = [] if shared else [e for e in self._seen.get((kind, ns), ()) if e.first_seq <= number <= e.last_seq]
+        if listed is not None:
+            i = bisect.bisect_right([e.first_seq for e in listed], number) - 1
+            return listed[i] if i >= 0 and number <= listed[i].last_seq else None
+        if seen:
+            return seen[0]
+        found = manifest.covering(conn, kind, ns, number)
+        if found is None or number > found.last_seq:
+            return None
+        if not shared:
+            with self.lock:
+                self._seen.setdefault((kind, ns), []).append(found)
+        return found
+
+    # ------------------------------------------------------------------ pieces
+    def _footer(self, entry: manifest.Entry) -> tuple[Ranges, Any]:
+        """A file's row-group ranges and, while within budget, its parsed footer (None:
+        read it again with the pieces)."""
+        path = entry.path
+        with self.lock:
+            ranges = self._ranges.get(path)
+            footer = self._footers.get(path)
+            if ranges is not None:
+                self._ranges.move_to_end(path)
+                if footer is not None:
+                    self._footers.move_to_end(path)
+                    return ranges, footer[0]
+        assert self.archive is not None
+        metadata = self.archive.footer(path)
+        if ranges is None:
+            ranges = Ranges.of(metadata, KEY_COLUMN.get(entry.kind, "id"))
+        size = int(metadata.serialized_size)
+        with self.lock:
+            self._ranges[path] = ranges
+            self._ranges.move_to_end(path)
+            while len(self._ranges) > self.max_footers:
+                self._ranges.popitem(last=False)
+            if size <= self.max_footer_bytes and path not in self._footers:
+                self._footers[path] = (metadata, size)
+                self._footer_bytes += size
+                while self._footer_bytes > self.max_footer_bytes:
+                    _p, (_m, n) = self._footers.popitem(last=False)
+                    self._footer_bytes -= n
+        return ranges, metadata
+
+    def _pieces(self, entry: manifest.Entry, groups: list[int], columns: list[str] | None, metadata: Any) -> Any:
+        assert self.archive is not None
+        return self.archive.read_row_groups(entry.path, groups, columns, metadata=metadata)
+
+    def _ids_of(self, entry: manifest.Entry) -> IdSet | None:
+        """A delta's id set: read once (its `id` column only), None beyond the budget."""
+        path = entry.path
+        with self.lock:
+            hit = self._delta_ids.get(path)
+            if hit is not None or path in self._no_ids:
+                return hit
+            if self._delta_total + entry.row_count > self.max_delta_ids:
+                self._no_ids.add(path)
+                return None
+        ranges, metadata = self._footer(entry)
+        groups = list(range(len(ranges.lo)))
+        ids = self._pieces(entry, groups, ["id"], metadata).column("id").to_pylist() if groups else []
+        return self._install_ids(path, ids)
+
+    def _install_ids(self, path: str, ids: Iterable[str]) -> IdSet | None:
+        made = IdSet(ids)
+        with self.lock:
+            if path in self._delta_ids:
+                return self._delta_ids[path]
+            if self._delta_total + len(made) > self.max_delta_ids:
+                self._no_ids.add(path)
+                return None
+            self._delta_ids[path] = made
+            self._delta_total += len(made)
+            return made
+
+    def delta_written(self, ns: str, entry: manifest.Entry, ids: Iterable[str]) -> None:
+        """A flush just wrote this delta with these ids: its id set, without reading it
+        back (the manifest list learns the file through `changed`)."""
+        if self.archive is not None:
+            self._install_ids(entry.path, ids)
+
+    # ------------------------------------------------------------------ point reads
+    def lookup(self, conn: Connection, ns: str, ids: Iterable[str]) -> dict[str, Latest]:
+        """The latest archived (version, seq, state) of each id the archive holds (state
+        None: hard-deleted); ids it does not hold are left out. Batched: each row group
+        needed is read once for all the ids it holds."""
+        if self.archive is None:
+            return {}
+        left = {eid: chunk_number(eid) for eid in dict.fromkeys(ids)}
+        found: dict[str, Latest] = {}
+        if not left:
+            return found
+        entities = self.files(conn, "entities", ns)
+        deltas = sorted((e for e in entities if not is_base(e)), key=lambda e: e.last_seq, reverse=True)
+        bases = sorted((e for e in entities if is_base(e)), key=lambda e: e.last_seq, reverse=True)
+        for entry in deltas:
+            if not left:
+                return found
+            members = self._ids_of(entry)
+            probe = list(left) if members is None else [eid for eid in left if eid in members]
+            if probe:
+                self._probe(entry, probe, left, found)
+        for entry in bases:
+            if not left:
+                return found
+            self._probe(entry, list(left), left, found)
+        by_file: dict[str, tuple[manifest.Entry, list[str]]] = {}
+        for eid in list(left):
+            number = decode_id(eid)
+            bulk = None if number is None else self._covering(conn, manifest.BULK, ns, number)
+            if bulk is not None:
+                by_file.setdefault(bulk.path, (bulk, []))[1].append(eid)
+        for entry, probe in by_file.values():
+            self._probe(entry, probe, left, found)
+        return found
+
+    def _probe(self, entry: manifest.Entry, probe: list[str], left: dict[str, int], found: dict[str, Latest]) -> None:
+        """Read the row groups of one file that may hold `probe`; move the ids found from
+        `left` to `found`."""
+        ranges, metadata = self._footer(entry)
+        groups: set[int] = set()
+        for eid in probe:
+            groups.update(ranges.groups(left[eid]))
+            if ranges.fields is None and decode_id(eid) is None:
+                groups.update(ranges.groups(0))  # flushes before the sort stored 0 for key ids
+        if not groups:
+            return
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = self._pieces(entry, sorted(groups), _POINT_COLUMNS, metadata)
+        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(probe, pa.string())))
+        hits: dict[str, tuple[int, int, str | None]] = {}
+        cols = table.to_pydict()
+        for eid, version, seq, text in zip(cols["id"], cols["version"], cols["seq"], cols["state"], strict=True):
+            old = hits.get(eid)
+            if old is None or old[0] <= version:
+                hits[eid] = (version, seq, text)
+        for eid, (version, seq, text) in hits.items():
+            found[eid] = (version, seq, None if text is None else codec.loads(text))
+            left.pop(eid, None)
 
     def bulk_base(self, conn: Connection, ns: str, entity_id: str) -> Versioned:
-        """The state a bulk file (create_many) holds for an id: its number maps to one file."""
+        """The latest archived state of one id (all layers, bulk files included)."""
+        hit = self.lookup(conn, ns, [entity_id]).get(entity_id)
+        return (0, None) if hit is None else (hit[0], hit[2])
+
+    # ------------------------------------------------------------------ history
+    def _rows_of(self, entry: manifest.Entry, column: str, key: Any, value: str) -> Any:
+        """The rows of one file whose `column` equals `value`, from the row groups whose
+        range of the file's key column covers `key`; None when no row group can."""
+        import pyarrow.compute as pc
+
+        ranges, metadata = self._footer(entry)
+        groups = ranges.groups(key)
+        if not groups:
+            return None
+        table = self._pieces(entry, groups, None, metadata)
+        return table.filter(pc.equal(table.column(column), value))
+
+    def events(self, conn: Connection, ns: str, entity_id: str) -> list[Event]:
+        """Every archived event of one entity, oldest first (bulk creates included): only
+        the row groups whose `id` range covers it are read."""
+        if self.archive is None:
+            return []
+        out: list[Event] = []
+        for entry in self.files(conn, "events", ns):
+            table = self._rows_of(entry, "id", entity_id, entity_id)
+            if table is not None:
+                out.extend(parquet.table_events(table))
         number = decode_id(entity_id)
-        if self.archive is None or number is None:
-            return (0, None)
-        with self.lock:
-            listed = None if self.known.shared else self._manifest.get((manifest.BULK, ns))
-        if listed is not None:
-            candidates = [e for e in listed if e.first_seq <= number <= e.last_seq]
-        else:  # not listed yet: the one file that can hold it, not the whole list
-            with self.lock:
-                seen = [e for e in self._bulk_seen.get(ns, ()) if e.first_seq <= number <= e.last_seq]
-            found = seen[0] if seen and not self.known.shared else manifest.covering(conn, manifest.BULK, ns, number)
-            candidates = [found] if found is not None and number <= found.last_seq else []
-            if candidates and not seen:
-                with self.lock:
-                    self._bulk_seen.setdefault(ns, []).append(found)  # type: ignore[arg-type]
-        for entry in candidates:
-            index, table = self._bulk_file(entry)
-            row = index.get(entity_id)
-            if row is not None:
-                text = table.column("state")[row].as_py()
-                return (1, codec.loads(text))
-        return (0, None)
+        if number is not None:
+            twin = self._covering(conn, BULK_EVENTS, ns, number)
+            if twin is not None:
+                table = self._rows_of(twin, "id", entity_id, entity_id)
+                if table is not None:
+                    out.extend(parquet.table_events(table))
+            else:  # a bulk file written before its CREATE events were: derive them from its row
+                bulk = self._covering(conn, manifest.BULK, ns, number)
+                if bulk is not None:
+                    table = self._rows_of(bulk, "id", number, entity_id)
+                    if table is not None:
+                        out.extend(parquet.bulk_create_events(ns, table))
+        out.sort(key=lambda e: e.seq)
+        return out
 
-    def _bulk_file(self, entry: manifest.Entry) -> tuple[dict[str, int], Any]:
-        """A bulk file's (id -> row, table), read once per process (it never changes)."""
-        with self.lock:
-            hit = self._bulk_files.get(entry.path)
-        if hit is None:
-            assert self.archive is not None
-            table = self.archive.read_table(entry.path, columns=["id", "state"])
-            hit = ({eid: i for i, eid in enumerate(table.column("id").to_pylist())}, table)
-            with self.lock:
-                self._bulk_files[entry.path] = hit
-        return hit
+    def rel_events_of(self, conn: Connection, ns: str, entity_id: str) -> list[RelEvent]:
+        """Outbound relationship events of one entity, oldest first: only the row groups
+        whose `from_id` range covers it are read."""
+        if self.archive is None:
+            return []
+        out: list[RelEvent] = []
+        for entry in self.files(conn, "rels", ns):
+            table = self._rows_of(entry, "from_id", entity_id, entity_id)
+            if table is not None:
+                out.extend(parquet.table_rel_events(table))
+        out.sort(key=lambda r: r.seq)
+        return out
 
-    def states(self, conn: Connection, ns: str) -> dict[str, tuple[int, int, State | None]]:
-        """Latest archived state of every entity of `ns` (flushed and bulk files)."""
+    def rel_events(self, conn: Connection, ns: str) -> list[RelEvent]:
+        """Every archived relationship event of a namespace (the relationship index)."""
+        if self.archive is None:
+            return []
+        out: list[RelEvent] = []
+        for entry in self.files(conn, "rels", ns):
+            out.extend(parquet.table_rel_events(self.archive.read_table(entry.path)))
+        out.sort(key=lambda r: r.seq)  # files are sorted by (from_id, seq)
+        return out
+
+    # ------------------------------------------------------------------ whole namespace
+    def count(self, conn: Connection, ns: str) -> int:
+        return sum(e.row_count for kind in ("entities", manifest.BULK) for e in self.files(conn, kind, ns))
+
+    def states(self, conn: Connection, ns: str) -> dict[str, Latest]:
+        """Latest archived state of every entity of `ns` (flushed and bulk files).
+        Used only until find moves to engine/find.py."""
         if self.archive is None:
             return {}
         with self.lock:
             hit = self._archived_states.get(ns)
         if hit is not None and not self.known.shared:
             return hit
-        merged: dict[str, tuple[int, int, State | None]] = {}
+        merged: dict[str, Latest] = {}
         for entry in [*self.files(conn, manifest.BULK, ns), *self.files(conn, "entities", ns)]:
-            for eid, value in parquet.table_states(self.archive.read_table(entry.path)).items():
+            table = self.archive.read_table(entry.path, columns=_POINT_COLUMNS)
+            for eid, value in parquet.table_states(table).items():
                 old = merged.get(eid)
                 if old is None or old[0] <= value[0]:
                     merged[eid] = value
@@ -111,35 +371,9 @@ class ArchivedReads:
             self._archived_states[ns] = merged
         return merged
 
-    def events(self, conn: Connection, ns: str, entity_id: str) -> list[Event]:
-        """Every archived event of one entity, oldest first (bulk creates included)."""
-        if self.archive is None:
-            return []
-        out: list[Event] = []
-        number = decode_id(entity_id)
-        for entry in self.files(conn, manifest.BULK, ns):
-            if number is not None and entry.first_seq <= number <= entry.last_seq:
-                table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
-                out.extend(parquet.bulk_create_events(ns, table))
-        for entry in self.files(conn, "events", ns):
-            table = self.archive.read_table(entry.path, filters=[("id", "=", entity_id)])
-            out.extend(parquet.table_events(table))
-        return out
-
-    def rel_events(self, conn: Connection, ns: str) -> list[RelEvent]:
-        if self.archive is None:
-            return []
-        out: list[RelEvent] = []
-        for entry in self.files(conn, "rels", ns):
-            out.extend(parquet.table_rel_events(self.archive.read_table(entry.path)))
-        return out
-
-
-    def count(self, conn: Connection, ns: str) -> int:
-        return sum(e.row_count for kind in ("entities", manifest.BULK) for e in self.files(conn, kind, ns))
-
-    def learn(self, ns: str, latest: dict[str, tuple[int, int, State | None]]) -> None:
-        """A flush archived these latest states (caller holds the lock)."""
+    def learn(self, ns: str, latest: dict[str, Latest]) -> None:
+        """A flush archived these latest states (caller holds the lock).
+        Used only until find moves to engine/find.py."""
         cached = self._archived_states.get(ns)
         if cached is not None:
             for eid, value in latest.items():
@@ -148,20 +382,16 @@ class ArchivedReads:
                     cached[eid] = value
 
     def bulk_created(self, ns: str, states: list[tuple[str, State]]) -> None:
-        """A commit listed a bulk file with these entities (caller holds the lock)."""
+        """A commit listed a bulk file with these entities (caller holds the lock).
+        Used only until find moves to engine/find.py."""
         archived = self._archived_states.get(ns)
         if archived is not None:
             for eid, state in states:
                 archived[eid] = (1, 0, state)
 
-    def put_files(self, kind: str, entries: list[manifest.Entry], names: list[str]) -> None:
-        """Manifest entries of one kind read for several namespaces at once."""
-        with self.lock:
-            for n in names:
-                self._manifest[(kind, n)] = [e for e in entries if e.ns == n]
-
     def entity_table(self, conn: Connection, ns: str) -> Any:
-        """The namespace's archived entity rows (bulk and flushed files) as one Arrow table."""
+        """The namespace's archived entity rows (bulk and flushed files) as one Arrow table.
+        Used only until find moves to engine/find.py."""
         import pyarrow as pa
 
         with self.lock:
