@@ -1,98 +1,331 @@
-"""The relationship index: every live link, by source and by target, loaded once from the
-archive's rels files and every namespace's rels WAL tail, then kept current by commits."""
+"""Relationships, looked up per reference, with a bounded cache of what was looked up.
+
+The outbound links of `ns/id` fold its LINK/UNLINK events: the rows of the archive's rels
+files of `ns` that can hold `from_id` = id (the files are sorted by (from_id, seq), so only
+the row groups whose from_id min/max cover it are read), plus the namespace's unflushed
+events, plus the caller's transaction (engine/store.py). Its inbound links fold the events
+whose `to` is the ref, filed under any namespace: the rels files are not sorted by `to`,
+so each file's `to` column is read first and whole rows only of the row groups that match.
+
+Computed link sets are kept per (ref, direction) in an LRU bounded in refs and in links
+(`DEFAULT_LINK_CACHE_REFS`, `DEFAULT_LINK_CACHE_LINKS`), which a single owner's commits
+keep current (`append`): memory follows the working set, not the number of links. Shared
+mode caches no link set (another process may link at any time) and reads the WAL on use.
+
+A single owner keeps each namespace's unflushed relationship events in memory
+(`NsState.rel_tail`), loaded once for all namespaces with one WAL statement (`ensure`);
+`loaded` says memory then equals the table, so a flush may take them from there."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlalchemy import Connection
 
+from parquedb_orm.archive import parquet
 from parquedb_orm.core.events import Link, LinkKey, RelEvent, apply_rel_event
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.state import Known, NsState
+from parquedb_orm.errors import ArchiveError
 from parquedb_orm.sql import manifest, wal
 from parquedb_orm.sql.counters import rseq_key
 
+#: link sets cached per direction, in refs (an empty set counts: most refs have none)
+DEFAULT_LINK_CACHE_REFS = 10_000
+#: and in links held per direction (a Link is ~0.5 KB in memory); a ref with more links
+#: than this is looked up on every use, not cached
+DEFAULT_LINK_CACHE_LINKS = 50_000
 
-@dataclass
-class RelIndex:
-    loaded: bool = False
-    links: dict[LinkKey, Link] = field(default_factory=dict)
-    by_from: dict[str, set[LinkKey]] = field(default_factory=dict)
-    by_to: dict[str, set[LinkKey]] = field(default_factory=dict)
-    epoch: int = 0
+OUTBOUND = "outbound"
+INBOUND = "inbound"
 
-    def apply(self, ns: str, ev: RelEvent) -> None:
-        key = (f"{ns}/{ev.from_id}", ev.predicate, ev.to)
-        apply_rel_event(self.links, ns, ev)
-        if key in self.links:
-            self.by_from.setdefault(key[0], set()).add(key)
-            self.by_to.setdefault(key[2], set()).add(key)
+
+class LinkCache:
+    """ref -> its current links (one direction), least recently used first out."""
+
+    def __init__(self, max_refs: int = DEFAULT_LINK_CACHE_REFS, max_links: int = DEFAULT_LINK_CACHE_LINKS) -> None:
+        self.max_refs = max_refs
+        self.max_links = max_links
+        self._d: OrderedDict[str, dict[LinkKey, Link]] = OrderedDict()
+        self.links = 0  # links held, over every cached ref
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, ref: str) -> dict[LinkKey, Link] | None:
+        hit = self._d.get(ref)
+        if hit is not None:
+            self._d.move_to_end(ref)
+        return hit
+
+    def put(self, ref: str, links: dict[LinkKey, Link]) -> None:
+        self.discard(ref)
+        if len(links) > self.max_links or self.max_refs <= 0:
+            return
+        self._d[ref] = links
+        self.links += len(links)
+        self._shrink()
+
+    def apply(self, ref: str, ns: str, ev: RelEvent) -> None:
+        """A committed event of a cached ref (no-op for a ref not cached)."""
+        links = self._d.get(ref)
+        if links is None:
+            return
+        before = len(links)
+        apply_rel_event(links, ns, ev)
+        self.links += len(links) - before
+        if len(links) > self.max_links:
+            self.discard(ref)
         else:
-            self.by_from.get(key[0], set()).discard(key)
-            self.by_to.get(key[2], set()).discard(key)
+            self._shrink()
+
+    def discard(self, ref: str) -> None:
+        old = self._d.pop(ref, None)
+        if old is not None:
+            self.links -= len(old)
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.links = 0
+
+    def _shrink(self) -> None:
+        while self._d and (len(self._d) > self.max_refs or self.links > self.max_links):
+            _ref, old = self._d.popitem(last=False)
+            self.links -= len(old)
+            self.evictions += 1
+
+
+def fold(events: Iterable[tuple[str, RelEvent]]) -> dict[LinkKey, Link]:
+    """The links left by (namespace, event) pairs, each namespace's in sequence order."""
+    links: dict[LinkKey, Link] = {}
+    for ns, ev in events:
+        apply_rel_event(links, ns, ev)
+    return links
+
+
+def _merge(archived: list[RelEvent], tail: list[RelEvent]) -> list[RelEvent]:
+    """One namespace's archived and unflushed events in sequence order, each once: a flush
+    between the two reads may leave an event in both."""
+    by_seq = {ev.seq: ev for ev in archived}
+    for ev in tail:
+        by_seq.setdefault(ev.seq, ev)
+    return [by_seq[s] for s in sorted(by_seq)]
 
 
 class Relationships:
-    def __init__(self, known: Known, archived: ArchivedReads) -> None:
+    def __init__(
+        self,
+        known: Known,
+        archived: ArchivedReads,
+        *,
+        cache_refs: int = DEFAULT_LINK_CACHE_REFS,
+        cache_links: int = DEFAULT_LINK_CACHE_LINKS,
+    ) -> None:
         self.known = known
         self.lock = known.lock
         self.archived = archived
-        self.index = RelIndex()
+        self.outbound = LinkCache(cache_refs, cache_links)
+        self.inbound = LinkCache(cache_refs, cache_links)
+        self._loaded = False
+        #: single owner: the namespaces whose rels files the archive cache lists (None: not yet)
+        self._rels_names: set[str] | None = None
+        #: bumped by every commit with relationship events: a lookup that raced one is not cached
+        self.epoch = 0
 
     @property
     def loaded(self) -> bool:
-        return self.index.loaded
+        """Single owner: every namespace's unflushed relationship events are in memory
+        (`NsState.rel_tail`, above each namespace's flushed mark, in sequence order; older,
+        already flushed ones may linger until the next flush trims them) and commits keep
+        them current, so memory equals the WAL table."""
+        return self._loaded and not self.known.shared
 
-    def ensure(self, conn: Connection) -> RelIndex:
-        """Load the relationship index once: every namespace's rels files and WAL tail."""
-        index = self.index
-        if index.loaded and not self.known.shared:
-            return index
+    def ensure(self, conn: Connection) -> None:
+        """Single owner: load every namespace's unflushed relationship events once (one
+        statement; nothing but the WAL tail). Shared mode keeps nothing: a no-op."""
+        if self.known.shared or self._loaded:
+            return
         while True:
-            epoch = index.epoch
+            with self.lock:
+                epoch = self.epoch
             names = self.known.namespaces(conn)
+            rows = wal.read_many(conn, wal.RELS, [(n, None, rseq_key(n)) for n in names])
             with self.lock:
-                after = {n: (self.known.ns(n).rel_tail_max if index.loaded else -1) for n in names}
-            archived: dict[str, list[RelEvent]] = {}
-            fresh = [n for n in names if after[n] < 0]
-            if fresh and self.archived.archive is not None:
-                # every namespace's rels files in one seek (the manifest key starts with kind)
-                self.archived.put_files("rels", manifest.load_kind(conn, "rels"), fresh)
-                for n in fresh:
-                    archived[n] = self.archived.rel_events(conn, n)
-            specs = [(n, None if after[n] < 0 else after[n], rseq_key(n)) for n in names]
-            loaded = list(wal.read_many(conn, wal.RELS, specs).items())  # one statement
-            with self.lock:
-                if index.epoch != epoch:
-                    continue
-                for n, evs in archived.items():
+                if self.epoch != epoch:
+                    continue  # a commit landed while we read: read again
+                if self._loaded or self.known.shared:
+                    return
+                for n, ns_rows in rows.items():
                     st = self.known.ns(n)
-                    for ev in sorted(evs, key=lambda e: e.seq):
-                        if ev.seq > st.rel_tail_max:
-                            index.apply(n, ev)
-                            st.rel_tail_max = ev.seq
-                for n, rows in loaded:
-                    st = self.known.ns(n)
-                    for first, _last, records in rows:
+                    for first, _last, records in ns_rows:
                         for ev in wal.decode_rel_events(wal.RELS, n, first, records):
                             if ev.seq > st.rel_tail_max:
-                                index.apply(n, ev)
-                                st.rel_tail_max = ev.seq
                                 st.rel_tail.append(ev)
-                index.loaded = True
-                return index
+                                st.rel_tail_max = ev.seq
+                self._loaded = True
+                return
 
     def append(self, st: NsState, events: list[RelEvent]) -> None:
         """A commit's own relationship events (caller holds the lock)."""
-        if self.index.loaded:
+        if self._loaded and not self.known.shared:
             for rev in events:
                 if rev.seq > st.rel_tail_max:
-                    self.index.apply(st.name, rev)
-                    st.rel_tail_max = rev.seq
                     st.rel_tail.append(rev)
-        self.index.epoch += 1
+                    st.rel_tail_max = rev.seq
+                    self.outbound.apply(f"{st.name}/{rev.from_id}", st.name, rev)
+                    self.inbound.apply(rev.to, st.name, rev)
+        self.epoch += 1
 
     def unload(self) -> None:
-        """Load again at next use (another process writes this database too)."""
-        self.index.loaded = False
+        """Forget everything (another process writes this database too; caller holds the lock)."""
+        self._loaded = False
+        self._rels_names = None
+        self.outbound.clear()
+        self.inbound.clear()
+
+    # ------------------------------------------------------------------ lookups
+    def links(self, connection: Callable[[], Connection], ref: str, direction: str) -> dict[LinkKey, Link]:
+        """The committed links of `ref` in one direction (a copy). A single owner's cached
+        ref takes no connection."""
+        cache = self.outbound if direction == OUTBOUND else self.inbound
+        if not self.known.shared:
+            with self.lock:
+                hit = cache.get(ref)
+                if hit is not None:
+                    return dict(hit)
+        conn = connection()
+        self.ensure(conn)
+        with self.lock:
+            epoch = self.epoch
+        if direction == OUTBOUND:
+            ns, eid = ref.split("/", 1)
+            found = fold((ns, ev) for ev in self.outbound_events(conn, ns, eid))
+        else:
+            found = fold(self.inbound_events(conn, ref))
+        with self.lock:
+            # kept current from here on by append; not if a commit landed meanwhile
+            if self.loaded and self.epoch == epoch:
+                cache.put(ref, dict(found))
+        return found
+
+    def outbound_events(self, conn: Connection, ns: str, entity_id: str) -> list[RelEvent]:
+        """Every committed LINK/UNLINK from `ns/entity_id`, in sequence order: the pruned
+        archived rows, then the unflushed ones (read first: a flush in between moves
+        events from the tail to a file this then lists)."""
+        tail = [ev for ev in self._tail(conn, ns) if ev.from_id == entity_id]
+        archived: list[RelEvent] = []
+        if self.archived.archive is not None:
+            for entry in self.archived.files(conn, "rels", ns):
+                archived.extend(self._file_events(entry.path, "from_id", entity_id))
+        return _merge(archived, tail)
+
+    def inbound_events(self, conn: Connection, ref: str) -> list[tuple[str, RelEvent]]:
+        """Every committed LINK/UNLINK whose target is `ref`, whatever namespace filed it:
+        (namespace, event), each namespace's in sequence order."""
+        tails = self._tails(conn)
+        per_ns: dict[str, tuple[list[RelEvent], list[RelEvent]]] = {}
+        for ns, evs in tails.items():
+            per_ns[ns] = ([], [ev for ev in evs if ev.to == ref])
+        if self.archived.archive is not None:
+            for entry in self._all_rels_files(conn):
+                found = self._file_events(entry.path, "to", ref)
+                if found:
+                    per_ns.setdefault(entry.ns, ([], []))[0].extend(found)
+        return [(ns, ev) for ns in sorted(per_ns) for ev in _merge(*per_ns[ns])]
+
+    # ------------------------------------------------------------------ the parts
+    def _tail(self, conn: Connection, ns: str) -> list[RelEvent]:
+        """One namespace's unflushed relationship events (memory, or its WAL rows in shared mode)."""
+        if self.known.shared:
+            rows = wal.read_unflushed(conn, wal.RELS, ns, rseq_key(ns))
+            return [ev for first, _l, recs in rows for ev in wal.decode_rel_events(wal.RELS, ns, first, recs)]
+        self.ensure(conn)
+        with self.lock:
+            st = self.known.peek(ns)
+            return [] if st is None else list(st.rel_tail)
+
+    def _tails(self, conn: Connection) -> dict[str, list[RelEvent]]:
+        """Every namespace's unflushed relationship events (shared mode: one statement)."""
+        if self.known.shared:
+            names = self.known.namespaces(conn)
+            rows = wal.read_many(conn, wal.RELS, [(n, None, rseq_key(n)) for n in names])
+            return {
+                n: [ev for first, _l, recs in ns_rows for ev in wal.decode_rel_events(wal.RELS, n, first, recs)]
+                for n, ns_rows in rows.items()
+            }
+        self.ensure(conn)
+        with self.lock:
+            return {n: list(st.rel_tail) for n in self.known.names() if (st := self.known.peek(n)) and st.rel_tail}
+
+    def _all_rels_files(self, conn: Connection) -> list[manifest.Entry]:
+        """Every namespace's rels files: one manifest statement (a single owner's first use
+        lists them for the archive cache, which later flushes keep current)."""
+        if self.known.shared:
+            return manifest.load_kind(conn, "rels")
+        listed = self._rels_names
+        if listed is None:
+            entries = manifest.load_kind(conn, "rels")
+            listed = set(self.known.namespaces(conn)) | {e.ns for e in entries}
+            self.archived.put_files("rels", entries, sorted(listed))
+            with self.lock:
+                self._rels_names = listed
+        # a namespace new since then is listed on its own, once, by the archive cache
+        names = sorted(listed | set(self.known.namespaces(conn)))
+        return [e for n in names for e in self.archived.files(conn, "rels", n)]
+
+    def _file_events(self, path: str, column: str, value: str) -> list[RelEvent]:
+        """The events of one rels file whose `column` equals `value`, reading only what can
+        hold them: the row groups whose statistics cover the value, of those only the
+        `column` chunk first, then whole rows of the row groups that have a match."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        archive = self.archived.archive
+        assert archive is not None
+        target = archive.path(path)
+        try:
+            with archive.fs.open_input_file(target) as fh:
+                pf = pq.ParquetFile(fh)
+                meta = pf.metadata
+                names = pf.schema_arrow.names
+                if column not in names:
+                    raise ArchiveError(f"rels file {target} has no column {column!r}")
+                index = names.index(column)
+                groups = [g for g in range(meta.num_row_groups) if _may_hold(meta.row_group(g).column(index), value)]
+                if not groups:
+                    return []
+                # a file sorted by this column: its candidate groups are the matches
+                if column != "from_id" or len(groups) > 1:
+                    keys = pf.read_row_groups(groups, columns=[column], use_threads=False).column(0)
+                    hits: list[int] = []
+                    start = 0
+                    for g in groups:
+                        n = meta.row_group(g).num_rows
+                        if pc.any(pc.equal(keys.slice(start, n), value)).as_py():
+                            hits.append(g)
+                        start += n
+                    groups = hits
+                if not groups:
+                    return []
+                table = pf.read_row_groups(groups, use_threads=False)
+        except FileNotFoundError as exc:
+            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
+        table = table.filter(pc.equal(table.column(column), value))
+        return parquet.table_rel_events(table)
+
+
+def _may_hold(chunk: Any, value: str) -> bool:
+    """A column chunk's min/max can hold `value` (no statistics: it may)."""
+    stats = chunk.statistics
+    if stats is None or not stats.has_min_max:
+        return True
+    lo, hi = stats.min, stats.max
+    if not isinstance(lo, str) or not isinstance(hi, str):
+        return True
+    return lo <= value <= hi

@@ -383,14 +383,8 @@ class Store:
             _check_predicate(predicate)
         if direction not in ("outbound", "inbound"):
             raise ValidationError(f"direction must be 'outbound' or 'inbound', got {direction!r}")
-        rels = self._rt.rels
-        # a single owner's loaded index needs no connection
-        index = rels.index if rels.index.loaded and not self._rt.shared else rels.ensure(self._connection())
-        found: dict[tuple[str, str, str], Link] = {}
-        with self._rt.known.lock:
-            keys = (index.by_from if direction == "outbound" else index.by_to).get(ref, set())
-            for key in keys:
-                found[key] = index.links[key]
+        # committed links: a single owner's cached ref needs no connection
+        found = self._rt.rels.links(self._connection, ref, direction)
         for key, link in self._uow.links.items():
             side = key[0] if direction == "outbound" else key[2]
             if side != ref:
@@ -531,20 +525,8 @@ class Store:
         return out
 
     def _rel_events_of(self, ns: str, entity_id: str) -> list[RelEvent]:
-        from parquedb_orm.sql import wal
-        from parquedb_orm.sql.counters import rseq_key
-
-        conn = self._connection()
-        archived = [r for r in self._rt.archived.rel_events(conn, ns) if r.from_id == entity_id]
-        if self._rt.shared:
-            rows = wal.read_unflushed(conn, wal.RELS, ns, rseq_key(ns))
-            tail = [r for first, _l, recs in rows for r in wal.decode_rel_events(wal.RELS, ns, first, recs)]
-        else:
-            # a single owner keeps the unflushed relationship events in memory
-            self._rt.rels.ensure(conn)
-            with self._rt.known.lock:
-                tail = list(self._rt.known.ns(ns).rel_tail)
-        evs = archived + [r for r in tail if r.from_id == entity_id]
+        # the archived rows that can hold this from_id (pruned row groups) + the WAL tail
+        evs = self._rt.rels.outbound_events(self._connection(), ns, entity_id)
         evs += [r for r in self._uow.rel_events.get(ns, []) if r.from_id == entity_id]
         return evs
 
