@@ -20,7 +20,9 @@ import parquedb_orm as pq_orm
 from parquedb_orm.archive import parquet
 from parquedb_orm.core.events import LINK, UNLINK, RelEvent
 from parquedb_orm.engine import rels as rels_mod
+from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.rels import DEFAULT_LINK_CACHE_LINKS, DEFAULT_LINK_CACHE_REFS, Relationships
+from parquedb_orm.sql import manifest
 
 BACKENDS = ["sqlite-file", "postgresql", "mysql"]
 MANUAL = pq_orm.FlushPolicy(mode="manual")
@@ -280,7 +282,9 @@ def test_the_first_commit_reads_no_archived_link(
             raise AssertionError("a commit read an archived rels file")
 
         with monkeypatch.context() as m:
-            m.setattr(Relationships, "_file_events", refuse)
+            m.setattr(Relationships, "_inbound_of_file", refuse)
+            m.setattr(ArchivedReads, "rel_events_of", refuse)
+            m.setattr(ArchivedReads, "rel_events", refuse)
             fresh.link(c, "to", a)
         rels = fresh.runtime.rels
         assert rels.loaded and len(rels.outbound) == 0 and len(rels.inbound) == 0
@@ -302,12 +306,11 @@ def _rels_file(path: Path, events: list[RelEvent], rows_per_group: int) -> None:
 def test_a_lookup_reads_only_the_row_groups_that_can_hold_it(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """5,000 links in 1,024-row groups sorted by from_id: an outbound lookup reads one row
-    group (no column pass); an inbound one reads the `to` column, then only matching groups."""
+    """5,000 links in 1,024-row groups sorted by from_id: an outbound lookup reads the one
+    row group that can hold the id; an inbound one reads the `to` column of the groups
+    whose `to` min/max cover the ref, then whole rows of the groups that match."""
     db = pq_orm.ParqueDB(engine, archive=tmp_path / "archive", policy=MANUAL)
     try:
-        archive = db.runtime.archive
-        assert archive is not None
         evs = [
             RelEvent(i + 1, 1_000 + i, LINK, f"e{i // 5:05d}", "to", f"t/x{i % 7}", None, None, None)
             for i in range(5_000)
@@ -316,6 +319,8 @@ def test_a_lookup_reads_only_the_row_groups_that_can_hold_it(
         rel = "rels/ns=s/000000000001-000000006000.parquet"
         (tmp_path / "archive" / "rels" / "ns=s").mkdir(parents=True)
         _rels_file(tmp_path / "archive" / rel, evs, 1024)
+        size = (tmp_path / "archive" / rel).stat().st_size
+        db.runtime.archived.put_files("rels", [manifest.Entry("rels", "s", 1, 6_000, rel, len(evs), size)], ["s"])
         reads: list[tuple[tuple[int, ...], tuple[str, ...] | None]] = []
         original = pq.ParquetFile.read_row_groups
 
@@ -325,16 +330,18 @@ def test_a_lookup_reads_only_the_row_groups_that_can_hold_it(
 
         monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
         rels = db.runtime.rels
-        out = rels._file_events(rel, "from_id", "e00500")
-        assert sorted(e.seq for e in out) == [2501, 2502, 2503, 2504, 2505, 6000]
-        assert reads == [((2,), None)]  # 2500..2504 are rows 2500..: the third group, alone
+        with engine.connect() as conn:
+            out = rels.outbound_events(conn, "s", "e00500")
+        assert [e.seq for e in out] == [2501, 2502, 2503, 2504, 2505, 6000]
+        assert reads == [((2,), None)]  # rows 2500..2505: the third group, alone
         reads.clear()
-        out = rels._file_events(rel, "to", "t/x3b")
+        out = rels._inbound_of_file(rel, "t/x3b")
         assert [(e.from_id, e.reverse, e.data) for e in out] == [("e00500", "back", {"k": 1})]
-        assert reads == [((0, 1, 2, 3, 4), ("to",)), ((2,), None)]  # t/x3b sorts inside every min/max
+        # t/x3b sorts inside every group's min/max: their `to` column, then the one match
+        assert reads == [((0, 1, 2, 3, 4), ("to",)), ((2,), None)]
         reads.clear()
-        assert rels._file_events(rel, "to", "u/none") == []  # above every group's max: no read
+        assert rels._inbound_of_file(rel, "u/none") == []  # above every group's max: no read
         assert reads == []
-        assert len(rels._file_events(rel, "to", "t/x3")) == len([e for e in evs if e.to == "t/x3"])
+        assert len(rels._inbound_of_file(rel, "t/x3")) == len([e for e in evs if e.to == "t/x3"])
     finally:
         db.close()

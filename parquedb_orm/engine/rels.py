@@ -216,11 +216,7 @@ class Relationships:
         archived rows, then the unflushed ones (read first: a flush in between moves
         events from the tail to a file this then lists)."""
         tail = [ev for ev in self._tail(conn, ns) if ev.from_id == entity_id]
-        archived: list[RelEvent] = []
-        if self.archived.archive is not None:
-            for entry in self.archived.files(conn, "rels", ns):
-                archived.extend(self._file_events(entry.path, "from_id", entity_id))
-        return _merge(archived, tail)
+        return _merge(self.archived.rel_events_of(conn, ns, entity_id), tail)
 
     def inbound_events(self, conn: Connection, ref: str) -> list[tuple[str, RelEvent]]:
         """Every committed LINK/UNLINK whose target is `ref`, whatever namespace filed it:
@@ -231,7 +227,7 @@ class Relationships:
             per_ns[ns] = ([], [ev for ev in evs if ev.to == ref])
         if self.archived.archive is not None:
             for entry in self._all_rels_files(conn):
-                found = self._file_events(entry.path, "to", ref)
+                found = self._inbound_of_file(entry.path, ref)
                 if found:
                     per_ns.setdefault(entry.ns, ([], []))[0].extend(found)
         return [(ns, ev) for ns in sorted(per_ns) for ev in _merge(*per_ns[ns])]
@@ -276,10 +272,10 @@ class Relationships:
         names = sorted(listed | set(self.known.namespaces(conn)))
         return [e for n in names for e in self.archived.files(conn, "rels", n)]
 
-    def _file_events(self, path: str, column: str, value: str) -> list[RelEvent]:
-        """The events of one rels file whose `column` equals `value`, reading only what can
-        hold them: the row groups whose statistics cover the value, of those only the
-        `column` chunk first, then whole rows of the row groups that have a match."""
+    def _inbound_of_file(self, path: str, ref: str) -> list[RelEvent]:
+        """The events of one rels file whose `to` is `ref`. The file is sorted by from_id,
+        not by `to`: of the row groups whose `to` min/max cover the ref, only the `to`
+        column is read first, then whole rows of the row groups that hold a match."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -292,32 +288,28 @@ class Relationships:
                 pf = pq.ParquetFile(fh)
                 meta = pf.metadata
                 names = pf.schema_arrow.names
-                if column not in names:
-                    raise ArchiveError(f"rels file {target} has no column {column!r}")
-                index = names.index(column)
-                groups = [g for g in range(meta.num_row_groups) if _may_hold(meta.row_group(g).column(index), value)]
+                if "to" not in names:
+                    raise ArchiveError(f"rels file {target} has no column 'to'")
+                index = names.index("to")
+                groups = [g for g in range(meta.num_row_groups) if _may_hold(meta.row_group(g).column(index), ref)]
                 if not groups:
                     return []
-                # a file sorted by this column: its candidate groups are the matches
-                if column != "from_id" or len(groups) > 1:
-                    keys = pf.read_row_groups(groups, columns=[column], use_threads=False).column(0)
-                    hits: list[int] = []
-                    start = 0
-                    for g in groups:
-                        n = meta.row_group(g).num_rows
-                        if pc.any(pc.equal(keys.slice(start, n), value)).as_py():
-                            hits.append(g)
-                        start += n
-                    groups = hits
-                if not groups:
+                keys = pf.read_row_groups(groups, columns=["to"], use_threads=False).column(0)
+                hits: list[int] = []
+                start = 0
+                for g in groups:
+                    n = meta.row_group(g).num_rows
+                    if pc.any(pc.equal(keys.slice(start, n), ref)).as_py():
+                        hits.append(g)
+                    start += n
+                if not hits:
                     return []
-                table = pf.read_row_groups(groups, use_threads=False)
+                table = pf.read_row_groups(hits, use_threads=False)
         except FileNotFoundError as exc:
             raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
-        table = table.filter(pc.equal(table.column(column), value))
-        return parquet.table_rel_events(table)
+        return parquet.table_rel_events(table.filter(pc.equal(table.column("to"), ref)))
 
 
 def _may_hold(chunk: Any, value: str) -> bool:
