@@ -27,8 +27,9 @@ from parquedb_orm.errors import ArchiveError, ConfigurationError
 #: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful (the
 #: archive's own files pass `parquet.PIECE_ROWS`: a point read decodes one small piece)
 ROW_GROUP_ROWS = 65_536
-#: JSON text columns: min/max of them prune nothing and would bloat every footer
-_NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
+#: JSON text columns: nearly every value distinct, so no dictionary (it only slows reads),
+#: and no min/max (they prune nothing and would bloat every footer)
+_JSON_TEXT = frozenset({"state", "data", "before", "after", "meta"})
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,14 @@ class Archive:
         """Write a Parquet file atomically; returns its size in bytes. Statistics on every
         column but the JSON texts (row groups are pruned by their min/max)."""
         buf = io.BytesIO()
+        plain = [c for c in table.column_names if c not in _JSON_TEXT]
         pq.write_table(
             table,
             buf,
             compression="zstd",
             row_group_size=row_group_rows or ROW_GROUP_ROWS,
-            use_dictionary=True,
-            write_statistics=[c for c in table.column_names if c not in _NO_STATISTICS],
+            use_dictionary=plain,
+            write_statistics=plain,
         )
         data = buf.getvalue()
         target = self.path(rel)

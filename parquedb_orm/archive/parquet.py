@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
@@ -160,38 +161,21 @@ def _us(value: Any) -> int | None:
 
 
 # ---------------------------------------------------------------------- shredded fields
-_BOOL, _INT, _FLOAT, _STR, _OTHER, _BIG = 1, 2, 4, 8, 16, 32  # kinds seen per field (_BIG: int beyond 2**53)
 _INT64 = 1 << 63
+_EXACT = 1 << 53  # ints beyond this do not survive a float column
 #: the store's own keys that already have a column: never shredded (recorded as "mixed")
 _COLUMN_KEYS = frozenset({"version", "createdAt", "updatedAt", "deletedAt"})
-
-
-def _kind(value: Any) -> int:
-    t = type(value)  # exact types: subclasses (IntEnum, StrEnum) are tagged in the JSON
-    if t is str:
-        return _STR
-    if t is bool:
-        return _BOOL
-    if t is int:
-        if -_INT64 <= value < _INT64:
-            return _INT | (_BIG if abs(value) > 1 << 53 else 0)
-        return _OTHER
-    if t is float:
-        return _FLOAT
-    return _OTHER
-
-
-def _type_of(mask: int) -> str:
-    kinds = mask & ~_BIG
-    if kinds == _BOOL:
-        return "bool"
-    if kinds == _INT:
-        return "int"
-    if kinds == _FLOAT or (kinds == _INT | _FLOAT and not mask & _BIG):
-        return "float"
-    if kinds == _STR:
-        return "string"
-    return "mixed"
+_NONE = type(None)
+#: keys whose values are examined for a column per file (the rest are "mixed")
+_EXAMINED = 2 * MAX_FIELDS
+#: exact Python types -> field type (subclasses such as IntEnum are tagged in the JSON: mixed)
+_KINDS: dict[frozenset[type], str] = {
+    frozenset({bool}): "bool",
+    frozenset({int}): "int",
+    frozenset({float}): "float",
+    frozenset({int, float}): "float",
+    frozenset({str}): "string",
+}
 
 
 def shred(states: Sequence[Mapping[str, Any] | str | None]) -> tuple[dict[str, str], dict[str, pa.Array]]:
@@ -202,28 +186,35 @@ def shred(states: Sequence[Mapping[str, Any] | str | None]) -> tuple[dict[str, s
     (NULL where missing or null) when its values are all of one kind, its name fits
     `FIELD_NAME` and it is among the first `MAX_FIELDS` such keys; every other key is
     "mixed": only the JSON `state` knows. A key holding only nulls is "mixed" too."""
-    decoded = [json.loads(s) if isinstance(s, str) else s for s in states]
-    masks: dict[str, int] = {}
-    for st in decoded:
-        if st is None:
-            continue
-        for k, v in st.items():
-            if v is None:
-                masks.setdefault(k, 0)
-            else:
-                masks[k] = masks.get(k, 0) | _kind(v)
+    rows: list[dict[str, Any]] = [
+        json.loads(s) if isinstance(s, str) else ({} if s is None else s if type(s) is dict else dict(s))
+        for s in states
+    ]
+    order: dict[str, Any] = {}
+    for st in rows:
+        order.update(st)  # C speed; keeps each key at its first-seen place
     fields: dict[str, str] = {}
     columns: dict[str, pa.Array] = {}
-    for k, mask in masks.items():
+    examined = 0
+    for k in order:
         if k.startswith("$"):
             continue
-        kind = _type_of(mask)
-        if kind == "mixed" or k in _COLUMN_KEYS or not FIELD_NAME.fullmatch(k) or len(columns) >= MAX_FIELDS:
+        if k in _COLUMN_KEYS or not FIELD_NAME.fullmatch(k) or len(columns) >= MAX_FIELDS or examined >= _EXAMINED:
             fields[k] = "mixed"
             continue
+        examined += 1  # a column pass per key examined: bounded, whatever the file's width
+        values = list(map(dict.get, rows, repeat(k)))
+        types = set(map(type, values))
+        types.discard(_NONE)
+        kind = _KINDS.get(frozenset(types), "mixed")
+        if kind != "mixed" and int in types:
+            ints = [v for v in values if type(v) is int]
+            limit = _EXACT if kind == "float" else _INT64
+            if min(ints) < -limit or max(ints) >= limit:
+                kind = "mixed"
         fields[k] = kind
-        values = [None if st is None else st.get(k) for st in decoded]
-        columns[FIELD_PREFIX + k] = pa.array(values, FIELD_TYPES[kind])
+        if kind != "mixed":
+            columns[FIELD_PREFIX + k] = pa.array(values, FIELD_TYPES[kind])
     return fields, columns
 
 
