@@ -537,3 +537,19 @@ def test_public_api_lookup_on_s3(tmp_path: Path, request: pytest.FixtureRequest)
 
 
 from test_s3 import s3  # noqa: E402,F401  (the SeaweedFS fixture)
+
+
+def test_shared_mode_rereads_lists_but_keeps_footers(tmp_path: Path, reads: Reads) -> None:
+    url, where = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "archive"
+    db = pq.ParqueDB(url, archive=where, policy=pq.FlushPolicy(mode="manual"))
+    try:
+        refs, expected = build(db)
+        ar = ArchivedReads(Known(shared=True), Archive.open(where))
+        with db.engine.connect() as conn:
+            first = ar.lookup(conn, NS, refs[:50])
+            reads.reset()
+            again = ar.lookup(conn, NS, refs[:50])
+        assert first == again and reads.footers == 0
+        assert again[refs[25]][0] == expected[refs[25]]["version"]
+    finally:
+        db.close()

@@ -247,7 +247,11 @@ class ArchivedReads:
         by_file: dict[str, tuple[manifest.Entry, list[str]]] = {}
         for eid in list(left):
             number = decode_id(eid)
-            bulk = None if number is None else self._covering(conn, manifest.BULK, ns, number)
+            if number is None:
+                continue  # a key id: never in a bulk file
+            # a file this call already found serves every id in its range (no seek each)
+            bulk = next((e for e, _ in by_file.values() if e.first_seq <= number <= e.last_seq), None)
+            bulk = bulk or self._covering(conn, manifest.BULK, ns, number)
             if bulk is not None:
                 by_file.setdefault(bulk.path, (bulk, []))[1].append(eid)
         for entry, probe in by_file.values():
