@@ -267,6 +267,9 @@ class ParqueDB:
     settings: they are read back, said once in the log ("parquedb_orm"), and a durability
     they do not give raises ConfigurationError (`pq.sqlite_settings(engine)` applies ours).
 
+    `cache_entries`: the bound of this process's entity cache, in entities (default 50,000;
+    a miss reads the entity's one Parquet piece; docs/scaling.md).
+
     `pq.enable(Session)` returns one of these too: the handle of the store its sessions
     write to (same runtime, caches and flushing).
     """
@@ -283,6 +286,7 @@ class ParqueDB:
         meter: bool = False,
         migrate: MigrateMode = "auto",
         durability: dialects.Durability | None = None,
+        cache_entries: int | None = None,
     ) -> None:
         wanted = dialects.check_durability(durability)
         self._on_close: Callable[[Runtime], None] | None = None
@@ -313,6 +317,7 @@ class ParqueDB:
                 migrate=migrate,
                 archive_options=archive_options,
                 durability=wanted,
+                cache_entries=cache_entries,
             )
         except BaseException:
             if self._owns_engine:

@@ -1,12 +1,18 @@
-"""Flush: WAL rows -> Parquet files + manifest rows + snapshots, exactly once.
+"""Flush: WAL rows -> Parquet files + manifest rows, exactly once.
 
-1. Read, per namespace, the WAL rows above its flushed mark (`seq:<ns>` / `rseq:<ns>`).
-2. Fold them onto the snapshot chunks they touch (one range read per namespace).
+1. Read, per namespace, the WAL rows above its flushed mark (`seq:<ns>` / `rseq:<ns>`)
+   (from the engine's memory when it provably equals the table).
+2. Fold them onto the states the touched entities had (the engine's memory of its own
+   commits, else a point lookup in the archive: `ArchivedReads.lookup`).
 3. Write Parquet files named by namespace and sequence range: a retry after a crash
-   rewrites the same names, and a file the manifest does not list does not exist.
+   rewrites the same names, and a file the manifest does not list does not exist. The
+   entities file of a flush is a *delta*: the latest state of what it touched; compaction
+   (archive/compact.py) merges deltas into the namespace's base file.
 4. ONE SQL transaction, under the flush lock: check the marks are still those read in
-   step 1 (else another flusher won: roll back), add manifest rows, write the chunks,
-   advance the marks, retire the flushed WAL rows.
+   step 1 (else another flusher won: roll back), add manifest rows, advance the marks,
+   retire the flushed WAL rows. Whatever the store's size, that is a handful of rows:
+   state lives in the archive, not in SQL (the `entity_snapshots` table of earlier
+   versions is no longer written; every state it holds is also in an entities file).
 A crash before 4 commits leaves the WAL as it was (the files are orphans, rewritten
 next time); after it, everything is in the archive and nothing in the WAL tail.
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +37,7 @@ from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event
 from parquedb_orm.core.ids import chunk_number
-from parquedb_orm.sql import dialects, manifest, snapshots, wal
+from parquedb_orm.sql import dialects, manifest, wal
 from parquedb_orm.sql.counters import load_all
 from parquedb_orm.sql.models import Counter
 
@@ -79,8 +86,8 @@ class _NsPlan:
     rel_mark: int = 0
     ev_last: int = 0  # new mark
     rel_last: int = 0
-    chunks: dict[int, snapshots.Chunk] = field(default_factory=dict)
-    existing_chunks: set[int] = field(default_factory=set)
+    #: the events came from the engine's memory (single owner), not from the table
+    from_memory: bool = False
     latest: dict[str, tuple[int, int, State | None]] = field(default_factory=dict)
     latest_json: dict[str, str | None] = field(default_factory=dict)
     numbers: dict[str, int] = field(default_factory=dict)
@@ -90,7 +97,6 @@ class FlushSource(Protocol):
     """What a flush needs of the engine that owns the WAL (engine/runtime.py implements it)."""
 
     engine: Engine
-    chunk_size: int
 
     def known_namespaces(self) -> list[str]: ...
 
@@ -98,7 +104,9 @@ class FlushSource(Protocol):
         self, ns: str, ev_mark: int, rel_mark: int
     ) -> tuple[list[Event] | None, list[RelEvent] | None]: ...
 
-    def bulk_base(self, conn: Connection, ns: str, entity_id: str) -> Versioned: ...
+    def tail_bases(self, ns: str, ids: Iterable[str]) -> dict[str, Versioned]: ...
+
+    def lookup(self, conn: Connection, ns: str, ids: list[str]) -> dict[str, tuple[int, int, State | None]]: ...
 
     def archive_files(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]: ...
 
@@ -156,6 +164,7 @@ class Flusher:
             events, rels = self.rt.memory_tail(plan.ns, plan.ev_mark, plan.rel_mark)
             if events is not None:
                 plan.events = events
+                plan.from_memory = True
             else:
                 need_ev.append((plan.ns, plan.ev_mark, ""))
             if rels is not None:
@@ -177,25 +186,33 @@ class Flusher:
         return counters, plans
 
     def _fold(self, conn: Connection, plan: _NsPlan) -> list[tuple[Event, str | None, str | None]]:
-        """Apply the events to the touched entities' snapshot states; each state is JSON-
-        encoded once and that text serves the events file, the entities file and the chunk."""
-        ns, size = plan.ns, self.rt.chunk_size
-        numbers = {ev.id: chunk_number(ev.id) for ev in plan.events}
-        wanted = sorted({n // size for n in numbers.values() if n is not None})
-        for ch in snapshots.read_chunks(conn, ns, wanted) if wanted else []:
-            plan.chunks[ch.chunk] = ch
-            plan.existing_chunks.add(ch.chunk)
-        created = {ev.id for ev in plan.events if ev.op == "CREATE"}
+        """Apply the events to the touched entities' states; each state is JSON-encoded once
+        and that text serves the events file and the entities file.
+
+        The state an entity had before its first flushed event comes from the engine's
+        memory when it knows it (its own commits: `tail_bases`), else from the archive's
+        one piece that holds it (`lookup`): a flush reads what it touches, not the store."""
+        ns = plan.ns
+        first: dict[str, Event] = {}
+        for ev in plan.events:
+            first.setdefault(ev.id, ev)
         current: dict[str, Versioned] = {}
-        encoded: dict[str, str | None] = {}
-        for eid, number in numbers.items():
-            found = plan.chunks.get(number // size) if number is not None else None
-            if found is not None and eid in found.entities:
-                current[eid] = found.entities[eid]
-            elif eid not in created:
-                current[eid] = self.rt.bulk_base(conn, ns, eid)
-            else:
+        known = self.rt.tail_bases(ns, first) if plan.from_memory else {}
+        missing = []
+        for eid, ev in first.items():
+            base = known.get(eid)
+            if base is not None and base[0] == ev.version - 1:
+                current[eid] = base
+            elif ev.op == "CREATE" and ev.version == 1:
                 current[eid] = (0, None)
+            else:
+                missing.append(eid)
+        if missing:
+            found = self.rt.lookup(conn, ns, missing)
+            for eid in missing:
+                hit = found.get(eid)
+                current[eid] = (0, None) if hit is None else (hit[0], hit[2])
+        encoded: dict[str, str | None] = {}
         rows: list[tuple[Event, str | None, str | None]] = []
         for ev in plan.events:
             _version, before = current[ev.id]
@@ -206,17 +223,9 @@ class Flusher:
             encoded[ev.id] = after_json
             rows.append((ev, before_json, after_json))
         for eid, (version, state) in current.items():
-            number = numbers[eid]
             plan.latest[eid] = (version, plan.ev_last, state)
             plan.latest_json[eid] = encoded[eid]
-            if number is None:
-                continue
-            ch = plan.chunks.get(number // size) or snapshots.Chunk(ns, number // size, plan.ev_last, 0, {})
-            plan.chunks[number // size] = ch
-            ch.entities[eid] = (version, state)
-            ch.encoded[eid] = encoded[eid]
-            ch.wal_seq = plan.ev_last
-        plan.numbers = {eid: n for eid, n in numbers.items() if n is not None}
+            plan.numbers[eid] = chunk_number(eid)
         return rows
 
     def _write_files(self, plan: _NsPlan, rows: list[tuple[Event, str | None, str | None]]) -> list[manifest.Entry]:
@@ -256,9 +265,6 @@ class Flusher:
             return False  # swept as an orphan by another flusher: write them again next time
         manifest.add(conn, entries)
         _step("manifest_added")
-        for plan in plans.values():
-            if plan.events:
-                snapshots.write_chunks(conn, list(plan.chunks.values()), plan.existing_chunks)
         marks = {}
         for ns, plan in plans.items():
             if plan.events:

@@ -17,12 +17,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
+from parquedb_orm.core.events import CREATE, Event, Versioned
 from parquedb_orm.core.unit import UnitOfWork
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.ids import IdBlocks
 from parquedb_orm.engine.reads import Reads
 from parquedb_orm.engine.rels import Relationships
-from parquedb_orm.engine.state import Known
+from parquedb_orm.engine.state import Known, NsState
 from parquedb_orm.engine.tail import WalTail
 from parquedb_orm.errors import TransactionError, VersionConflictError
 from parquedb_orm.sql import dialects, manifest, wal
@@ -246,13 +247,16 @@ class Committer:
                     st.cache[eid] = (1, state)
                 self.archived.bulk_created(entry.ns, states)
         with self.lock:
+            before: dict[tuple[str, str], Versioned | None] = {}
             for (ns, eid), value in uow.overlay.items():
                 st = self.known.ns(ns)
-                old = st.cache.get(eid)
+                old = before[(ns, eid)] = st.cache.get(eid)
                 if old is None or old[0] <= value[0]:
                     st.cache[eid] = value
             for ns, evs in uow.events.items():
                 st = self.known.ns(ns)
+                if st.tail_loaded and not self.known.shared:
+                    self._note_tail_bases(st, evs, before)
                 self.tail.append(st, evs)
                 st.epoch += 1
             for ns, revs in uow.rel_events.items():
@@ -267,6 +271,24 @@ class Committer:
         if count:
             for hook in list(self._subscribers):
                 hook(count)
+
+    @staticmethod
+    def _note_tail_bases(st: NsState, evs: list[Event], before: dict[tuple[str, str], Versioned | None]) -> None:
+        """Remember the state each entity had before its first WAL-tail event, when this
+        commit knows it (a create starts from nothing; an update from the cached state it
+        was checked against): a flush then folds the tail without reading the archive."""
+        seen: set[str] = set()
+        for ev in evs:
+            if ev.id in seen or ev.id in st.tail or ev.id in st.tail_base:
+                seen.add(ev.id)
+                continue
+            seen.add(ev.id)
+            if ev.op == CREATE and ev.version == 1:
+                st.tail_base[ev.id] = (0, None)
+                continue
+            old = before.get((st.name, ev.id))
+            if old is not None and old[0] == ev.version - 1:
+                st.tail_base[ev.id] = old
 
     def _register(self, conn: Connection, names: list[str]) -> None:
         """Every namespace with WAL rows has a counter row (`id:`, `seq:` or `rseq:`), so a

@@ -1,5 +1,6 @@
-"""Committed state of entities: cache, else snapshot chunk + WAL tail (+ bulk files),
-and the whole of a namespace for `find`."""
+"""Committed state of entities: cache, else the WAL tail folded onto the entity's
+archived state (delta, base or bulk file: `ArchivedReads.lookup`), and the whole of a
+namespace for `find`."""
 
 from __future__ import annotations
 
@@ -8,26 +9,18 @@ from typing import Any
 from sqlalchemy import Connection
 
 from parquedb_orm.core import codec, pushdown
-from parquedb_orm.core.events import Versioned
-from parquedb_orm.core.ids import chunk_number
+from parquedb_orm.core.events import CREATE, Versioned
 from parquedb_orm.engine.archived import ArchivedReads
-from parquedb_orm.engine.state import Known, fold
+from parquedb_orm.engine.state import Known, NsState, fold
 from parquedb_orm.engine.tail import WalTail
-from parquedb_orm.sql import snapshots
 
 
 class Reads:
-    def __init__(self, known: Known, tail: WalTail, archived: ArchivedReads, chunk_size: int) -> None:
+    def __init__(self, known: Known, tail: WalTail, archived: ArchivedReads) -> None:
         self.known = known
         self.lock = known.lock
         self.tail = tail
         self.archived = archived
-        self.chunk_size = chunk_size
-
-    def _base(self, ns: str, chunk: snapshots.Chunk | None, entity_id: str) -> tuple[Versioned, int]:
-        if chunk is not None and entity_id in chunk.entities:
-            return chunk.entities[entity_id], chunk.wal_seq
-        return (0, None), (chunk.wal_seq if chunk is not None else 0)
 
     def cached(self, ns: str, entity_id: str) -> Versioned | None:
         """A single owner's cached committed state, without touching SQL (None: not cached,
@@ -41,7 +34,8 @@ class Reads:
             return st.cache.get(entity_id)
 
     def committed(self, conn: Connection, ns: str, entity_id: str, *, fresh: bool = False) -> Versioned:
-        """The committed state of one entity: cache, else snapshot chunk + WAL tail.
+        """The committed state of one entity: cache, else the WAL tail folded onto the
+        entity's archived state (one piece of one Parquet file, no SQL row).
         `fresh`: the caller has just refreshed this namespace's tail (shared mode)."""
         st = self.known.ns(ns)
         if not self.known.shared or fresh:
@@ -54,72 +48,54 @@ class Reads:
             hit = st.cache.get(entity_id)
         if hit is not None:
             return hit
-        number = chunk_number(entity_id)
-        while True:
-            epoch = st.epoch
-            chunk = snapshots.read_chunk(conn, ns, number // self.chunk_size)
-            bulk: Versioned | None = None
-            if (chunk is None or entity_id not in chunk.entities) and not self.tail.created(st, entity_id):
-                bulk = self.archived.bulk_base(conn, ns, entity_id)
-            with self.lock:
-                if st.epoch != epoch:
-                    continue
-                result: Versioned = (0, None)
-                ids = set(chunk.entities) if chunk else set()
-                ids.add(entity_id)
-                for eid in ids:
-                    base, after = self._base(ns, chunk, eid)
-                    if eid == entity_id and bulk is not None and bulk[1] is not None:
-                        base = bulk
-                    value = fold(ns, base, st.tail.get(eid, []), after)
-                    old = st.cache.get(eid)
-                    if old is None or old[0] <= value[0]:
-                        st.cache[eid] = value
-                    if eid == entity_id:
-                        result = st.cache[eid]
-                return result
-
+        return self._load(conn, st, [entity_id])[entity_id]
 
     def prefetch(self, conn: Connection, ns: str, ids: list[str]) -> None:
-        """Cache the committed state of many ids with one snapshot read, where `committed`
-        would read one chunk per id (a flush of a thousand tracked rows)."""
+        """Cache the committed state of many ids with one batched archive lookup, where
+        `committed` would look up one id at a time (a flush of a thousand tracked rows)."""
         st = self.tail.ensure(conn, ns)
         with self.lock:
             missing = [eid for eid in dict.fromkeys(ids) if eid not in st.cache]
         if len(missing) < 2:
             return  # committed() reads it as cheaply
-        by_chunk: dict[int, list[str]] = {}
-        for eid in missing:
-            by_chunk.setdefault(chunk_number(eid) // self.chunk_size, []).append(eid)
-        epoch = st.epoch
-        chunks = {c.chunk: c for c in snapshots.read_chunks(conn, ns, sorted(by_chunk))}
-        bulk = {
-            eid: self.archived.bulk_base(conn, ns, eid)
-            for c, eids in by_chunk.items()
-            for eid in eids
-            if (c not in chunks or eid not in chunks[c].entities) and not self.tail.created(st, eid)
-        }
-        with self.lock:
-            if st.epoch != epoch:
-                return  # a flush moved the chunks meanwhile: committed() reads them again
-            for c, eids in by_chunk.items():
-                chunk = chunks.get(c)
-                for eid in {*eids, *(chunk.entities if chunk else ())}:
-                    base, after = self._base(ns, chunk, eid)
-                    found = bulk.get(eid)
-                    if found is not None and found[1] is not None:
-                        base = found
+        self._load(conn, st, missing)
+
+    def _load(self, conn: Connection, st: NsState, ids: list[str]) -> dict[str, Versioned]:
+        """Fold each id's tail onto its base (what this process knew before the tail, else
+        the archive's latest state), cache and return the results."""
+        ns = st.name
+        while True:
+            epoch = st.epoch
+            with self.lock:
+                need = [
+                    eid
+                    for eid in ids
+                    if eid not in st.tail_base
+                    and not any(ev.op == CREATE and ev.version == 1 for ev in st.tail.get(eid, ())[:1])
+                ]
+            found = self.archived.lookup(conn, ns, need) if need else {}
+            with self.lock:
+                if st.epoch != epoch:
+                    continue  # a commit or flush moved the tail meanwhile: read again
+                out: dict[str, Versioned] = {}
+                for eid in ids:
+                    base = st.tail_base.get(eid)
+                    after = 0
+                    if base is None:
+                        hit = found.get(eid)
+                        base, after = ((0, None), 0) if hit is None else ((hit[0], hit[2]), hit[1])
                     value = fold(ns, base, st.tail.get(eid, []), after)
                     old = st.cache.get(eid)
                     if old is None or old[0] <= value[0]:
                         st.cache[eid] = value
+                    else:
+                        value = old
+                    out[eid] = value
+                return out
 
     def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]:
-        """Every entity of a namespace (for find): all chunks + tail, cached as complete."""
-        st = self.known.ns(ns)
-        if st.complete and not self.known.shared:
-            with self.lock:
-                return dict(st.cache)
+        """Every entity of a namespace (the in-memory find of a small namespace): its
+        archived states with the tail folded on. Not kept: the entity cache is bounded."""
         st = self.tail.ensure(conn, ns)
         while True:
             epoch = st.epoch
@@ -132,13 +108,9 @@ class Reads:
                     seen[eid] = fold(ns, (version, state), st.tail.get(eid, []), seq)
                 for eid, evs in st.tail.items():
                     if eid not in seen:
-                        seen[eid] = fold(ns, (0, None), evs, 0)
-                for eid, value in seen.items():
-                    old = st.cache.get(eid)
-                    if old is None or old[0] <= value[0]:
-                        st.cache[eid] = value
-                st.complete = True
-                return dict(st.cache)
+                        base = st.tail_base.get(eid, (0, None))
+                        seen[eid] = fold(ns, base, evs, 0)
+                return seen
 
     def find_states(self, conn: Connection, ns: str, flt: dict[str, Any]) -> dict[str, Versioned]:
         """Candidates for `find` on a large archived namespace: DuckDB filters the archive's

@@ -6,7 +6,7 @@ shares `known` (state.py), whose lock-and-epoch rule guards every cache:
 
 - `tail`      the WAL tail index (tail.py)
 - `archived`  cached reads of the Parquet archive (archived.py)
-- `reads`     committed state: cache, snapshot chunks, tail, bulk files (reads.py)
+- `reads`     committed state: cache, WAL tail, archived state (reads.py)
 - `rels`      the relationship index (rels.py)
 - `ids`       the id pool (ids.py)
 - `committer` the commit protocol, and the commit feed the flush policy subscribes to (commit.py)
@@ -17,6 +17,8 @@ declares, which the methods below implement; `db.duckdb()` likewise through `Liv
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import Connection, Engine
 
 from parquedb_orm.archive.files import Archive
@@ -26,7 +28,7 @@ from parquedb_orm.engine.commit import Committer
 from parquedb_orm.engine.ids import IdBlocks
 from parquedb_orm.engine.reads import Reads
 from parquedb_orm.engine.rels import Relationships
-from parquedb_orm.engine.state import Known
+from parquedb_orm.engine.state import DEFAULT_CACHE_ENTRIES, Known
 from parquedb_orm.engine.tail import WalTail
 from parquedb_orm.sql import dialects, manifest
 from parquedb_orm.sql.counters import rseq_key, seq_key
@@ -38,19 +40,18 @@ class Runtime:
         engine: Engine,
         *,
         shared: bool = False,
-        chunk_size: int = 128,
         id_block: int = 100,
         archive: Archive | None = None,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         self.engine = engine
         self.family = dialects.family(engine)
         self.memory = dialects.is_memory_sqlite(engine)
-        self.chunk_size = chunk_size
-        self.known = Known(shared=shared)
+        self.known = Known(shared=shared, cache_entries=cache_entries)
         self.ids = IdBlocks(dialects.side_engine(engine), id_block)
         self.tail = WalTail(self.known)
         self.archived = ArchivedReads(self.known, archive)
-        self.reads = Reads(self.known, self.tail, self.archived, chunk_size)
+        self.reads = Reads(self.known, self.tail, self.archived)
         self.rels = Relationships(self.known, self.archived)
         self.committer = Committer(self.known, self.tail, self.reads, self.rels, self.archived, self.ids)
 
@@ -88,8 +89,16 @@ class Runtime:
             ns, ev_mark, rel_mark, committing=self.committer.in_flight, rels_loaded=self.rels.loaded
         )
 
-    def bulk_base(self, conn: Connection, ns: str, entity_id: str) -> Versioned:
-        return self.archived.bulk_base(conn, ns, entity_id)
+    def tail_bases(self, ns: str, ids: Iterable[str]) -> dict[str, Versioned]:
+        """States this process knew before each id's first WAL-tail event (single owner)."""
+        with self.known.lock:
+            st = self.known.peek(ns)
+            if st is None or self.known.shared:
+                return {}
+            return {eid: base for eid in ids if (base := st.tail_base.get(eid)) is not None}
+
+    def lookup(self, conn: Connection, ns: str, ids: list[str]) -> dict[str, tuple[int, int, State | None]]:
+        return self.archived.lookup(conn, ns, ids)
 
     def archive_files(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]:
         return self.archived.files(conn, kind, ns)
@@ -105,13 +114,16 @@ class Runtime:
         """After a flush committed: archive caches learn the new files, the tail drops what
         the snapshots now hold, and the unflushed count goes down."""
         self.archived.changed(entries, [])
+        for e in entries:
+            if e.kind == "entities" and e.ns in summary:
+                self.archived.delta_written(e.ns, e, list(summary[e.ns][4]))
         with self.known.lock:
             total = 0
             counters = self.known.counters_cached()
             for ns, (ev_mark, rel_mark, n_ev, n_rel, latest) in summary.items():
                 st = self.known.ns(ns)
                 if ev_mark:
-                    self.tail.trim(st, ev_mark)
+                    self.tail.trim(st, ev_mark, {eid: (v, state) for eid, (v, _seq, state) in latest.items()})
                     self.archived.learn(ns, latest)
                     if counters is not None:
                         counters[seq_key(ns)] = ev_mark

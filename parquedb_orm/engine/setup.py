@@ -169,9 +169,13 @@ def prepare(
     migrate: MigrateMode = "auto",
     archive_options: dict[str, Any] | None = None,
     durability: Durability | None = None,
+    cache_entries: int | None = None,
 ) -> Runtime:
     """The runtime of `engine` in this process, with its archive and flush policy set up;
     the caller holds a reference to it (`release_runtime`).
+
+    `cache_entries`: the bound of the process's entity cache, in entities (default
+    DEFAULT_CACHE_ENTRIES; docs/scaling.md).
 
     `durability`: what the engine's settings must give (docs/durability.md); they are read
     back, never changed, and a ConfigurationError says how to get it if they give less.
@@ -181,11 +185,17 @@ def prepare(
     if migrate not in MIGRATE_MODES or (isinstance(migrate, int) and migrate is not False):
         raise ConfigurationError(f'migrate must be "auto", "check" or False, got {migrate!r}')
     wanted = dialects.check_durability(durability)
+    if cache_entries is not None and (
+        isinstance(cache_entries, bool) or not isinstance(cache_entries, int) or cache_entries < 1
+    ):
+        raise ConfigurationError(f"cache_entries must be a positive int (entities), got {cache_entries!r}")
     # before the schema step: a refused engine is left as it was
     check_settings(engine, wanted)
     _ensure_schema_retrying(engine, migrate)
     rt = runtime_for(engine, shared=shared)
     rt.shared = rt.shared or shared
+    if cache_entries is not None:
+        rt.known.cache.max_entries = cache_entries
     if archive is not None and rt.archive is None:
         try:
             rt.archive = archive if isinstance(archive, Archive) else Archive.open(archive, **(archive_options or {}))

@@ -9,13 +9,89 @@ otherwise it reads again.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
 from parquedb_orm.core.events import Event, RelEvent, Versioned, apply_event
 from parquedb_orm.sql.counters import load_all, namespace_of
+
+#: default bound of the entity cache, in entities across all namespaces of a store
+#: (configurable: `ParqueDB(cache_entries=...)`); a committed state is ~1-2 KB in memory
+DEFAULT_CACHE_ENTRIES = 50_000
+
+_generations = itertools.count(1)
+
+
+class EntityCache:
+    """Committed entity states of one process, least recently used first out, bounded in
+    entries across namespaces: memory follows the working set, not the data. A miss costs
+    a read of the archive's one piece that holds the entity (engine/reads.py)."""
+
+    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._d: OrderedDict[tuple[int, str], Versioned] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key: tuple[int, str]) -> Versioned | None:
+        hit = self._d.get(key)
+        if hit is not None:
+            self._d.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[int, str], value: Versioned) -> None:
+        d = self._d
+        d[key] = value
+        d.move_to_end(key)
+        while len(d) > self.max_entries:
+            d.popitem(last=False)
+            self.evictions += 1
+
+    def discard(self, key: tuple[int, str]) -> None:
+        self._d.pop(key, None)
+
+
+class NsCache:
+    """One namespace's view of the process's EntityCache. Keys carry the generation of the
+    NsState they belong to, so a namespace started afresh (Known.restart) never sees the
+    states its predecessor cached; those age out."""
+
+    __slots__ = ("_c", "_gen")
+
+    def __init__(self, cache: EntityCache) -> None:
+        self._c = cache
+        self._gen = next(_generations)
+
+    def get(self, eid: str) -> Versioned | None:
+        return self._c.get((self._gen, eid))
+
+    def __getitem__(self, eid: str) -> Versioned:
+        hit = self._c.get((self._gen, eid))
+        if hit is None:
+            raise KeyError(eid)
+        return hit
+
+    def __setitem__(self, eid: str, value: Versioned) -> None:
+        self._c.put((self._gen, eid), value)
+
+    def __contains__(self, eid: object) -> bool:
+        return isinstance(eid, str) and (self._gen, eid) in self._c._d
+
+    def pop(self, eid: str) -> None:
+        self._c.discard((self._gen, eid))
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - not used on hot paths
+        return (k[1] for k in list(self._c._d) if k[0] == self._gen)
+
+
+_DEFAULT_CACHE = EntityCache()
 
 
 @dataclass
@@ -29,8 +105,11 @@ class NsState:
     tail_events: int = 0
     next_seq: int | None = None  # single owner: next sequence to assign
     epoch: int = 0  # bumped on every committed change, to detect racing loads
-    cache: dict[str, Versioned] = field(default_factory=dict)
-    complete: bool = False  # `cache` holds every entity of the namespace
+    cache: NsCache = field(default_factory=lambda: NsCache(_DEFAULT_CACHE))
+    #: the committed state of an entity just before its first event in `tail`, where this
+    #: process knew it (its own commits): a flush or a cold read folds the tail onto it
+    #: without reading the archive
+    tail_base: dict[str, Versioned] = field(default_factory=dict)
     # relationships filed under this namespace
     rel_next_seq: int | None = None
     rel_tail_max: int = 0
@@ -52,8 +131,9 @@ def fold(ns: str, base: Versioned, events: list[Event], after_seq: int) -> Versi
 class Known:
     """The namespaces this process knows, the counters it has read, and the mode."""
 
-    def __init__(self, *, shared: bool) -> None:
+    def __init__(self, *, shared: bool, cache_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
         self.lock = threading.RLock()
+        self.cache = EntityCache(cache_entries)
         #: several processes write: caches are checked against the database before use
         self.shared = shared
         self._ns: dict[str, NsState] = {}
@@ -65,7 +145,7 @@ class Known:
         with self.lock:
             st = self._ns.get(name)
             if st is None:
-                st = self._ns[name] = NsState(name)
+                st = self._ns[name] = NsState(name, cache=NsCache(self.cache))
             return st
 
     def peek(self, name: str) -> NsState | None:
@@ -78,14 +158,17 @@ class Known:
         with self.lock:
             old = self._ns.get(name)
             self._ns[name] = NsState(
-                name, next_seq=old.next_seq if old else None, rel_next_seq=old.rel_next_seq if old else None
+                name,
+                next_seq=old.next_seq if old else None,
+                rel_next_seq=old.rel_next_seq if old else None,
+                cache=NsCache(self.cache),
             )
 
     def restart_all(self) -> None:
         """Forget every cache, keeping only the sequences this process assigned."""
         with self.lock:
             self._ns = {
-                name: NsState(name, next_seq=st.next_seq, rel_next_seq=st.rel_next_seq)
+                name: NsState(name, next_seq=st.next_seq, rel_next_seq=st.rel_next_seq, cache=NsCache(self.cache))
                 for name, st in self._ns.items()
             }
 

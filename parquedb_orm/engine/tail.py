@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from parquedb_orm.core.events import Event, RelEvent, apply_event
+from parquedb_orm.core.events import Event, RelEvent, Versioned, apply_event
 from parquedb_orm.engine.state import Known, NsState
 from parquedb_orm.sql import wal
 from parquedb_orm.sql.counters import seq_key
@@ -79,15 +79,24 @@ class WalTail:
             return events, rels
 
 
-    def trim(self, st: NsState, ev_mark: int) -> None:
-        """Drop what a flush moved to the snapshots (caller holds the lock)."""
+    def trim(self, st: NsState, ev_mark: int, latest: dict[str, Versioned] | None = None) -> None:
+        """Drop what a flush moved to the archive (caller holds the lock). `latest`: the
+        states the flush archived, the new base of an entity whose later events stay."""
         for eid in list(st.tail):
             kept = [e for e in st.tail[eid] if e.seq > ev_mark]
             st.tail_events -= len(st.tail[eid]) - len(kept)
             if kept:
                 st.tail[eid] = kept
+                base = None if latest is None else latest.get(eid)
+                if base is not None and base[0] == kept[0].version - 1:
+                    st.tail_base[eid] = base
+                else:
+                    st.tail_base.pop(eid, None)
             else:
                 del st.tail[eid]
+                st.tail_base.pop(eid, None)
+        for eid in [e for e in st.tail_base if e not in st.tail]:
+            del st.tail_base[eid]
 
     def created(self, st: NsState, entity_id: str) -> bool:
         with self.lock:

@@ -90,6 +90,7 @@ def enable(
     migrate: MigrateMode = "auto",
     sync_engine: Engine | None = None,
     durability: Durability | None = None,
+    cache_entries: int | None = None,
 ) -> ParqueDB:
     """Let sessions of `target` (a sessionmaker or scoped_session, or an async_sessionmaker
     or async_scoped_session) carry store operations (`store(session)`), committed with
@@ -103,6 +104,7 @@ def enable(
     (docs/migrations.md). `durability` ("normal" or "full", docs/durability.md): what the
     engine's settings must give; they are read back and never changed (a ConfigurationError
     says how to get it), and the logger "parquedb_orm" says once per engine what they give.
+    `cache_entries`: the bound of the entity cache, in entities (docs/scaling.md).
 
     Async makers (docs/async.md): the store runs on a sync engine of the sessions'
     database, derived from the AsyncEngine's URL unless `sync_engine` is given, and
@@ -120,6 +122,7 @@ def enable(
             migrate=migrate,
             sync_engine=sync_engine,
             durability=durability,
+            cache_entries=cache_entries,
         )
     if sync_engine is not None:
         raise ConfigurationError("enable(sync_engine=...) is for async_sessionmakers; use engine= here")
@@ -139,6 +142,7 @@ def enable(
         archive_options=archive_options,
         migrate=migrate,
         durability=durability,
+        cache_entries=cache_entries,
     )
     bridge = bridge_for(rt)
     attach(maker, bridge, listen_on=maker)
@@ -156,6 +160,7 @@ def _enable_async(
     migrate: MigrateMode,
     sync_engine: Engine | None,
     durability: Durability | None,
+    cache_entries: int | None = None,
 ) -> ParqueDB:
     """`enable()` of an async maker: the runtime on a sync engine of the sessions' database;
     the session listeners on a Session subclass of the maker's own, the `commit` listener
@@ -176,6 +181,7 @@ def _enable_async(
             archive_options=archive_options,
             migrate=migrate,
             durability=durability,
+            cache_entries=cache_entries,
         )
     except BaseException:
         if release is not None:
