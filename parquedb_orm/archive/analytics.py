@@ -1,10 +1,16 @@
 """`db.duckdb()`: SQL over the history with DuckDB.
 
 Views:
-- `events`: every entity event (archived files, bulk creates as CREATE events, WAL tail);
+- `events`: every entity event: archived files, bulk CREATEs (their `bulk_events` files;
+  derived from the bulk file itself for bulk files written before those existed) and the
+  WAL tail;
 - `rels`: every relationship event (archived files and WAL tail);
-- `entities`: current state, one row per entity (latest archived version merged with the tail).
-Only files the manifest lists are read, so an orphan left by a crash never shows up.
+- `entities`: current state, one row per entity. Base and bulk files hold each id at most
+  once and never the same id (compaction keeps them disjoint), so only the deltas and the
+  WAL tail, which may overlap anything, are deduplicated; a base or bulk row stands unless
+  one of those holds the id at a version at least as high.
+Only files the manifest lists are read, so an orphan left by a crash never shows up. The
+files are scanned lazily (Arrow datasets), not loaded: DuckDB reads what a query needs.
 """
 
 from __future__ import annotations
@@ -12,16 +18,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
-from parquedb_orm.archive import parquet
+from parquedb_orm.archive import bulk, parquet
+from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import manifest, wal
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from parquedb_orm.archive.files import Archive
-    from parquedb_orm.core.events import Versioned
+    from parquedb_orm.core.events import Event, Versioned
 
 
 class LiveView(Protocol):
@@ -38,40 +45,53 @@ class LiveView(Protocol):
     def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]: ...
 
 
-def _files(db: LiveView, kind: str) -> list[tuple[str, manifest.Entry]]:
-    with db.engine.connect() as conn:
-        entries = [e for e in manifest.load_all(conn) if e.kind == kind]
-    return [(e.ns, e) for e in entries]
+_NS = pa.field("ns", pa.string())
+_ENTITY_COLUMNS = pa.schema([f for f in parquet.ENTITIES_SCHEMA])
 
 
-def _read(db: LiveView, entries: list[tuple[str, manifest.Entry]], schema: pa.Schema) -> pa.Table:
-    archive = db.archive
-    tables = []
-    for ns, entry in entries:
-        assert archive is not None
-        t = pq.read_table(archive.path(entry.path), filesystem=archive.fs, partitioning=None)
-        tables.append(t.append_column("ns", pa.array([ns] * t.num_rows, pa.string())))
-    if not tables:
-        return schema.empty_table().append_column("ns", pa.array([], pa.string()))
-    return pa.concat_tables(tables, promote_options="default")
+def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Schema) -> Any:
+    """The files as one lazily read dataset with an `ns` column (their hive partition);
+    a column an older file lacks reads as NULL."""
+    with_ns = pa.schema([*schema, _NS])
+    if not entries:
+        return with_ns.empty_table()
+    assert archive is not None
+    folder = manifest.FOLDER[entries[0].kind]
+    return ds.dataset(
+        [archive.path(e.path) for e in entries],
+        schema=with_ns,
+        format="parquet",
+        filesystem=archive.fs,
+        partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
+        partition_base_dir=archive.path(folder),
+    )
+
+
+def _with_ns(table: pa.Table, names: list[str]) -> pa.Table:
+    return table.replace_schema_metadata(None).append_column("ns", pa.array(names, pa.string()))
 
 
 def connect(db: LiveView) -> Any:
     import duckdb
 
-    rt = db
-    con = duckdb.connect()
-    events = _read(db, _files(db, "events"), parquet.EVENTS_SCHEMA)
-    rels = _read(db, _files(db, "rels"), parquet.RELS_SCHEMA)
-    ents = _read(db, _files(db, "entities") + _files(db, manifest.BULK), parquet.ENTITIES_SCHEMA)
-    bulk_entries = _files(db, manifest.BULK)
-    bulk = _read(db, bulk_entries, parquet.ENTITIES_SCHEMA)
+    archive = db.archive
+    with db.engine.connect() as conn:
+        entries = manifest.load_all(conn)
+    by_kind: dict[str, list[manifest.Entry]] = {}
+    for e in entries:
+        by_kind.setdefault(e.kind, []).append(e)
+    entity_files = by_kind.get("entities", [])
+    bases = [e for e in entity_files if e.path.rsplit("/", 1)[-1].startswith("base-")]
+    deltas = [e for e in entity_files if e not in bases]
+    bulks = by_kind.get(manifest.BULK, [])
+    twins = {(e.ns, e.first_seq) for e in by_kind.get(manifest.BULK_EVENTS, [])}
+    untwinned = [e for e in bulks if (e.ns, e.first_seq) not in twins]
 
     # the WAL tail: committed events not yet flushed
     tail_events: list[tuple[str, Any]] = []
     tail_rels: list[tuple[str, Any]] = []
-    with rt.engine.connect() as conn:
-        names = rt.namespaces(conn)
+    with db.engine.connect() as conn:
+        names = db.namespaces(conn)
         ev_rows = wal.read_many(conn, wal.EVENTS, [(ns, None, f"seq:{ns}") for ns in names])
         rel_rows = wal.read_many(conn, wal.RELS, [(ns, None, f"rseq:{ns}") for ns in names])
         for ns in names:
@@ -79,54 +99,82 @@ def connect(db: LiveView) -> Any:
                 tail_events += [(ns, e) for e in wal.decode_events(wal.EVENTS, ns, first, recs)]
             for first, _l, recs in rel_rows[ns]:
                 tail_rels += [(ns, r) for r in wal.decode_rel_events(wal.RELS, ns, first, recs)]
-        current = {ns: rt.committed_all(conn, ns) for ns in {ns for ns, _ in tail_events}}
+        current = {ns: db.committed_all(conn, ns) for ns in {ns for ns, _ in tail_events}}
 
-    ev_tail = parquet.events_table([(e, None, None) for _ns, e in tail_events])
-    ev_tail = ev_tail.append_column("ns", pa.array([ns for ns, _ in tail_events], pa.string()))
-    rel_tail = parquet.rels_table([r for _ns, r in tail_rels]).append_column(
-        "ns", pa.array([ns for ns, _ in tail_rels], pa.string())
-    )
+    # the tables' builders sort their rows: one table per namespace, then its `ns` column
+    ev_by_ns: dict[str, list[tuple[Event, str | None, str | None]]] = {}
+    for ns, e in tail_events:
+        ev_by_ns.setdefault(ns, []).append((e, None, None))
+    ev_tail = _per_ns({ns: parquet.events_table(rows) for ns, rows in ev_by_ns.items()}, parquet.EVENTS_SCHEMA)
+    rel_by_ns: dict[str, list[Any]] = {}
+    for ns, r in tail_rels:
+        rel_by_ns.setdefault(ns, []).append(r)
+    rel_tail = _per_ns({ns: parquet.rels_table(rows) for ns, rows in rel_by_ns.items()}, parquet.RELS_SCHEMA)
     # current state of entities the tail touched, as entity rows
-    touched = []
+    latest: dict[str, dict[str, tuple[str, int, int, Any, int]]] = {}
     for ns, e in tail_events:
         version, state = current[ns].get(e.id, (0, None))
-        touched.append((ns, e.id, version, state, e.seq))
-    latest: dict[tuple[str, str], tuple[str, str, int, Any, int]] = {}
-    for row in touched:
-        latest[(row[0], row[1])] = row
-    from parquedb_orm.core.ids import chunk_number
-
-    ent_tail = parquet.entities_table(
-        [(eid, chunk_number(eid), v, st, seq) for (_n, eid, v, st, seq) in latest.values()]
+        latest.setdefault(ns, {})[e.id] = (e.id, chunk_number(e.id), version, state, e.seq)
+    ent_tail = _per_ns(
+        {ns: parquet.entities_table(list(rows.values())) for ns, rows in latest.items()}, _ENTITY_COLUMNS
     )
-    ent_tail = ent_tail.append_column("ns", pa.array([k[0] for k in latest], pa.string()))
 
-    con.register("_events_archived", events)
+    legacy = [bulk.twin_table(archive, e) for e in untwinned] if archive is not None and untwinned else []
+    legacy_events = (
+        _with_ns(
+            pa.concat_tables(legacy), [e.ns for e, t in zip(untwinned, legacy, strict=True) for _ in range(t.num_rows)]
+        )
+        if legacy
+        else _with_ns(parquet.EVENTS_SCHEMA.empty_table(), [])
+    )
+
+    con = duckdb.connect()
+    con.register("_events_archived", _scan(archive, by_kind.get("events", []), parquet.EVENTS_SCHEMA))
+    con.register("_bulk_events", _scan(archive, by_kind.get(manifest.BULK_EVENTS, []), parquet.EVENTS_SCHEMA))
+    con.register("_bulk_events_legacy", legacy_events)
     con.register("_events_tail", ev_tail)
-    con.register("_bulk", bulk)
-    con.register("_rels_archived", rels)
+    con.register("_rels_archived", _scan(archive, by_kind.get("rels", []), parquet.RELS_SCHEMA))
     con.register("_rels_tail", rel_tail)
-    con.register("_entities_archived", ents)
+    con.register("_entities_settled", _scan(archive, [*bases, *bulks], _ENTITY_COLUMNS))
+    con.register("_entities_delta", _scan(archive, deltas, _ENTITY_COLUMNS))
     con.register("_entities_tail", ent_tail)
     cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after, meta"
     con.execute(
         f"""CREATE VIEW events AS
         SELECT {cols} FROM _events_archived
-        UNION ALL SELECT 0 AS seq, created_at AS ts, 'CREATE' AS op, ns, id, 1 AS version,
-               json_extract_string(state, '$.createdBy') AS actor, state AS data, NULL AS before, state AS after,
-               NULL AS meta
-          FROM _bulk
+        UNION ALL SELECT {cols} FROM _bulk_events
+        UNION ALL SELECT {cols} FROM _bulk_events_legacy
         UNION ALL SELECT {cols} FROM _events_tail"""
     )
     rcols = 'seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, "to", reverse, actor, data'
     con.execute(f"CREATE VIEW rels AS SELECT {rcols} FROM _rels_archived UNION ALL SELECT {rcols} FROM _rels_tail")
     ecols = "id, ns, version, type, name, created_at, updated_at, deleted_at, state"
+    # deltas and tail: the latest row per id among them (the tail wins a tie)
+    con.execute(
+        f"""CREATE VIEW _entities_recent AS
+        SELECT {ecols} FROM (
+          SELECT {ecols}, row_number() OVER (PARTITION BY ns, id ORDER BY version DESC, src DESC) AS rn
+          FROM (SELECT {ecols}, 0 AS src FROM _entities_delta
+                UNION ALL SELECT {ecols}, 1 AS src FROM _entities_tail)
+        ) WHERE rn = 1"""
+    )
+    s_cols = ", ".join(f"s.{c.strip()}" for c in ecols.split(","))
     con.execute(
         f"""CREATE VIEW entities AS
         SELECT {ecols} FROM (
-          SELECT {ecols}, row_number() OVER (PARTITION BY ns, id ORDER BY version DESC, src DESC) AS rn
-          FROM (SELECT {ecols}, 0 AS src FROM _entities_archived
-                UNION ALL SELECT {ecols}, 1 AS src FROM _entities_tail)
-        ) WHERE rn = 1 AND state IS NOT NULL"""
+          SELECT {s_cols} FROM _entities_settled s
+          WHERE NOT EXISTS (SELECT 1 FROM _entities_recent r
+                            WHERE r.ns = s.ns AND r.id = s.id AND r.version >= s.version)
+          UNION ALL
+          SELECT r.* FROM _entities_recent r
+          WHERE NOT EXISTS (SELECT 1 FROM _entities_settled s
+                            WHERE s.ns = r.ns AND s.id = r.id AND s.version > r.version)
+        ) WHERE state IS NOT NULL"""
     )
     return con
+
+
+def _per_ns(tables: dict[str, pa.Table], schema: pa.Schema) -> pa.Table:
+    """Per-namespace tables as one, with an `ns` column (their own extra columns dropped)."""
+    parts = [_with_ns(t.select(schema.names).cast(schema), [ns] * t.num_rows) for ns, t in sorted(tables.items())]
+    return pa.concat_tables(parts) if parts else _with_ns(schema.empty_table(), [])

@@ -81,9 +81,14 @@ def _write_twin(archive: Archive, entry: manifest.Entry, table: Any) -> manifest
 
 
 def write_twin_of(archive: Archive, entry: manifest.Entry) -> manifest.Entry:
-    """The CREATE events' twin of a bulk file written before twins existed, derived from
-    its rows (compaction writes it before folding the bulk file away). One file's rows
-    in memory: a bulk file is one create_many call."""
+    """Write the CREATE events' twin of a bulk file made before twins existed (compaction
+    does, before folding the bulk file away)."""
+    return _write_twin(archive, entry, twin_table(archive, entry))
+
+
+def twin_table(archive: Archive, entry: manifest.Entry) -> pa.Table:
+    """The CREATE events of a bulk file, derived from its rows (for files without a twin).
+    One file's rows in memory: a bulk file is one create_many call."""
     table = archive.read_table(entry.path, columns=["id", "state"])
     ids: list[str] = table.column("id").to_pylist()
     jsons: list[str] = table.column("state").to_pylist()
@@ -93,7 +98,7 @@ def write_twin_of(archive: Archive, entry: manifest.Entry) -> manifest.Entry:
     if len(set(stamps.values())) > 1:  # one create_many shares one timestamp; be exact anyway
         column = pa.array([stamps[eid] for eid in out.column("id").to_pylist()], pa.int64()).cast(parquet.TS)
         out = out.set_column(out.schema.get_field_index("ts"), "ts", column)
-    return _write_twin(archive, entry, out)
+    return out
 
 
 def _nested_dollar(data: dict[str, Any]) -> bool:

@@ -220,6 +220,8 @@ def compact(
             conn.rollback()  # someone compacted first; our file is an unlisted orphan
             return None
         manifest.add(conn, new)
+        # what an earlier compaction's crash left behind goes now (its sources, unlisted)
+        sweep_orphans(conn, archive, [ns], keep={e.path for e in sources})
     step("compaction_committed")
     changed(new, sources)
     for e in sources:
@@ -412,7 +414,7 @@ def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) ->
 ORPHAN_GRACE_SECONDS = 3600.0
 
 
-def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str]) -> int:
+def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str], keep: set[str] | None = None) -> int:
     """Delete Parquet files of these namespaces that the manifest does not list: leftovers
     of a crash (a flush retried over a longer range, the sources of a compaction committed
     just before the crash). Runs under the flush lock; a writer checks its own files still
@@ -422,12 +424,13 @@ def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str]) -> 
     A young unlisted `bulk-` file may be a create_many whose transaction has not committed
     yet, and is kept for ORPHAN_GRACE_SECONDS; except a bulk entities file whose twin
     (`events/.../bulk-<same range>`) is listed: that create_many committed, so compaction
-    folded the file into the base."""
+    folded the file into the base. `keep`: paths not to delete (a compaction's sources,
+    which it deletes itself once its commit is durable)."""
     now = time.time()
     removed = 0
     for ns in namespaces:
         entries = [e for kind in manifest.ALL_KINDS for e in manifest.load(conn, kind, ns)]
-        listed = {e.path for e in entries}
+        listed = {e.path for e in entries} | (keep or set())
         twins = {e.path for e in entries if e.kind == manifest.BULK_EVENTS}
         for folder in manifest.KINDS:
             for path, mtime in archive.listing(f"{folder}/ns={ns}"):

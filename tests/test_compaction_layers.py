@@ -1,0 +1,341 @@
+"""Compaction of a namespace's entity layers (archive/compact.py): deltas, bulk files and
+the previous base become ONE base file; events and rels files merge sorted. Nothing any
+read answers changes, bulk CREATE events stay in history and in db.duckdb(), a crash at
+any step loses and duplicates nothing, and the merge holds no Python object per row.
+SQL behaviour on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as ppq
+import pytest
+from backends import backend_engine
+from sqlalchemy import Engine, create_engine, text
+
+import parquedb_orm as pq
+import parquedb_orm.archive.flush as flush_module
+from parquedb_orm.archive import compact, parquet
+from parquedb_orm.engine.setup import flushing
+from parquedb_orm.sql import manifest
+
+BACKENDS = ["sqlite-file", "postgresql", "mysql"]
+MANUAL = pq.FlushPolicy(mode="manual", compact_after=1000)
+TESTS_DIR = Path(__file__).resolve().parent
+CRASH_CODE = 17
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
+    with backend_engine(kind, tmp_path) as engine:
+        yield engine
+
+
+def run_compaction(db: pq.ParqueDB, threshold: int = 1, **kw: Any) -> list[manifest.Entry]:
+    """compact.compact_due as the store's flusher runs it (its lock, its crash hook)."""
+    running = flushing(db.runtime)
+    assert running is not None
+    fl = running.flusher
+    with fl._lock:
+        return compact.compact_due(
+            fl.rt.engine, fl.archive, fl.rt.manifest_changed, threshold, step=flush_module._step, **kw
+        )
+
+
+def sqid(ref: str) -> str:
+    return ref.split("/")[1]
+
+
+def listed(engine: Engine, ns: str) -> Counter[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT kind, path FROM archive_manifest WHERE ns = :ns"), {"ns": ns}).all()
+    return Counter(k if k != "entities" else ("base" if "/base-" in p else "delta") for k, p in rows)
+
+
+def workload(db: pq.ParqueDB) -> list[str]:
+    """Bulk files, flushed deltas (updates of bulk entities among them), deletes, links,
+    and a pending WAL tail."""
+    refs: list[str] = []
+    for i in range(3):
+        made = db.create_many(
+            "posts", [{"name": f"b{i}-{j}", "views": j, "tag": "x" if j % 2 else j} for j in range(7)]
+        )
+        refs += [e["$id"] for e in made]
+    solo = db.create("posts", {"name": "solo", "views": 1.5})
+    u = db.create("users", {"name": "u"})
+    refs += [solo["$id"], u["$id"]]
+    db.flush()
+    db.update("posts", sqid(refs[0]), {"$set": {"views": 100, "extra": True}})
+    db.delete("posts", sqid(refs[1]))
+    db.delete("posts", sqid(refs[2]), hard=True)
+    db.link(refs[3], "author", u["$id"])
+    db.flush()
+    db.update("posts", sqid(refs[4]), {"$inc": {"views": 1}})
+    db.update("posts", sqid(refs[0]), {"$inc": {"views": 1}})
+    db.flush()
+    db.update("posts", sqid(refs[5]), {"$set": {"late": "tail"}})  # stays in the WAL tail
+    return refs
+
+
+def answers(db: pq.ParqueDB, refs: list[str]) -> Any:
+    out: list[Any] = []
+    for ref in refs:
+        ns, eid = ref.split("/")
+        full = db.get(ns, eid, include_deleted=True)
+        out.append((ref, db.get(ns, eid), full, db.history(ref), db.related(ref)))
+        if full and full["version"] > 1:
+            out.append(db.get(ns, eid, as_of=1, include_deleted=True))
+    out.append(db.find("posts", sort={"name": 1}))
+    out.append(db.find("posts", {"views": {"$gte": 3}}, sort={"views": -1}, limit=3))
+    out.append(db.find("posts", include_deleted=True, sort={"name": -1}))
+    out.append(duck(db))
+    return out
+
+
+def duck(db: pq.ParqueDB) -> Any:
+    con = db.duckdb()
+    try:
+        return (
+            con.sql(
+                "SELECT ns, id, version, type, name, deleted_at IS NULL, state FROM entities ORDER BY ns, id"
+            ).fetchall(),
+            con.sql("SELECT ns, id, seq, op, version, data, after FROM events ORDER BY ns, id, seq").fetchall(),
+            con.sql("SELECT ns, from_id, seq, op FROM rels ORDER BY ns, from_id, seq").fetchall(),
+        )
+    finally:
+        con.close()
+
+
+def test_compaction_leaves_one_base_and_changes_no_answer(engine: Engine, tmp_path: Path) -> None:
+    db = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        refs = workload(db)
+        assert listed(engine, "posts") == {"bulk": 3, "bulk_events": 3, "delta": 3, "events": 3, "rels": 1}
+        before = answers(db, refs)
+        bulk_creates = [r for r in before[-1][1] if r[2] == 0]
+        assert len(bulk_creates) == 21 and {r[3] for r in bulk_creates} == {"CREATE"}
+        merged = run_compaction(db)
+        assert {(e.kind, e.ns) for e in merged} == {("entities", "posts"), ("events", "posts")}  # users: one file
+        assert listed(engine, "posts") == {"base": 1, "bulk_events": 3, "events": 1, "rels": 1}
+        base = next(e for e in merged if e.kind == "entities")
+        assert base.path == "entities/ns=posts/base-000000000001-000000000006.parquet"
+        assert base.row_count == 22  # 21 bulk entities + solo, each once (the hard-deleted one too)
+        on_disk = sorted(p.name for p in (tmp_path / "archive" / "entities" / "ns=posts").iterdir())
+        assert on_disk == [Path(base.path).name]
+        assert answers(db, refs) == before
+    finally:
+        db.close()
+    fresh = pq.ParqueDB(create_engine(url_of_engine(engine, tmp_path)), archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        assert answers(fresh, refs) == before
+        fresh.flush()  # the tail: one more delta (its events now carry their after-state)
+        flushed = answers(fresh, refs)
+        assert sorted(e.kind for e in run_compaction(fresh)) == ["entities", "events"]
+        assert answers(fresh, refs) == flushed
+    finally:
+        fresh.close()
+        fresh.engine.dispose()
+
+
+def url_of_engine(engine: Engine, tmp_path: Path) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def test_the_base_file_is_sorted_deduplicated_and_typed(tmp_path: Path) -> None:
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        refs = workload(db)
+        db.flush()
+        run_compaction(db)
+        path = next((tmp_path / "archive" / "entities" / "ns=posts").glob("base-*.parquet"))
+        f = ppq.ParquetFile(path)
+        assert all(f.metadata.row_group(i).num_rows <= parquet.ENTITY_ROW_GROUP_ROWS for i in range(f.num_row_groups))
+        table = f.read()
+        keys = list(zip(table.column("number").to_pylist(), table.column("id").to_pylist(), strict=True))
+        assert keys == sorted(keys) and len({k[1] for k in keys}) == len(keys)
+        fields = parquet.fields_of(f.schema_arrow)
+        assert fields is not None
+        # name: a string everywhere; views: ints in bulk files, a float in a delta: mixed
+        assert fields["name"] == "string" and fields["views"] == "mixed" and fields["tag"] == "mixed"
+        assert fields["extra"] == "bool" and fields["late"] == "string"
+        assert "f_name" in table.column_names and "f_views" not in table.column_names
+        by_id = dict(zip(table.column("id").to_pylist(), table.column("version").to_pylist(), strict=True))
+        assert by_id[sqid(refs[0])] == 3 and by_id[sqid(refs[5])] == 2
+        extra = dict(zip(table.column("id").to_pylist(), table.column("f_extra").to_pylist(), strict=True))
+        assert extra[sqid(refs[0])] is True and extra[sqid(refs[6])] is None
+    finally:
+        db.close()
+
+
+def test_bulk_files_without_twins_get_them_at_compaction(tmp_path: Path) -> None:
+    """An archive written before bulk_events existed: its bulk files have no twin. db.duckdb()
+    derives their CREATEs; compaction writes the twins, so history keeps them."""
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        made = db.create_many("tags", [{"name": f"t{i}"} for i in range(6)])
+        db.create_many("tags", [{"name": f"s{i}"} for i in range(6)])
+        db.flush()
+        with db.engine.begin() as conn:  # the old layout: no twins
+            paths = conn.execute(text("SELECT path FROM archive_manifest WHERE kind = 'bulk_events'")).scalars().all()
+            conn.execute(text("DELETE FROM archive_manifest WHERE kind = 'bulk_events'"))
+        for p in paths:
+            (tmp_path / "archive" / p).unlink()
+        db.close()
+        db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+        before = duck(db)
+        assert len([r for r in before[1] if r[2] == 0]) == 12
+        merged = run_compaction(db)
+        assert [e.kind for e in merged] == ["entities"]
+        assert listed(db.engine, "tags") == {"base": 1, "bulk_events": 2}
+        assert duck(db) == before
+        assert [h["op"] for h in db.history(made[0]["$id"])] == ["CREATE"]
+    finally:
+        db.close()
+
+
+def test_delta_rows_bound_triggers_compaction(tmp_path: Path) -> None:
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        made = db.create_many("posts", [{"name": f"p{i}", "n": i} for i in range(200)])
+        db.create("posts", {"name": "x"})
+        db.flush()
+        run_compaction(db)  # two files: more than threshold 1
+        assert listed(db.engine, "posts")["base"] == 1
+        bound = compact.DeltaBound(fraction=0.05, min_rows=10)
+        # a flush touching 15 entities: one delta, 2 files, fewer than threshold 32 ...
+        for e in made[:15]:
+            db.update("posts", sqid(e["$id"]), {"$inc": {"n": 1}})
+        db.flush()
+        with db.engine.connect() as conn:
+            assert compact.due(conn, "entities", "posts", 32, bound)  # ... but 15 > max(10, 201 * 0.05)
+            assert not compact.due(conn, "entities", "posts", 32, compact.DeltaBound(fraction=0.05, min_rows=100))
+        assert [e.kind for e in run_compaction(db, 32, bound=bound)] == ["entities"]
+        assert listed(db.engine, "posts")["base"] == 1 and listed(db.engine, "posts")["delta"] == 0
+        assert db.get("posts", sqid(made[3]["$id"]))["n"] == 4
+    finally:
+        db.close()
+
+
+def test_only_new_bulk_files_since_the_last_base(tmp_path: Path) -> None:
+    """The base name is taken by the previous base (no new delta): the new one is named by
+    the bulk files too, and never overwrites a listed file."""
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        db.create_many("posts", [{"name": f"a{i}"} for i in range(5)])
+        db.create_many("posts", [{"name": f"b{i}"} for i in range(5)])
+        (first,) = run_compaction(db)
+        assert first.path == "entities/ns=posts/base-000000000000-000000000000.parquet"
+        db.create_many("posts", [{"name": f"c{i}"} for i in range(5)])
+        (second,) = run_compaction(db)
+        assert second.path.startswith("entities/ns=posts/base-000000000000-000000000000-")
+        assert second.row_count == 15
+        assert len(db.find("posts")) == 15
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------------------- crashes
+def crash_child(url: str, archive: str, out: str, step: str) -> None:
+    """In a fresh interpreter: the workload, then a compaction that exits at `step`."""
+    db = pq.ParqueDB(url, archive=archive, policy=MANUAL)
+    refs = workload(db)
+    db.flush()
+    Path(out).write_text("\n".join(refs))
+
+    def crash(name: str) -> None:
+        if name == step:
+            os._exit(CRASH_CODE)
+
+    flush_module.CRASH_HOOK = crash
+    run_compaction(db)
+    db.close()
+
+
+def folder_rows(archive: Path, folder: str, pattern: str = "*") -> Counter[tuple[Any, ...]]:
+    """(ns, id, seq) of every row of the folder's files, read straight from the files."""
+    con = duckdb.connect()
+    try:
+        rows = con.sql(
+            f"""SELECT ns, id, seq FROM read_parquet('{archive.as_posix()}/{folder}/**/{pattern}.parquet',
+                hive_partitioning = true, union_by_name = true)"""
+        ).fetchall()
+    finally:
+        con.close()
+    return Counter(tuple(r) for r in rows)
+
+
+@pytest.mark.parametrize("step", ["compacted_file_written", "compaction_committed"])
+def test_a_crash_during_compaction_loses_and_duplicates_nothing(kind: str, tmp_path: Path, step: str) -> None:
+    with backend_engine(kind, tmp_path) as engine:
+        url = engine.url.render_as_string(hide_password=False)
+        archive, out = tmp_path / "archive", tmp_path / "refs.txt"
+        code = (
+            f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); "
+            "from test_compaction_layers import crash_child; crash_child(*sys.argv[1:])"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, url, str(archive), str(out), step], capture_output=True, text=True, timeout=180
+        )
+        assert proc.returncode == CRASH_CODE, proc.stderr[-3000:]
+        refs = out.read_text().split("\n")
+        db = pq.ParqueDB(url, archive=archive, policy=MANUAL)
+        try:
+            # every committed event once: 21 bulk CREATEs (seq 0) and posts 1..7, users 1
+            ev, _rels, ents = duck(db)[1], duck(db)[2], duck(db)[0]
+            assert Counter((r[0], r[2]) for r in ev) == Counter(
+                {("posts", 0): 21, **{("posts", s): 1 for s in range(1, 7)}, ("users", 1): 1}
+            ) + Counter({("posts", 7): 1})
+            assert len({(r[0], r[1], r[2]) for r in ev}) == len(ev)
+            assert len(ents) == 21 + 2 - 1  # the hard-deleted one is gone
+            before = answers(db, refs)
+            run_compaction(db)  # finish (or redo) the interrupted compaction
+            assert answers(db, refs) == before
+            db.create("posts", {"name": "after"})
+            db.flush()
+            run_compaction(db)  # its commit sweeps what the crash left
+            assert answers(db, refs)[:-4] == before[:-4]  # the finds and views now hold "after" too
+            assert listed(db.engine, "posts") == {"base": 1, "bulk_events": 3, "events": 1, "rels": 1}
+        finally:
+            db.close()
+        # a reader globbing the folders sees each row once
+        events = folder_rows(archive, "events")
+        assert max(events.values()) == 1
+        assert sum(n for (ns, _i, seq), n in events.items() if ns == "posts" and seq == 0) == 21
+        assert sorted(seq for ns, _i, seq in events if ns == "posts" and seq) == list(range(1, 9))
+        entities = folder_rows(archive, "entities")
+        assert sorted(p.name[:5] for p in (archive / "entities" / "ns=posts").iterdir()) == ["base-"]
+        assert max(entities.values()) == 1 and len([k for k in entities if k[0] == "posts"]) == 23
+
+
+# ---------------------------------------------------------------------------- memory
+def test_compaction_of_200k_entities_holds_no_python_object_per_row(tmp_path: Path) -> None:
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        for chunk in range(20):
+            db.create_many("big", [{"name": f"n{chunk}-{i}", "v": i, "s": "x" * 20} for i in range(10_000)])
+        db.create("big", {"name": "delta"})
+        db.flush()
+        tracemalloc.start()
+        try:
+            merged = run_compaction(db, 1)
+            _now, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert [e.row_count for e in merged if e.kind == "entities"] == [200_001]
+        # a Python object per row would be >= 200k x ~100 bytes = 20 MB; the merge stays far below
+        assert peak < 8 * 2**20, peak
+    finally:
+        db.close()
