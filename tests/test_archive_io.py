@@ -185,10 +185,18 @@ def test_layout_names_types_and_compression(open_db: Opener, tmp_path: Path) -> 
     assert events.schema.field("op").type.value_type == pa.string()
     assert events.schema.field("version").type == pa.int64()
     assert "ns" not in events.column_names  # the hive partition is the namespace
-    assert events.column("seq").to_pylist() == list(range(1, 8))
+    # sorted by (id, seq), so one entity's events sit in one piece (history reads that piece)
+    pairs = list(zip(events.column("id").to_pylist(), events.column("seq").to_pylist(), strict=True))
+    assert pairs == sorted(pairs) and sorted(s for _i, s in pairs) == list(range(1, 8))
+    events_meta = papq.ParquetFile(arch / "events/ns=posts/000000000001-000000000007.parquet").metadata
+    assert events_meta.row_group(0).column(3).statistics  # `id`: what prunes pieces
     rels = papq.read_table(arch / "rels/ns=posts/000000000001-000000000003.parquet")
     assert rels.schema.field("seq").type == pa.int64() and pa.types.is_dictionary(rels.schema.field("op").type)
-    assert [str(o) for o in rels.column("op").to_pylist()] == ["LINK", "LINK", "UNLINK"]
+    # sorted by (from_id, seq)
+    by_seq = sorted(zip(rels.column("seq").to_pylist(), rels.column("op").to_pylist(), strict=True))
+    assert [str(o) for _s, o in by_seq] == ["LINK", "LINK", "UNLINK"]
+    froms = list(zip(rels.column("from_id").to_pylist(), rels.column("seq").to_pylist(), strict=True))
+    assert froms == sorted(froms)
     ents = papq.read_table(arch / "entities/ns=users/000000000001-000000000004.parquet")
     assert ents.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert ents.schema.field("version").type == pa.int64()
@@ -210,12 +218,12 @@ def test_duckdb_reads_the_archive_directly(open_db: Opener, tmp_path: Path) -> N
     rows = con.execute(
         f"""SELECT ns, id, seq, op, version, actor FROM read_parquet('{glob}/events/**/*.parquet',
             hive_partitioning = true, filename = true, file_row_number = true)
-            ORDER BY ns, filename, file_row_number"""
+            ORDER BY ns, seq"""
     ).fetchall()
     assert [tuple(r) for r in rows] == sorted(w.events, key=lambda e: (e[0], e[2]))
     for ns in ("posts", "users"):
         seqs = [r[2] for r in rows if r[0] == ns]
-        assert seqs == list(range(1, len(seqs) + 1)), f"{ns}: not in sequence order"
+        assert seqs == list(range(1, len(seqs) + 1)), f"{ns}: a sequence is missing or twice"
     types = dict(
         (r[0], r[1])
         for r in con.execute(
@@ -292,8 +300,10 @@ def test_create_many_10k_costs_three_rows_and_one_manifest_row(open_db: Opener) 
     if m.faithful:
         assert m.rows_written is not None and m.rows_written <= 3
     added = [r for r in manifest_rows(db.engine) if r not in before]
-    assert len(added) == 1 and added[0][0] in ("bulk", "entities") and added[0][5] == 10_000
-    assert "/bulk-" in added[0][4]
+    # the bulk entities file and its twin holding the 10,000 CREATE events (for history and
+    # readers of events/): two manifest rows
+    assert sorted(r[0] for r in added) == ["bulk", "bulk_events"] and all(r[5] == 10_000 for r in added)
+    assert all("/bulk-" in r[4] for r in added)
     assert db.stats()["unflushed_events"] == pending  # nothing went to the WAL
     assert len(made) == 10_000 and len({e["$id"] for e in made}) == 10_000
 
