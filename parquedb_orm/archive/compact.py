@@ -414,7 +414,14 @@ def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) ->
 ORPHAN_GRACE_SECONDS = 3600.0
 
 
-def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str], keep: set[str] | None = None) -> int:
+def sweep_orphans(
+    conn: Connection,
+    archive: Archive,
+    namespaces: list[str],
+    keep: set[str] | None = None,
+    *,
+    cached: Callable[[str, str], list[manifest.Entry]] | None = None,
+) -> int:
     """Delete Parquet files of these namespaces that the manifest does not list: leftovers
     of a crash (a flush retried over a longer range, the sources of a compaction committed
     just before the crash). Runs under the flush lock; a writer checks its own files still
@@ -425,22 +432,30 @@ def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str], kee
     yet, and is kept for ORPHAN_GRACE_SECONDS; except a bulk entities file whose twin
     (`events/.../bulk-<same range>`) is listed: that create_many committed, so compaction
     folded the file into the base. `keep`: paths not to delete (a compaction's sources,
-    which it deletes itself once its commit is durable)."""
+    which it deletes itself once its commit is durable).
+
+    `cached(kind, ns)`: the caller's copy of the manifest lists. When every file the folders
+    hold is in it (or in `keep`), there is nothing to sweep and the manifest is not read:
+    a flush then reads no row per archive file."""
     now = time.time()
     removed = 0
     for ns in namespaces:
+        listing = [(folder, found) for folder in manifest.KINDS for found in archive.listing(f"{folder}/ns={ns}")]
+        if cached is not None:
+            known = {e.path for kind in manifest.ALL_KINDS for e in cached(kind, ns)} | (keep or set())
+            if all(path in known for _folder, (path, _mtime) in listing):
+                continue
         entries = [e for kind in manifest.ALL_KINDS for e in manifest.load(conn, kind, ns)]
         listed = {e.path for e in entries} | (keep or set())
         twins = {e.path for e in entries if e.kind == manifest.BULK_EVENTS}
-        for folder in manifest.KINDS:
-            for path, mtime in archive.listing(f"{folder}/ns={ns}"):
-                if path in listed:
-                    continue
-                name = path.rsplit("/", 1)[1]
-                young = now - mtime < ORPHAN_GRACE_SECONDS
-                folded = folder == "entities" and f"events/ns={ns}/{name}" in twins
-                if (name.startswith(".") or (name.startswith("bulk-") and not folded)) and young:
-                    continue  # a write (or an application transaction's create_many) in progress
-                archive.delete(path)
-                removed += 1
+        for folder, (path, mtime) in listing:
+            if path in listed:
+                continue
+            name = path.rsplit("/", 1)[1]
+            young = now - mtime < ORPHAN_GRACE_SECONDS
+            folded = folder == "entities" and f"events/ns={ns}/{name}" in twins
+            if (name.startswith(".") or (name.startswith("bulk-") and not folded)) and young:
+                continue  # a write (or an application transaction's create_many) in progress
+            archive.delete(path)
+            removed += 1
     return removed

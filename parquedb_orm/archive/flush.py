@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, text, update
 
-from parquedb_orm.archive import parquet
+from parquedb_orm.archive import compact, parquet
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event
@@ -130,23 +130,18 @@ class Flusher:
             return self._flush()
 
     def compact_due(self, threshold: int, namespaces: list[str] | None = None) -> list[manifest.Entry]:
-        """Merge a namespace's files of one kind once there are more than `threshold`
-        (bulk files stay: ids map to them). Exactly once, like a flush."""
-        done = []
+        """Merge a namespace's files once compaction is due (archive/compact.py says when and
+        what each kind becomes). Exactly once, like a flush."""
         with self._lock:
-            with self.rt.engine.connect() as conn:
-                names = namespaces if namespaces is not None else sorted({e.ns for e in manifest.load_all(conn)})
-                due = [
-                    (kind, ns)
-                    for ns in names
-                    for kind in manifest.KINDS
-                    if len(self.rt.archive_files(conn, kind, ns)) > threshold
-                ]
-            for kind, ns in due:
-                merged = _compact_kind(self, kind, ns, threshold)
-                if merged is not None:
-                    done.append(merged)
-        return done
+            return compact.compact_due(
+                self.rt.engine,
+                self.archive,
+                self.rt.manifest_changed,
+                threshold,
+                namespaces,
+                files=self.rt.archive_files,
+                step=_step,
+            )
 
     # ------------------------------------------------------------------ steps
     def _read(self, conn: Connection) -> tuple[dict[str, int], dict[str, _NsPlan]]:
@@ -279,7 +274,10 @@ class Flusher:
         _step("snapshots_written")
         self._retire(conn, plans, now)
         _step("wal_retired")
-        sweep_orphans(conn, self.archive, sorted(plans))
+        listed = {e.path for e in entries}
+        compact.sweep_orphans(
+            conn, self.archive, sorted(plans), listed, cached=lambda kind, ns: self.rt.archive_files(conn, kind, ns)
+        )
         return True
 
     def _retire(self, conn: Connection, plans: dict[str, _NsPlan], counters: dict[str, int]) -> None:
@@ -349,33 +347,6 @@ def plans_summary(
     }
 
 
-#: an unlisted temporary or bulk file younger than this may belong to a write in progress
-ORPHAN_GRACE_SECONDS = 3600.0
-
-
-def sweep_orphans(conn: Connection, archive: Archive, namespaces: list[str]) -> int:
-    """Delete Parquet files of these namespaces that the manifest does not list: leftovers
-    of a crash (a flush that was retried over a longer range, the sources of a compaction
-    committed just before the crash). Runs under the flush lock; a flusher checks its own
-    files still exist under that lock before listing them, so a sweep never loses data.
-    Readers that glob the folders (DuckDB's read_parquet) then see each event once."""
-    now = time.time()
-    removed = 0
-    for ns in namespaces:
-        listed = {e.path for kind in (*manifest.KINDS, manifest.BULK) for e in manifest.load(conn, kind, ns)}
-        for kind in manifest.KINDS:
-            for path, mtime in archive.listing(f"{kind}/ns={ns}"):
-                name = path.rsplit("/", 1)[1]
-                if path in listed:
-                    continue
-                young = now - mtime < ORPHAN_GRACE_SECONDS
-                if (name.startswith(".") or name.startswith("bulk-")) and young:
-                    continue  # a write (or an application transaction's create_many) in progress
-                archive.delete(path)
-                removed += 1
-    return removed
-
-
 def _newest_first(table: Table, ns: str) -> Any:
     """The first_seq of a namespace's newest WAL row, which retiring keeps: a writer with
     stale numbers finds it (wal.insert_unclaimed), and shared mode reads its floor there.
@@ -406,48 +377,3 @@ def _rebuild_table(conn: Connection, table: Table, marks: dict[str, int]) -> Non
     table.create(conn)
     conn.execute(text(f"INSERT INTO {table.name} SELECT * FROM temp.keep_{table.name}"))
     conn.execute(text(f"DROP TABLE temp.keep_{table.name}"))
-
-
-# ---------------------------------------------------------------------- compaction
-def _merge(kind: str, tables: list[Any]) -> Any:
-    import pyarrow as pa
-
-    merged = pa.concat_tables(tables, promote_options="default")
-    if kind != "entities":
-        return merged.sort_by("seq")
-    # keep each entity's latest version only
-    latest = parquet.table_states(merged)
-    rows = [(eid, chunk_number(eid), v, st, seq) for eid, (v, seq, st) in sorted(latest.items())]
-    return parquet.entities_table(rows)
-
-
-def _compact_kind(flusher: Flusher, kind: str, ns: str, threshold: int) -> manifest.Entry | None:
-    rt, archive = flusher.rt, flusher.archive
-    with rt.engine.connect() as conn:
-        sources = manifest.load(conn, kind, ns)
-    if len(sources) <= threshold:
-        return None
-    first, last = sources[0].first_seq, max(e.last_seq for e in sources)
-    table = _merge(kind, [archive.read_table(e.path) for e in sources])
-    path = Archive.file_name(kind, ns, first, last, prefix="c-")
-    size = archive.write_table(path, table)
-    merged = manifest.Entry(kind, ns, first, last, path, table.num_rows, size)
-    _step("compacted_file_written")
-    # the sources are deleted right after this commit: it must survive a power loss even
-    # where commits in general need not (synchronous=NORMAL), or the manifest could come
-    # back listing deleted files
-    with dialects.durable_begin(rt.engine) as conn:
-        dialects.lock_flush(conn)
-        if not archive.exists(merged.path):
-            conn.rollback()  # swept as an orphan by a flush elsewhere: the sources stay listed
-            return None
-        if manifest.remove(conn, sources) != len(sources):
-            conn.rollback()  # someone compacted first; our file is an unlisted orphan
-            return None
-        manifest.add(conn, [merged])
-    _step("compaction_committed")
-    rt.manifest_changed([merged], sources)
-    for e in sources:
-        if e.path != merged.path:
-            archive.delete(e.path)  # unlisted now: readers no longer open it
-    return merged

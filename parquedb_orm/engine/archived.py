@@ -68,6 +68,8 @@ class ArchivedReads:
         self.max_footer_bytes = max_footer_bytes
         self.max_delta_ids = max_delta_ids
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
+        #: the whole manifest was read (preload) and every change since applied (`changed`)
+        self._complete = False
         #: files found one by one (manifest.covering) before the namespace's list was read
         self._seen: dict[tuple[str, str], list[manifest.Entry]] = {}
         self._ranges: OrderedDict[str, Ranges] = OrderedDict()
@@ -87,12 +89,27 @@ class ArchivedReads:
         key = (kind, ns)
         with self.lock:
             hit = self._manifest.get(key)
+            if hit is None and self._complete:
+                hit = self._manifest[key] = []  # preloaded: a kind the manifest has no row of
         if hit is not None and not self.known.shared:
             return hit
         entries = manifest.load(conn, kind, ns)
         with self.lock:
             self._manifest[key] = entries
         return entries
+
+    def preload(self, conn: Connection) -> int:
+        """Read the whole manifest once (one statement, a row per file: compaction bounds
+        the count), so a single owner's reads never seek it again. Returns the file count."""
+        entries = manifest.load_all(conn)
+        grouped: dict[tuple[str, str], list[manifest.Entry]] = {}
+        for e in entries:
+            grouped.setdefault((e.kind, e.ns), []).append(e)
+        with self.lock:
+            self._complete = True
+            for key, found in grouped.items():
+                self._manifest[key] = sorted(found, key=lambda x: x.first_seq)
+        return len(entries)
 
     def changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
         with self.lock:
@@ -108,7 +125,7 @@ class ArchivedReads:
                     self._manifest[(e.kind, e.ns)] = [x for x in cached if x.path != e.path]
                 self._forget(e.path)
             for e in added:
-                cached = self._manifest.get((e.kind, e.ns))
+                cached = self._manifest.get((e.kind, e.ns), [] if self._complete else None)
                 if cached is not None:
                     self._manifest[(e.kind, e.ns)] = sorted(
                         [*(x for x in cached if x.path != e.path), e], key=lambda x: x.first_seq
@@ -136,7 +153,7 @@ class ArchivedReads:
         cached list, else one seek (manifest.covering), remembered."""
         shared = self.known.shared
         with self.lock:
-            listed = None if shared else self._manifest.get((kind, ns))
+            listed = None if shared else self._manifest.get((kind, ns), [] if self._complete else None)
             seen = [] if shared else [e for e in self._seen.get((kind, ns), ()) if e.first_seq <= number <= e.last_seq]
         if listed is not None:
             i = bisect.bisect_right([e.first_seq for e in listed], number) - 1

@@ -202,6 +202,11 @@ def prepare(
         except BaseException:
             release_runtime(rt)
             raise
+        if not rt.shared:
+            # the manifest once, at open (a row per file, bounded by compaction): no read of
+            # a single owner ever seeks it again (shared mode reads it where it must be fresh)
+            with engine.connect() as conn:
+                rt.archived.preload(conn)
         flusher = Flusher(rt, rt.archive)
         scheduler = Scheduler(rt.committer, flusher, policy or FlushPolicy(), serial=rt.memory)
         with _runtimes_lock:

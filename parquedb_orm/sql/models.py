@@ -60,11 +60,9 @@ class RelsWal(_WalRow, Base):
 
 
 class EntitySnapshot(Base):
-    """Current state of a chunk of entities of one namespace, valid up to `wal_seq`.
-
-    One row holds the entities whose id number falls in
-    `[chunk * CHUNK_SIZE, (chunk + 1) * CHUNK_SIZE)`, so a flush touching thousands
-    of entities writes tens of rows, not thousands; a cold `get` is one seek.
+    """Chunked entity states written by flushes of versions before the archive held the
+    current state (issue 12). Nothing writes or reads it now: every state in it is also
+    in the entities file its flush wrote. Kept so the schema matches the migrations.
     """
 
     __tablename__ = "entity_snapshots"
