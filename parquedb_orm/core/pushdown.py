@@ -7,6 +7,12 @@ superset: it may let through documents the filter rejects (the Python matcher ch
 every candidate again) but never drops one it accepts. Anything it cannot translate
 exactly enough becomes TRUE.
 
+Where a file records its fields' types (`parquedb.fields` metadata, see archive/parquet.py)
+a top-level field of one non-mixed type is compared on its typed `f_<k>` column instead,
+exactly where Python's comparison is certain (a str never equals an int...) and leniently
+(TRUE) otherwise; `sort_column` says when DuckDB can order by such a column as
+`filters.sort_docs` would.
+
 Stored values beyond JSON are tagged objects (`codec`): a field holding a Decimal is
 `{"$decimal": "1.10"}`, a datetime `{"$date": iso}`... so each predicate looks at the
 plain JSON value and at the tag the filter value can equal or be ordered with. Enum
@@ -20,12 +26,25 @@ import base64
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 TRUE = "TRUE"
+FALSE = "FALSE"
+#: keys the store maintains (or keeps as its own columns): a file's field list may leave them out
+_STORE_KEYS = frozenset(
+    {"version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy", "name", "type", "id",
+     "number", "seq", "state"}
+)  # fmt: skip
+_SHREDDED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: a file's field list holds at most this many keys: a longer one may have left keys out
+MAX_FIELDS = 64
+#: a typed column: (SQL expression, kind), kind one of bool int float string null (no row has it)
+Typed = tuple[str, str]
+_KINDS = frozenset({"bool", "int", "float", "string"})
 _SQL_OP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
@@ -112,6 +131,113 @@ def _typed(field: str, op: str, value: Any) -> str | None:
     return None  # bool, None, time, timedelta, enum, custom, list, dict: Python only
 
 
+def column(field: str, fields: Mapping[str, str] | None) -> Typed | None:
+    """The typed column holding `field` in a file with these field types, or None when only
+    the JSON `state` knows (no metadata, a mixed field, a key the list may have left out).
+    A nested path under a typed (scalar) field, or a field the file provably lacks, is
+    missing from every row: the NULL 'column'."""
+    if fields is None:
+        return None
+    top = field.split(".", 1)[0]
+    kind = fields.get(top)
+    if kind is None:
+        complete = len(fields) < MAX_FIELDS and _SHREDDED.match(top) is not None and top not in _STORE_KEYS
+        return ("NULL", "null") if complete else None
+    if kind not in _KINDS:
+        return None
+    if "." in field:
+        return ("NULL", "null")
+    return ('"f_' + top + '"', kind)
+
+
+def _value_kind(value: Any) -> str | None:
+    """bool, number, string, none, or None: a value a typed column cannot judge exactly."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float, Decimal)):
+        return "number" if _double(value) is not None else None
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _typed_number(col: str, kind: str, op: str, value: Any) -> str:
+    if kind == "int" and isinstance(value, int) and -(2**63) <= value < 2**63:
+        return f"{col} {'=' if op == '$eq' else _SQL_OP[op]} {int(value)}"  # exact
+    f = _double(value)
+    assert f is not None
+    low, high = math.nextafter(f, -math.inf), math.nextafter(f, math.inf)
+    num = f"CAST({col} AS DOUBLE)"
+    if op == "$eq":
+        return f"{num} BETWEEN {low!r}::DOUBLE AND {high!r}::DOUBLE"
+    if op in ("$gt", "$gte"):
+        return f"{num} >= {low!r}::DOUBLE"
+    return f"{num} <= {high!r}::DOUBLE"
+
+
+def _typed_eq(typed: Typed, value: Any) -> str:
+    """Python's `stored == value` (filters._eq) on a typed column: a scalar, never a list."""
+    col, kind = typed
+    vk = _value_kind(value)
+    if vk is None:
+        return TRUE  # enums, custom types, dates...: Python decides
+    if vk == "none":
+        return f"{col} IS NULL"  # missing or null
+    if kind == "null":
+        return FALSE
+    if vk == "string":
+        return f"{col} = {_lit(value)}" if kind == "string" else FALSE
+    if kind == "string":
+        return FALSE
+    if kind == "bool":
+        if vk == "bool":
+            return f"{col} = {'TRUE' if value else 'FALSE'}"
+        # True == 1 and False == 0 in Python
+        return f"{col} = TRUE" if value == 1 else f"{col} = FALSE" if value == 0 else FALSE
+    return _typed_number(col, kind, "$eq", int(value) if vk == "bool" else value)
+
+
+def _typed_cmp(typed: Typed, op: str, value: Any) -> str:
+    """Python's ordering (filters._cmp) on a typed column: missing/None, a bool against a
+    non-bool and kinds Python cannot order never match."""
+    col, kind = typed
+    vk = _value_kind(value)
+    if vk is None:
+        return TRUE
+    if vk == "none" or kind == "null":
+        return FALSE
+    if vk == "bool":
+        return f"{col} {_SQL_OP[op]} {'TRUE' if value else 'FALSE'}" if kind == "bool" else FALSE
+    if vk == "string":
+        # DuckDB compares VARCHAR bytewise: UTF-8 byte order is code point order, Python's
+        return f"{col} {_SQL_OP[op]} {_lit(value)}" if kind == "string" else FALSE
+    return _typed_number(col, kind, op, value) if kind in ("int", "float") else FALSE
+
+
+def sort_column(field: str, fields: Mapping[str, str] | None) -> Typed | None:
+    """The column DuckDB can order by as `filters.sort_docs` orders `field` (a store key
+    or a typed field; None: only Python can)."""
+    meta = _META_COLUMNS.get(field)
+    if meta is not None:
+        return meta
+    typed = column(field, fields)
+    if typed is not None and typed[1] == "float":
+        return (f"(CASE WHEN {typed[0]} = 0 THEN 0.0 ELSE {typed[0]} END)", "float")  # -0.0 ties 0.0
+    return typed
+
+
+_META_COLUMNS: dict[str, Typed] = {
+    "createdAt": ("created_at", "ts"),
+    "updatedAt": ("updated_at", "ts"),
+    "deletedAt": ("deleted_at", "ts"),
+    "version": ("version", "int"),
+    "$id": ("id", "string"),
+    "$type": ("type", "string"),
+}
+
+
 def _eq(field: str, value: Any) -> str:
     pred = _typed(field, "$eq", value)
     if pred is None:
@@ -126,18 +252,22 @@ def _cmp(field: str, op: str, value: Any) -> str:
     return f"({pred} OR {_opaque(field)})"
 
 
-def _cond(field: str, cond: Any) -> str:
+def _cond(field: str, cond: Any, fields: Mapping[str, str] | None) -> str:
+    typed = column(field, fields)
+
+    def eq(value: Any) -> str:
+        return _eq(field, value) if typed is None else _typed_eq(typed, value)
+
     if not (isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)):
-        return _eq(field, cond)
+        return eq(cond)
     parts = []
     for op, arg in cond.items():
         if op == "$eq":
-            parts.append(_eq(field, arg))
+            parts.append(eq(arg))
         elif op in _SQL_OP:
-            parts.append(_cmp(field, op, arg))
+            parts.append(_cmp(field, op, arg) if typed is None else _typed_cmp(typed, op, arg))
         elif op == "$in" and isinstance(arg, (list, tuple)) and arg:
-            alts = [_eq(field, v) for v in arg]
-            parts.append(TRUE if TRUE in alts else "(" + " OR ".join(alts) + ")")
+            parts.append(_or([eq(v) for v in arg]))
         else:
             parts.append(TRUE)  # $ne, $nin, $exists, $not: not worth the risk
     return _and(parts)
@@ -145,22 +275,31 @@ def _cond(field: str, cond: Any) -> str:
 
 def _and(parts: list[str]) -> str:
     kept = [p for p in parts if p != TRUE]
+    if FALSE in kept:
+        return FALSE
     return "(" + " AND ".join(kept) + ")" if kept else TRUE
 
 
-def to_sql(flt: dict[str, Any]) -> str:
-    """A DuckDB boolean expression over `state` accepting at least what `flt` accepts."""
+def _or(alts: list[str]) -> str:
+    if TRUE in alts:
+        return TRUE
+    kept = [a for a in alts if a != FALSE]
+    return "(" + " OR ".join(kept) + ")" if kept else FALSE
+
+
+def to_sql(flt: dict[str, Any], fields: Mapping[str, str] | None = None) -> str:
+    """A DuckDB boolean expression over `state` (and, given a file's field types, its
+    typed `f_<k>` columns) accepting at least what `flt` accepts."""
     parts = []
     for key, cond in flt.items():
         if key == "$and":
-            parts.append(_and([to_sql(sub) for sub in cond]))
+            parts.append(_and([to_sql(sub, fields) for sub in cond]))
         elif key == "$or":
-            alts = [to_sql(sub) for sub in cond]
-            parts.append(TRUE if TRUE in alts else "(" + " OR ".join(alts) + ")")
+            parts.append(_or([to_sql(sub, fields) for sub in cond]))
         elif key == "$type" and isinstance(cond, str):
             parts.append(f"type = {_lit(cond)}")
         elif key.startswith("$") or not _FIELD.match(key):
             parts.append(TRUE)
         else:
-            parts.append(_cond(key, cond))
+            parts.append(_cond(key, cond, fields))
     return _and(parts)

@@ -38,6 +38,7 @@ from parquedb_orm.core.filters import matches, sort_docs, validate_filter, valid
 from parquedb_orm.core.ids import check_id, check_namespace, decode_id, encode_id, split_ref
 from parquedb_orm.core.operators import LINK_OPERATORS, validate_update
 from parquedb_orm.core.unit import UnitOfWork
+from parquedb_orm.engine.find import find_candidates
 from parquedb_orm.engine.ids import reserve_contiguous
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import EntityNotFoundError, ValidationError, VersionConflictError
@@ -311,24 +312,31 @@ class Store:
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise ValidationError(f"skip must be a non-negative int, got {skip!r}")
         conn = self._connection()
+        own = {eid: st for (ens, eid), (_v, st) in self._uow.overlay.items() if ens == ns}
         if self._rt.archive is not None and self._rt.archived.count(conn, ns) > PUSHDOWN_ABOVE:
-            # a large archived namespace: filter in DuckDB rather than load it all
-            found = self._rt.reads.find_states(conn, ns, flt)
+            # a large archived namespace: one DuckDB scan (filter, sort, limit) of its files;
+            # the WAL tail and this unit's own changes are folded here
+            want = None if limit is None else skip + limit
+            cand = find_candidates(
+                self._rt, conn, ns, flt, order, want=want, include_deleted=include_deleted, exclude=own
+            )
+            states = {eid: v[1] for eid, v in cand.states.items()}
+            for eid in cand.tail_ids:
+                if eid not in own:
+                    states[eid] = self._rt.reads.committed(conn, ns, eid)[1]
         else:
-            found = self._rt.reads.committed_all(conn, ns)
-        states = {eid: v[1] for eid, v in found.items()}
-        for (ens, eid), (_v, st) in self._uow.overlay.items():
-            if ens == ns:
-                states[eid] = st
+            states = {eid: v[1] for eid, v in self._rt.reads.committed_all(conn, ns).items()}
+        states.update(own)
         docs = []
         for st in states.values():
             if st is None or ("deletedAt" in st and not include_deleted):
                 continue
             if matches(st, flt):
                 docs.append(st)
-        # creation order first (createdAt, then the id number: ids are issued in order), so
-        # ties of an explicit sort come out the same whichever path found the documents
-        docs.sort(key=lambda d: (d["createdAt"], decode_id(d["$id"].split("/", 1)[1]) or 0))
+        # creation order first (createdAt, then the id number: ids are issued in order; then
+        # the id, for key ids), so ties of an explicit sort come out the same whichever path
+        # found the documents
+        docs.sort(key=lambda d: (d["createdAt"], decode_id(d["$id"].split("/", 1)[1]) or 0, d["$id"]))
         if order:
             docs = sort_docs(docs, order)
         docs = docs[skip:] if limit is None else docs[skip : skip + limit]
