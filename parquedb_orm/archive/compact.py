@@ -74,7 +74,7 @@ FileLister = Callable[[Connection, str, str], list[manifest.Entry]]
 COMPACTED = ("events", "rels", "entities")
 BASE_PREFIX = "base-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
-MEMORY_LIMIT = "256MB"
+MEMORY_LIMIT = "1GB"  # 256MB failed at 1M entities: Arrow scans pin blocks DuckDB cannot spill
 #: JSON text columns: their min/max prune nothing (as archive/files.py writes them)
 _NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
 _ORDER = {"events": "id, seq", "rels": "from_id, seq", "entities": "number, id"}

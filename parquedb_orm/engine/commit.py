@@ -58,6 +58,8 @@ class Committer:
         #: per namespace: this process's committers take turns (databases without one write lock)
         self._ns_locks: dict[str, threading.Lock] = {}
         self._contended_until = 0.0  # monotonic time until which shared commits lock first
+        #: namespaces known to have their counter row (Committer._register)
+        self._registered: set[str] = set()
 
     @property
     def unflushed(self) -> int:
@@ -294,6 +296,8 @@ class Committer:
         """Every namespace with WAL rows has a counter row (`id:`, `seq:` or `rseq:`), so a
         flush knows every namespace from one small table. Namespaces with entities have their
         `id:` row already; any other gets `seq:<ns>` once, ever."""
+        if self._registered.issuperset(names):
+            return  # the common case: nothing to compute on the commit path
         known = self.known.counters_cached()
         if known is None:
             known = self.known.counters(conn)
@@ -309,6 +313,10 @@ class Committer:
             with self.lock:
                 for n in missing:
                     known.setdefault(n, 0)
+        else:
+            # registered before this commit: remembered (a row inserted here counts only
+            # once its transaction commits, so `missing` ones are checked again next time)
+            self._registered.update(names)
 
 
     def _release(self, uow: UnitOfWork) -> None:

@@ -68,6 +68,7 @@ class _Source:
     fields: dict[str, str] | None
     rank: int  # delta tie order (manifest last_seq)
     path: str
+    bulk: bool = False  # create_many: every row a live version 1, never deleted
 
 
 def _duckdb() -> Any:
@@ -147,7 +148,9 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
             names.append(name)
             sql = name
         is_big = entry.kind == manifest.BULK or entry.path.rsplit("/", 1)[-1].startswith("base-")
-        (big if is_big else deltas).append(_Source(sql, fields, entry.last_seq, entry.path))
+        (big if is_big else deltas).append(
+            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK)
+        )
     return big, deltas
 
 
@@ -187,7 +190,8 @@ def _branches(
     pred = pushdown.to_sql(flt, src.fields)
     if pred == pushdown.FALSE:
         return []
-    where = f" AND created_at IS NOT NULL{deleted}"  # created_at is NULL exactly for hard deletes
+    # created_at is NULL exactly for hard deletes; a bulk file has neither kind of delete
+    where = "" if src.bulk else f" AND created_at IS NOT NULL{deleted}"
     if not big or full:
         return [_select(src, pred, keys, full=full, with_id=True, where=where)]
     # a sqid's number names one id: the id column is read only in the key-id bucket range
