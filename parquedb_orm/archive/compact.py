@@ -50,7 +50,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -366,14 +365,9 @@ def _batches(reader: Any, rows: int) -> Iterator[pa.RecordBatch]:
 
 
 def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) -> tuple[int, int]:
-    """Stream a query's rows into the Parquet file `rel`, atomically for readers (like
-    Archive.write_table: temp file + fsync + rename locally, one upload elsewhere);
-    returns (rows, bytes)."""
-    target = archive.path(rel)
-    directory = os.path.dirname(target) if archive.local else tempfile.mkdtemp(prefix="parquedb-compact-out-")
-    if archive.local:
-        os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+    """Stream a query's rows into the Parquet file `rel`, published atomically for readers
+    (Archive.staging_path / publish); returns (rows, bytes)."""
+    tmp, scratch = archive.staging_path(rel)
     rows = 0
     try:
         reader = con.sql(sql).to_arrow_reader(parquet.PIECE_ROWS * 16)
@@ -384,28 +378,14 @@ def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) ->
                 writer.write_table(out, row_group_size=parquet.PIECE_ROWS)
                 rows += batch.num_rows
         size = os.path.getsize(tmp)
-        if archive.local:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        else:
-            # one upload: an object store shows the object once it is complete
-            archive.fs.create_dir(os.path.dirname(target), recursive=True)
-            with open(tmp, "rb") as src, archive.fs.open_output_stream(target) as out_stream:
-                shutil.copyfileobj(src, out_stream, 8 << 20)
+        archive.publish(tmp, rel)
     except OSError as exc:
-        raise ArchiveError(f"cannot write {target}: {exc}") from exc
+        raise ArchiveError(f"cannot write {archive.path(rel)}: {exc}") from exc
     finally:
-        if archive.local:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
     return rows, size
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,14 +134,46 @@ class Archive:
         tmp = os.path.join(directory, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
+        Archive._durable_rename(tmp, target)
+
+    @staticmethod
+    def _durable_rename(tmp: str, target: str) -> None:
+        """Make a finished temp file in the target's folder the target, surviving a crash:
+        fsync the file, rename it (atomic for readers), fsync the folder."""
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        dir_fd = os.open(directory, os.O_RDONLY)
+        dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def staging_path(self, rel: str) -> tuple[str, str | None]:
+        """Where a writer that streams a file puts it before `publish`: a hidden temp name
+        beside the target locally (the orphan sweep knows the pattern), else a file in a
+        local temp folder; the folder to remove afterwards, or None."""
+        target = self.path(rel)
+        if self.local:
+            directory = os.path.dirname(target)
+            os.makedirs(directory, exist_ok=True)
+            return os.path.join(directory, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp"), None
+        scratch = tempfile.mkdtemp(prefix="parquedb-out-")
+        return os.path.join(scratch, os.path.basename(target)), scratch
+
+    def publish(self, staged: str, rel: str) -> None:
+        """Make a staged file (`staging_path`) the archive file `rel`, atomically for
+        readers: a durable rename locally, one upload to an object store."""
+        target = self.path(rel)
+        try:
+            if self.local:
+                self._durable_rename(staged, target)
+            else:
+                self.fs.create_dir(posixpath.dirname(target), recursive=True)
+                with open(staged, "rb") as src, self.fs.open_output_stream(target) as out:
+                    shutil.copyfileobj(src, out, 8 << 20)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write {target}: {exc}") from exc
 
     def read_table(self, rel: str, *, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
         target = self.path(rel)
