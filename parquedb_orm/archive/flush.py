@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or
 from parquedb_orm.archive import compact, parquet
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec
-from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event
+from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event, starts_entity
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import dialects, manifest, wal
 from parquedb_orm.sql.counters import load_all
@@ -198,7 +198,7 @@ class Flusher:
             base = known.get(eid)
             if base is not None and base[0] == ev.version - 1:
                 current[eid] = base
-            elif ev.op == "CREATE" and ev.version == 1:
+            elif starts_entity(ev):
                 current[eid] = (0, None)
             else:
                 missing.append(eid)

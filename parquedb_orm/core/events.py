@@ -161,3 +161,10 @@ def apply_rel_event(links: dict[LinkKey, Link], ns: str, ev: RelEvent) -> None:
         links[key] = Link(key[0], ev.predicate, ev.to, ev.reverse, clone(ev.data), ev.ts, ev.actor)
     else:
         links.pop(key, None)
+
+
+def starts_entity(ev: Event) -> bool:
+    """The event begins an entity's history (its first CREATE): the state before it is
+    nothing, so no read is needed to fold it."""
+    return ev.op == CREATE and ev.version == 1
+

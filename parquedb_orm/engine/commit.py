@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
-from parquedb_orm.core.events import CREATE, Event, Versioned
+from parquedb_orm.core.events import Event, Versioned, starts_entity
 from parquedb_orm.core.unit import UnitOfWork
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.ids import IdBlocks
@@ -285,7 +285,7 @@ class Committer:
                 seen.add(ev.id)
                 continue
             seen.add(ev.id)
-            if ev.op == CREATE and ev.version == 1:
+            if starts_entity(ev):
                 st.tail_base[ev.id] = (0, None)
                 continue
             old = before.get((st.name, ev.id))

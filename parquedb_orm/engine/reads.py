@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from parquedb_orm.core import codec, pushdown
-from parquedb_orm.core.events import CREATE, Versioned
+from parquedb_orm.core.events import Versioned, starts_entity
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.state import Known, NsState, fold
 from parquedb_orm.engine.tail import WalTail
@@ -71,7 +71,7 @@ class Reads:
                     eid
                     for eid in ids
                     if eid not in st.tail_base
-                    and not any(ev.op == CREATE and ev.version == 1 for ev in st.tail.get(eid, ())[:1])
+                    and not any(starts_entity(ev) for ev in st.tail.get(eid, ())[:1])
                 ]
             found = self.archived.lookup(conn, ns, need) if need else {}
             with self.lock:
