@@ -120,3 +120,20 @@ def assert_wal_flushed(engine: Engine) -> None:
         assert all(flushed for _ns, _f, flushed in rows), (table, rows)
         names = [ns for ns, _f, _fl in rows]
         assert len(names) == len(set(names)), (table, rows)
+
+
+def backend_fixtures(backends: list[str]) -> tuple[Any, Any]:
+    """The `kind` (parametrized over `backends`) and `engine` fixtures of a test module
+    that runs on several backends: `kind, engine = backend_fixtures(BACKENDS)`."""
+
+    @pytest.fixture(params=backends)
+    def kind(request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
+        with backend_engine(kind, tmp_path) as eng:
+            yield eng
+
+    return kind, engine
+

@@ -11,14 +11,13 @@ import subprocess
 import sys
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as ppq
 import pytest
-from backends import backend_engine
+from backends import backend_engine, backend_fixtures
 from sqlalchemy import Engine, create_engine, text
 
 import parquedb_orm as pq
@@ -33,15 +32,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 CRASH_CODE = 17
 
 
-@pytest.fixture(params=BACKENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    with backend_engine(kind, tmp_path) as engine:
-        yield engine
+kind, engine = backend_fixtures(BACKENDS)
 
 
 def run_compaction(db: pq.ParqueDB, threshold: int = 1, **kw: Any) -> list[manifest.Entry]:

@@ -6,11 +6,10 @@ numbered twice, on every backend."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import backend_engine, url_of
+from backends import backend_fixtures, url_of
 from sqlalchemy import Engine, create_engine
 
 import parquedb_orm as pq
@@ -18,15 +17,7 @@ import parquedb_orm as pq
 BACKENDS = ["sqlite-file", "postgresql", "mysql"]
 
 
-@pytest.fixture(params=BACKENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    with backend_engine(kind, tmp_path) as engine:
-        yield engine
+kind, engine = backend_fixtures(BACKENDS)
 
 
 def seqs(db: pq.ParqueDB) -> list[int]:

@@ -6,14 +6,13 @@ every lookup; history's link entries; what a lookup and the first commit read.""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from backends import backend_engine, url_of
+from backends import backend_fixtures, url_of
 from sqlalchemy import Engine, create_engine, event
 
 import parquedb_orm as pq_orm
@@ -28,15 +27,7 @@ BACKENDS = ["sqlite-file", "postgresql", "mysql"]
 MANUAL = pq_orm.FlushPolicy(mode="manual")
 
 
-@pytest.fixture(params=BACKENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    with backend_engine(kind, tmp_path) as engine:
-        yield engine
+kind, engine = backend_fixtures(BACKENDS)
 
 
 class Model:

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from backends import backend_engine, url_of
+from backends import backend_fixtures, url_of
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
@@ -146,15 +146,7 @@ def assert_exact(got: Any, want: Any, *, stored: bool, path: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------- backends
-@pytest.fixture(params=BACKENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def engine(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    with backend_engine(kind, tmp_path) as engine:
-        yield engine
+kind, engine = backend_fixtures(BACKENDS)
 
 
 def open_db(engine: Engine, tmp_path: Path) -> pq.ParqueDB:
