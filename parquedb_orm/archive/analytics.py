@@ -42,7 +42,7 @@ class LiveView(Protocol):
 
     def namespaces(self, conn: Connection) -> list[str]: ...
 
-    def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]: ...
+    def committed_many(self, conn: Connection, ns: str, ids: list[str]) -> dict[str, Versioned]: ...
 
 
 _NS = pa.field("ns", pa.string())
@@ -99,7 +99,11 @@ def connect(db: LiveView) -> Any:
                 tail_events += [(ns, e) for e in wal.decode_events(wal.EVENTS, ns, first, recs)]
             for first, _l, recs in rel_rows[ns]:
                 tail_rels += [(ns, r) for r in wal.decode_rel_events(wal.RELS, ns, first, recs)]
-        current = {ns: db.committed_all(conn, ns) for ns in {ns for ns, _ in tail_events}}
+        touched: dict[str, list[str]] = {}
+        for ns, e in tail_events:
+            touched.setdefault(ns, []).append(e.id)
+        # only the entities the tail touched: one batched lookup each, not the namespace
+        current = {ns: db.committed_many(conn, ns, list(dict.fromkeys(ids))) for ns, ids in touched.items()}
 
     # the tables' builders sort their rows: one table per namespace, then its `ns` column
     ev_by_ns: dict[str, list[tuple[Event, str | None, str | None]]] = {}

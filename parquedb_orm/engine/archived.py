@@ -81,7 +81,6 @@ class ArchivedReads:
         self._no_ids: set[str] = set()
         # used only until find moves to engine/find.py
         self._archived_states: dict[str, dict[str, Latest]] = {}
-        self._arrow_entities: dict[str, Any] = {}  # ns -> the archive's entity files as one Arrow table
 
     # ------------------------------------------------------------------ manifest
     def files(self, conn: Connection, kind: str, ns: str) -> list[manifest.Entry]:
@@ -113,9 +112,6 @@ class ArchivedReads:
 
     def changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
         with self.lock:
-            for e in (*added, *removed):
-                if e.kind in ("entities", manifest.BULK):
-                    self._arrow_entities.pop(e.ns, None)
             for e in removed:
                 seen = self._seen.get((e.kind, e.ns))
                 if seen is not None:
@@ -409,22 +405,3 @@ class ArchivedReads:
         if archived is not None:
             for eid, state in states:
                 archived[eid] = (1, 0, state)
-
-    def entity_table(self, conn: Connection, ns: str) -> Any:
-        """The namespace's archived entity rows (bulk and flushed files) as one Arrow table.
-        Used only until find moves to engine/find.py."""
-        import pyarrow as pa
-
-        with self.lock:
-            table = self._arrow_entities.get(ns)
-        if table is None or self.known.shared:
-            assert self.archive is not None
-            parts = [
-                self.archive.read_table(e.path, columns=["id", "version", "seq", "type", "state"])
-                for kind in (manifest.BULK, "entities")
-                for e in self.files(conn, kind, ns)
-            ]
-            table = pa.concat_tables(parts) if parts else None
-            with self.lock:
-                self._arrow_entities[ns] = table
-        return table

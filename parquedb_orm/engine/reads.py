@@ -4,11 +4,8 @@ namespace for `find`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection
 
-from parquedb_orm.core import codec, pushdown
 from parquedb_orm.core.events import Versioned, starts_entity
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.state import Known, NsState, fold
@@ -111,34 +108,3 @@ class Reads:
                         base = st.tail_base.get(eid, (0, None))
                         seen[eid] = fold(ns, base, evs, 0)
                 return seen
-
-    def find_states(self, conn: Connection, ns: str, flt: dict[str, Any]) -> dict[str, Versioned]:
-        """Candidates for `find` on a large archived namespace: DuckDB filters the archive's
-        latest states with the pushed-down predicate; the WAL tail is folded on top (an
-        entity the tail touched is always a candidate, whatever its archived state)."""
-        import duckdb
-        import pyarrow as pa
-
-        st = self.tail.ensure(conn, ns)
-        with self.lock:
-            tail_ids = list(st.tail)
-            tail = {eid: list(evs) for eid, evs in st.tail.items()}
-        table = self.archived.entity_table(conn, ns)
-        out: dict[str, Versioned] = {}
-        if table is not None:
-            con = duckdb.connect()
-            con.register("ents", table)
-            con.register("tail_ids", pa.table({"id": pa.array(tail_ids, pa.string())}))
-            rows = con.execute(
-                f"""SELECT id, version, seq, state FROM (
-                      SELECT *, row_number() OVER (PARTITION BY id ORDER BY version DESC) AS rn FROM ents)
-                    WHERE rn = 1 AND (({pushdown.to_sql(flt)}) OR id IN (SELECT id FROM tail_ids))"""
-            ).fetchall()
-            con.close()
-            for eid, version, seq, text in rows:
-                state = None if text is None else codec.loads(text)
-                out[eid] = fold(ns, (int(version), state), tail.get(eid, []), int(seq))
-        for eid, evs in tail.items():
-            if eid not in out:
-                out[eid] = fold(ns, (0, None), evs, 0)
-        return out

@@ -138,5 +138,6 @@ class Runtime:
     def namespaces(self, conn: Connection) -> list[str]:
         return self.known.namespaces(conn)
 
-    def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]:
-        return self.reads.committed_all(conn, ns)
+    def committed_many(self, conn: Connection, ns: str, ids: list[str]) -> dict[str, Versioned]:
+        self.reads.prefetch(conn, ns, ids)
+        return {eid: self.reads.committed(conn, ns, eid) for eid in ids}
