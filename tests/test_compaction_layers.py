@@ -120,7 +120,8 @@ def test_compaction_leaves_one_base_and_changes_no_answer(engine: Engine, tmp_pa
         assert len(bulk_creates) == 21 and {r[3] for r in bulk_creates} == {"CREATE"}
         merged = run_compaction(db)
         assert {(e.kind, e.ns) for e in merged} == {("entities", "posts"), ("events", "posts")}  # users: one file
-        assert listed(engine, "posts") == {"base": 1, "bulk_events": 3, "events": 1, "rels": 1}
+        # the bulk files are folded, so their twins merged into the events file
+        assert listed(engine, "posts") == {"base": 1, "events": 1, "rels": 1}
         base = next(e for e in merged if e.kind == "entities")
         assert base.path == "entities/ns=posts/base-000000000001-000000000006.parquet"
         assert base.row_count == 22  # 21 bulk entities + solo, each once (the hard-deleted one too)
@@ -189,8 +190,8 @@ def test_bulk_files_without_twins_get_them_at_compaction(tmp_path: Path) -> None
         before = duck(db)
         assert len([r for r in before[1] if r[2] == 0]) == 12
         merged = run_compaction(db)
-        assert [e.kind for e in merged] == ["entities"]
-        assert listed(db.engine, "tags") == {"base": 1, "bulk_events": 2}
+        assert [e.kind for e in merged] == ["entities", "events"]  # the twins written, then merged
+        assert listed(db.engine, "tags") == {"base": 1, "events": 1}
         assert duck(db) == before
         assert [h["op"] for h in db.history(made[0]["$id"])] == ["CREATE"]
     finally:
@@ -227,10 +228,10 @@ def test_only_new_bulk_files_since_the_last_base(tmp_path: Path) -> None:
     try:
         db.create_many("posts", [{"name": f"a{i}"} for i in range(5)])
         db.create_many("posts", [{"name": f"b{i}"} for i in range(5)])
-        (first,) = run_compaction(db)
+        first, _events = run_compaction(db)
         assert first.path == "entities/ns=posts/base-000000000000-000000000000.parquet"
         db.create_many("posts", [{"name": f"c{i}"} for i in range(5)])
-        (second,) = run_compaction(db)
+        second, _events = run_compaction(db)
         assert second.path.startswith("entities/ns=posts/base-000000000000-000000000000-")
         assert second.row_count == 15
         assert len(db.find("posts")) == 15
@@ -239,20 +240,40 @@ def test_only_new_bulk_files_since_the_last_base(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- crashes
-def crash_child(url: str, archive: str, out: str, step: str) -> None:
-    """In a fresh interpreter: the workload, then a compaction that exits at `step`."""
+#: the extra flushes of the "deltas" scenario: 4 flushes of 2 updates (posts seqs 8..15)
+DELTA_FLUSHES, DELTA_UPDATES = 4, 2
+
+
+def delta_flushes(db: pq.ParqueDB, refs: list[str]) -> None:
+    for i in range(DELTA_FLUSHES):
+        for ref in refs[7 + 2 * i : 9 + 2 * i]:
+            db.update("posts", sqid(ref), {"$inc": {"views": 10}})
+        db.flush()
+
+
+def crash_child(url: str, archive: str, out: str, scenario: str, step: str, nth: str) -> None:
+    """In a fresh interpreter: the workload, then a compaction that exits at the nth
+    `step`. Scenario "base": one pass rewrites the base, then merges events with the bulk
+    twins; "deltas": after a first base, a pass at threshold 3 merges only the deltas,
+    then the events files."""
     db = pq.ParqueDB(url, archive=archive, policy=MANUAL)
     refs = workload(db)
     db.flush()
+    if scenario == "deltas":
+        run_compaction(db)
+        delta_flushes(db, refs)
     Path(out).write_text("\n".join(refs))
+    seen = Counter[str]()
 
     def crash(name: str) -> None:
-        if name == step:
+        seen[name] += 1
+        if name == step and seen[name] == int(nth):
             os._exit(CRASH_CODE)
 
     flush_module.CRASH_HOOK = crash
-    run_compaction(db)
+    run_compaction(db, 3 if scenario == "deltas" else 1)
     db.close()
+    os._exit(0)  # the step was never reached: the parent fails on the exit code
 
 
 def folder_rows(archive: Path, folder: str, pattern: str = "*") -> Counter[tuple[Any, ...]]:
@@ -268,8 +289,18 @@ def folder_rows(archive: Path, folder: str, pattern: str = "*") -> Counter[tuple
     return Counter(tuple(r) for r in rows)
 
 
-@pytest.mark.parametrize("step", ["compacted_file_written", "compaction_committed"])
-def test_a_crash_during_compaction_loses_and_duplicates_nothing(kind: str, tmp_path: Path, step: str) -> None:
+CRASHES = [
+    (scenario, step, nth)
+    for scenario in ("base", "deltas")
+    for nth in ("1", "2")  # the entities compaction, then the events one
+    for step in ("compacted_file_written", "compaction_committed")
+]
+
+
+@pytest.mark.parametrize(("scenario", "step", "nth"), CRASHES)
+def test_a_crash_during_compaction_loses_and_duplicates_nothing(
+    kind: str, tmp_path: Path, scenario: str, step: str, nth: str
+) -> None:
     with backend_engine(kind, tmp_path) as engine:
         url = engine.url.render_as_string(hide_password=False)
         archive, out = tmp_path / "archive", tmp_path / "refs.txt"
@@ -278,37 +309,57 @@ def test_a_crash_during_compaction_loses_and_duplicates_nothing(kind: str, tmp_p
             "from test_compaction_layers import crash_child; crash_child(*sys.argv[1:])"
         )
         proc = subprocess.run(
-            [sys.executable, "-c", code, url, str(archive), str(out), step], capture_output=True, text=True, timeout=180
+            [sys.executable, "-c", code, url, str(archive), str(out), scenario, step, nth],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert proc.returncode == CRASH_CODE, proc.stderr[-3000:]
         refs = out.read_text().split("\n")
+        last = 7 + (DELTA_FLUSHES * DELTA_UPDATES if scenario == "deltas" else 0)  # posts' last flushed seq
         db = pq.ParqueDB(url, archive=archive, policy=MANUAL)
         try:
-            # every committed event once: 21 bulk CREATEs (seq 0) and posts 1..7, users 1
-            ev, _rels, ents = duck(db)[1], duck(db)[2], duck(db)[0]
+            base_before = [p for k, p in paths(db.engine, "posts") if k == "entities" and "/base-" in p]
+            # every committed event once: 21 bulk CREATEs (seq 0) and posts 1..last, users 1
+            ents, ev, _rels = duck(db)
             assert Counter((r[0], r[2]) for r in ev) == Counter(
-                {("posts", 0): 21, **{("posts", s): 1 for s in range(1, 7)}, ("users", 1): 1}
-            ) + Counter({("posts", 7): 1})
-            assert len({(r[0], r[1], r[2]) for r in ev}) == len(ev)
+                {("posts", 0): 21, **{("posts", s): 1 for s in range(1, last + 1)}, ("users", 1): 1}
+            )
             assert len(ents) == 21 + 2 - 1  # the hard-deleted one is gone
             before = answers(db, refs)
-            run_compaction(db)  # finish (or redo) the interrupted compaction
+            run_compaction(db, 3 if scenario == "deltas" else 1)  # finish (or redo) the interrupted pass
             assert answers(db, refs) == before
+            if scenario == "deltas":  # a delta merge never touches the base
+                assert [p for k, p in paths(db.engine, "posts") if k == "entities" and "/base-" in p] == base_before
+                assert listed(db.engine, "posts")["delta"] == 1
             db.create("posts", {"name": "after"})
-            db.flush()
-            run_compaction(db)  # its commit sweeps what the crash left
+            db.flush()  # its sweep takes what the crash left: a glob reader sees each row once
+            events = folder_rows(archive, "events")
+            assert max(events.values()) == 1
+            assert sum(n for (ns, _i, seq), n in events.items() if ns == "posts" and seq == 0) == 21
+            assert sorted(seq for ns, _i, seq in events if ns == "posts" and seq) == list(range(1, last + 2))
+            assert max(folder_rows(archive, "entities").values()) == 1
+            run_compaction(db)  # a base rewrite; its commit sweeps too
             assert answers(db, refs)[:-4] == before[:-4]  # the finds and views now hold "after" too
-            assert listed(db.engine, "posts") == {"base": 1, "bulk_events": 3, "events": 1, "rels": 1}
+            assert listed(db.engine, "posts") == {"base": 1, "events": 1, "rels": 1}
         finally:
             db.close()
         # a reader globbing the folders sees each row once
         events = folder_rows(archive, "events")
         assert max(events.values()) == 1
         assert sum(n for (ns, _i, seq), n in events.items() if ns == "posts" and seq == 0) == 21
-        assert sorted(seq for ns, _i, seq in events if ns == "posts" and seq) == list(range(1, 9))
+        assert sorted(seq for ns, _i, seq in events if ns == "posts" and seq) == list(range(1, last + 2))
         entities = folder_rows(archive, "entities")
         assert sorted(p.name[:5] for p in (archive / "entities" / "ns=posts").iterdir()) == ["base-"]
         assert max(entities.values()) == 1 and len([k for k in entities if k[0] == "posts"]) == 23
+
+
+def paths(engine: Engine, ns: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT kind, path FROM archive_manifest WHERE ns = :ns ORDER BY kind, path"), {"ns": ns}
+        ).all()
+    return [(k, p) for k, p in rows]
 
 
 # ---------------------------------------------------------------------------- memory

@@ -1,30 +1,63 @@
-"""Compaction: a namespace's files of one kind merged into one, exactly once.
+"""Compaction: a namespace's files of one kind merged into fewer, exactly once.
 
 What each kind becomes:
-- `entities`: every entities-kind file (deltas and the base) and every bulk file of the
-  namespace merge into ONE base file `entities/ns=<ns>/base-<first>-<last>.parquet`
-  (first/last: the seq range of the merged entities-kind files, 0-0 if there were only
-  bulk files): each id once, at its highest version (ties: the higher `seq`, which is
-  the row of the file with the higher last_seq), sorted by (number, id), row groups of
+- `entities`, size-tiered in two levels:
+  - **delta merge** (the common case): the namespace's deltas (every entities-kind file
+    whose name does not start with `base-`) merge into ONE delta
+    `entities/ns=<ns>/d-<first>-<last>.parquet` (first: the smallest first_seq of the
+    sources, which leave the manifest in the same commit; last: the largest last_seq).
+    The base and the bulk files are not touched.
+  - **base rewrite**: every entities-kind file (deltas and the base) and every bulk file
+    of the namespace merge into ONE base `entities/ns=<ns>/base-<first>-<last>.parquet`
+    (first/last: the seq range of the merged entities-kind files, 0-0 if there were only
+    bulk files). The bulk files leave the manifest in the same commit (ids no longer map
+    to them: readers find those entities in the base); a bulk file without its
+    `bulk_events` twin (archives written before twins existed) first gets one, listed in
+    that same commit, so history keeps its CREATE events.
+  Either output holds each id once, at its highest version (ties: the higher `seq`, which
+  is the row of the file with the higher last_seq), sorted by (number, id), row groups of
   `parquet.ENTITY_ROW_GROUP_ROWS`, with the shredded `f_<k>` columns and the
-  `parquedb.fields` map. A field's type in the base is the type all files holding it
-  agree on, else "mixed"; a file without a map makes every field it holds "mixed". The
-  bulk files leave the manifest in the same commit (ids no longer map to them: readers
-  find those entities in the base); a bulk file without its `bulk_events` twin (archives
-  written before twins existed) first gets one, listed in that same commit, so history
-  keeps its CREATE events.
-- `events`: merged into `events/ns=<ns>/c-<first>-<last>.parquet`, sorted by (id, seq);
-  `bulk_events` files are not merged (ids map to them by range);
+  `parquedb.fields` map. A field's type is the type all sources holding it agree on, else
+  "mixed"; a source without a map makes every field it holds "mixed".
+- `events`: the events files and the `bulk_events` twins of bulk files already folded
+  into a base (their bulk entry is no longer listed) merge into
+  `events/ns=<ns>/c-<first>-<last>[-<digest>].parquet`, sorted by (id, seq); first/last: the
+  seq range of the events files (0-0 if only twins), a digest of the sources' names when
+  twins are in it (their id ranges are not seqs: the name stays unique and deterministic).
+  A twin whose bulk file is still listed stays: while a bulk file is listed, readers
+  (engine/archived.py `events`, archive/analytics.py, `sweep_orphans`) take its CREATEs
+  from the twin and would derive them from the bulk file again if it were gone. A bulk
+  CREATE is seq 0 and unique per id, so in the merged file it sorts first of its id.
 - `rels`: into `rels/ns=<ns>/c-<first>-<last>.parquet`, sorted by (from_id, seq).
 
-When (`due`):
-- events, rels: more than `threshold` (FlushPolicy.compact_after) files of the kind;
-- entities: more than `threshold` files counting deltas, bases and bulk files together,
-  OR the deltas hold more rows than `DeltaBound.rows(settled)` = max(min_rows,
-  fraction x settled), settled being the rows of the base and bulk files. So after every
-  compaction pass a namespace has at most `threshold` entity files and its deltas (which
-  readers must deduplicate) stay under that bound; a compaction triggered by the row rule
-  rewrites at most (1 + 1/fraction) rows per delta row it folds in.
+When (`due`), with T = threshold (FlushPolicy.compact_after) and
+B = `DeltaBound.rows(settled)` = max(min_rows, fraction x settled), settled being the rows
+of the base and bulk files:
+- entities: more than T files counting deltas, bases and bulk files together, OR the
+  deltas hold more than B rows. The base is rewritten when the deltas hold more than B
+  rows, or when there are max(1, T/2) bulk files or more (they need folding), or when
+  merging the deltas would not bring the count to T or below (one delta; a threshold of
+  1); otherwise only the deltas merge. So after every pass a namespace has at most T
+  entity files, and its deltas (which readers deduplicate) hold at most B rows;
+- events: more than T files counting events files and mergeable twins (a twin whose bulk
+  file is listed is not: the bulk files stay below max(1, T/2)), so at most T + T/2 files
+  in the folder after a pass;
+- rels: more than T files.
+`compact_due` runs entities first, so the twins of the bulk files it folds merge into the
+events file in the same pass.
+
+Amortized cost (rows rewritten; bytes are proportional: the same rows, zstd), for a
+namespace of S settled rows and deltas of k rows per flush:
+- a delta merge happens once more than T - 1 - (base and bulk files) > T/2 deltas are
+  listed, so at most every T/2 flushes, and rewrites at most B + T k rows: at most
+  1 + 2B/(T k) rows per delta row flushed (at S = 1M, fraction 0.1, T = 32, k = 2,000:
+  <= 4.2), and nothing of the base;
+- a base rewrite folds more than B delta rows (or T/2 bulk files) and writes at most
+  S + B rows: at most 1 + 1/fraction (= 11) rows per delta row folded; per bulk row
+  folded, S / (rows of T/2 create_many calls).
+A fixed-size flush thus costs the same compaction work at any S, up to the 1/fraction
+factor of the base rewrite. Events and rels files are rewritten whole (they are the
+history: every event once; their count, not their size, is bounded).
 
 Memory: the merge runs in DuckDB (memory_limit, spilling to a temporary directory) over
 Arrow datasets of the sources, read in batches, and its sorted result is streamed into a
@@ -33,10 +66,11 @@ Arrow datasets of the sources, read in batches, and its sorted result is streame
 Exactly once (the same protocol as a flush): write the merged file under a deterministic
 name, then ONE durable transaction under the flush lock: check the new files still exist
 (a concurrent flush's sweep may have taken them as orphans), remove exactly the source
-rows (rowcount check: else someone compacted first), add the new rows. Only then are the
-sources deleted. A crash anywhere loses and duplicates nothing for manifest readers; the
-files it leaves unlisted are swept (`sweep_orphans`), so a reader globbing the folders
-sees each row once after the next sweep.
+rows (rowcount check: else someone compacted first), add the new rows (removed before
+added: the merged delta takes its first source's first_seq, the manifest key). Only then
+are the sources deleted. A crash anywhere loses and duplicates nothing for manifest
+readers; the files it leaves unlisted are swept (`sweep_orphans`), so a reader globbing
+the folders sees each row once after the next sweep.
 
 The engine is seen only through an Engine, the Archive and the runtime's
 `manifest_changed(added, removed)` callback. `step` is the crash-test hook of the caller
@@ -45,13 +79,15 @@ The engine is seen only through an Engine, the Archive and the runtime's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -69,11 +105,13 @@ Changed = Callable[[list[manifest.Entry], list[manifest.Entry]], None]
 Step = Callable[[str], None]
 FileLister = Callable[[Connection, str, str], list[manifest.Entry]]
 
-#: kinds compaction merges (entities includes the namespace's bulk files)
-COMPACTED = ("events", "rels", "entities")
+#: kinds compaction merges, in the order a pass runs them (entities first: the bulk files
+#: it folds make their twins mergeable into the events file)
+COMPACTED = ("entities", "events", "rels")
 BASE_PREFIX = "base-"
+DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
-MEMORY_LIMIT = "1GB"  # 256MB failed at 1M entities: Arrow scans pin blocks DuckDB cannot spill
+MEMORY_LIMIT = "256MB"
 #: JSON text columns: their min/max prune nothing (as archive/files.py writes them)
 _NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
 _ORDER = {"events": "id, seq", "rels": "from_id, seq", "entities": "number, id"}
@@ -86,7 +124,7 @@ def _no_step(_name: str) -> None:
 
 @dataclass(frozen=True)
 class DeltaBound:
-    """Deltas of a namespace are compacted before they hold more than
+    """Deltas of a namespace are folded into the base before they hold more than
     max(min_rows, fraction x settled rows) rows (settled: base + bulk files)."""
 
     fraction: float = 0.1
@@ -115,18 +153,35 @@ class _Layers:
     def count(self) -> int:
         return len(self.deltas) + len(self.bases) + len(self.bulks)
 
+    def _over_bound(self, bound: DeltaBound) -> bool:
+        settled = sum(e.row_count for e in (*self.bases, *self.bulks))
+        return sum(e.row_count for e in self.deltas) > bound.rows(settled)
+
     def due(self, threshold: int, bound: DeltaBound) -> bool:
         if self.count <= 1:
             return False  # one file (or none) is already compact
-        if self.count > threshold:
-            return True
-        settled = sum(e.row_count for e in (*self.bases, *self.bulks))
-        return sum(e.row_count for e in self.deltas) > bound.rows(settled)
+        return self.count > threshold or self._over_bound(bound)
+
+    def plan(self, threshold: int, bound: DeltaBound) -> str | None:
+        """What a pass does: "base" (rewrite it), "deltas" (merge only them) or None."""
+        if not self.due(threshold, bound):
+            return None
+        if self._over_bound(bound) or len(self.bulks) >= max(1, threshold // 2):
+            return "base"
+        # merging the deltas must bring the namespace within the threshold
+        fits = 1 + len(self.bases) + len(self.bulks) <= threshold
+        return "deltas" if len(self.deltas) >= 2 and fits else "base"
 
 
 def is_base(entry: manifest.Entry) -> bool:
     """A base file (written by compaction: every entity of its namespace once)."""
     return entry.kind == "entities" and entry.path.rsplit("/", 1)[-1].startswith(BASE_PREFIX)
+
+
+def _mergeable_twins(conn: Connection, ns: str, read: FileLister) -> list[manifest.Entry]:
+    """The bulk_events twins whose bulk file is folded (no longer listed)."""
+    live = {bulk.twin_path(e) for e in read(conn, manifest.BULK, ns)}
+    return [e for e in read(conn, manifest.BULK_EVENTS, ns) if e.path not in live]
 
 
 def due(
@@ -138,9 +193,13 @@ def due(
     files: FileLister | None = None,
 ) -> bool:
     """Whether `compact(kind, ns)` would merge now (the rules of the module doc)."""
+    read = files or manifest.load
     if kind == "entities":
         return _Layers.load(conn, ns, files).due(threshold, bound or DeltaBound())
-    return len((files or manifest.load)(conn, kind, ns)) > threshold
+    count = len(read(conn, kind, ns))
+    if kind == "events":
+        count += len(_mergeable_twins(conn, ns, read))
+    return count > threshold and count > 1
 
 
 def compact_due(
@@ -154,19 +213,52 @@ def compact_due(
     files: FileLister | None = None,
     step: Step = _no_step,
 ) -> list[manifest.Entry]:
-    """Compact every (kind, namespace) that is due; returns the merged files' entries.
-    `files`: the engine's cached manifest reads, used only to decide what is due (each
-    compaction reads the manifest again). The caller serialises compactions of a process
-    (Flusher's lock); other processes are excluded by the commit protocol."""
+    """Compact every (kind, namespace) that is due, entities first; returns the merged
+    files' entries. `files`: the engine's cached manifest reads (kept current through
+    `changed`), used only to decide what is due (each compaction reads the manifest
+    again). The caller serialises compactions of a process (Flusher's lock); other
+    processes are excluded by the commit protocol."""
     with engine.connect() as conn:
         names = namespaces if namespaces is not None else sorted({e.ns for e in manifest.load_all(conn)})
-        todo = [(kind, ns) for ns in names for kind in COMPACTED if due(conn, kind, ns, threshold, bound, files)]
     done = []
-    for kind, ns in todo:
-        merged = compact(engine, archive, changed, kind, ns, threshold, bound=bound, step=step)
-        if merged is not None:
-            done.append(merged)
+    for ns in names:
+        for kind in COMPACTED:
+            # decided after the kinds before it ran: folding bulk files makes twins mergeable
+            with engine.connect() as conn:
+                if not due(conn, kind, ns, threshold, bound, files):
+                    continue
+            merged = compact(engine, archive, changed, kind, ns, threshold, bound=bound, step=step)
+            if merged is not None:
+                done.append(merged)
     return done
+
+
+@dataclass
+class _Plan:
+    sources: list[manifest.Entry]  # the manifest rows the merged file replaces
+    mode: str  # "base", "deltas" or "log"
+    layers: _Layers | None = None
+    untwinned: list[manifest.Entry] = field(default_factory=list)  # bulk files that need a twin first
+    twins: list[manifest.Entry] = field(default_factory=list)  # folded bulk files' twins merged
+
+
+def _plan(conn: Connection, kind: str, ns: str, threshold: int, bound: DeltaBound) -> _Plan | None:
+    if kind == "entities":
+        layers = _Layers.load(conn, ns)
+        mode = layers.plan(threshold, bound)
+        if mode is None:
+            return None
+        if mode == "deltas":
+            return _Plan(list(layers.deltas), mode, layers)
+        twinned = {e.path for e in manifest.load(conn, manifest.BULK_EVENTS, ns)}
+        untwinned = [e for e in layers.bulks if bulk.twin_path(e) not in twinned]
+        return _Plan([*layers.bases, *layers.deltas, *layers.bulks], mode, layers, untwinned)
+    sources = manifest.load(conn, kind, ns)
+    twins = _mergeable_twins(conn, ns, manifest.load) if kind == "events" else []
+    count = len(sources) + len(twins)
+    if count <= threshold or count <= 1:
+        return None
+    return _Plan([*sources, *twins], "log", twins=twins)
 
 
 def compact(
@@ -181,31 +273,26 @@ def compact(
     step: Step = _no_step,
 ) -> manifest.Entry | None:
     """Merge a namespace's files of one kind if due (module doc); returns the merged
-    file's entry (for entities: the base), or None when nothing was due or another
-    process changed the files first (nothing lost: the sources stay listed)."""
+    file's entry (for entities: the base or the merged delta), or None when nothing was
+    due or another process changed the files first (nothing lost: the sources stay
+    listed)."""
     if kind not in COMPACTED:
         raise ArchiveError(f"compaction merges {COMPACTED}, not {kind!r}")
     check_namespace(ns)
     with engine.connect() as conn:
-        if kind == "entities":
-            layers = _Layers.load(conn, ns)
-            if not layers.due(threshold, bound or DeltaBound()):
-                return None
-            twins = {e.first_seq for e in manifest.load(conn, manifest.BULK_EVENTS, ns)}
-            sources = [*layers.bases, *layers.deltas, *layers.bulks]
-        else:
-            sources = manifest.load(conn, kind, ns)
-            if len(sources) <= threshold or len(sources) <= 1:
-                return None
-    if kind == "entities":
-        added = [bulk.write_twin_of(archive, e) for e in layers.bulks if e.first_seq not in twins]
-        merged = _merge_entities(archive, ns, layers)
+        plan = _plan(conn, kind, ns, threshold, bound or DeltaBound())
+    if plan is None:
+        return None
+    added = [bulk.write_twin_of(archive, e) for e in plan.untwinned]
+    if plan.mode == "log":
+        merged = _merge_log(archive, kind, ns, plan.sources, plan.twins)
     else:
-        added = []
-        merged = _merge_log(archive, kind, ns, sources)
+        assert plan.layers is not None
+        merged = _merge_entities(archive, ns, plan.layers, plan.mode)
     if merged is None:
         return None
     step("compacted_file_written")
+    sources = plan.sources
     new = [merged, *added]
     # the sources are deleted right after this commit: it must survive a power loss even
     # where commits in general need not (synchronous=NORMAL), or the manifest could come
@@ -218,6 +305,8 @@ def compact(
         if manifest.remove(conn, sources) != len(sources):
             conn.rollback()  # someone compacted first; our file is an unlisted orphan
             return None
+        if plan.twins:
+            _drop_folded(archive, ns, plan.twins)
         manifest.add(conn, new)
         # what an earlier compaction's crash left behind goes now (its sources, unlisted)
         sweep_orphans(conn, archive, [ns], keep={e.path for e in sources})
@@ -229,12 +318,33 @@ def compact(
     return merged
 
 
+def _drop_folded(archive: Archive, ns: str, twins: list[manifest.Entry]) -> None:
+    """Delete what a crash after a base rewrite left of the bulk entities files these
+    twins mirror (unlisted: folded into the base). Done before the twins leave the
+    manifest: afterwards nothing would tell such a file from a create_many in progress,
+    and the sweep would keep it for its grace period."""
+    present = {path for path, _mtime in archive.listing(f"entities/ns={ns}")}
+    for twin in twins:
+        path = f"entities/ns={ns}/{posixpath.basename(twin.path)}"
+        if path in present:
+            archive.delete(path)
+
+
 # ---------------------------------------------------------------------- merging
-def _merge_log(archive: Archive, kind: str, ns: str, sources: list[manifest.Entry]) -> manifest.Entry | None:
-    first, last = sources[0].first_seq, max(e.last_seq for e in sources)
-    path = Archive.file_name(kind, ns, first, last, prefix="c-")
+def _merge_log(
+    archive: Archive, kind: str, ns: str, sources: list[manifest.Entry], twins: list[manifest.Entry]
+) -> manifest.Entry | None:
+    logs = [e for e in sources if e.kind == kind]
+    first = min((e.first_seq for e in logs), default=0)
+    last = max((e.last_seq for e in logs), default=0)
+    suffix = ""
+    if twins:  # their ranges are id numbers: name the file by its sources too
+        digest = hashlib.sha1("\n".join(sorted(e.path for e in sources)).encode()).hexdigest()[:12]
+        suffix = f"-{digest}"
+    path = f"{kind}/ns={ns}/c-{first:012d}-{last:012d}{suffix}.parquet"
     if path in {e.path for e in sources}:
-        return None  # cannot happen with disjoint ranges; never overwrite a listed file
+        return None  # never overwrite a listed file
+    archive.path(path)  # the same checks as every archive path
     schema = _SCHEMA[kind]
     cols = ", ".join(f'"{f.name}"' for f in schema)
     with _duck() as con:
@@ -243,21 +353,30 @@ def _merge_log(archive: Archive, kind: str, ns: str, sources: list[manifest.Entr
     return manifest.Entry(kind, ns, first, last, path, rows, size)
 
 
-def _merge_entities(archive: Archive, ns: str, layers: _Layers) -> manifest.Entry | None:
-    seq_files = [*layers.bases, *layers.deltas]
-    first = min((e.first_seq for e in seq_files), default=0)
-    last = max((e.last_seq for e in seq_files), default=0)
-    taken = {e.path for e in (*seq_files, *layers.bulks)}
-    path = f"entities/ns={ns}/{BASE_PREFIX}{first:012d}-{last:012d}.parquet"
-    if path in taken:
-        # only bulk files are new since the last base: name it by them too (deterministic,
-        # so a retry after a crash writes the same file)
-        top = max((e.last_seq for e in layers.bulks), default=0)
-        path = f"entities/ns={ns}/{BASE_PREFIX}{first:012d}-{last:012d}-{top:012d}.parquet"
+def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> manifest.Entry | None:
+    """The merged delta (mode "deltas") or the new base (mode "base") of the namespace."""
+    if mode == "deltas":
+        sources = list(layers.deltas)
+        first = min(e.first_seq for e in sources)
+        last = max(e.last_seq for e in sources)
+        path = f"entities/ns={ns}/{DELTA_PREFIX}{first:012d}-{last:012d}.parquet"
+        if path in {e.path for e in sources}:
+            return None  # never overwrite a listed file
+    else:
+        seq_files = [*layers.bases, *layers.deltas]
+        sources = [*seq_files, *layers.bulks]
+        first = min((e.first_seq for e in seq_files), default=0)
+        last = max((e.last_seq for e in seq_files), default=0)
+        taken = {e.path for e in sources}
+        path = f"entities/ns={ns}/{BASE_PREFIX}{first:012d}-{last:012d}.parquet"
         if path in taken:
-            return None
+            # only bulk files are new since the last base: name it by them too (deterministic,
+            # so a retry after a crash writes the same file)
+            top = max((e.last_seq for e in layers.bulks), default=0)
+            path = f"entities/ns={ns}/{BASE_PREFIX}{first:012d}-{last:012d}-{top:012d}.parquet"
+            if path in taken:
+                return None
     archive.path(path)  # the same checks as every archive path
-    sources = [*layers.bases, *layers.deltas, *layers.bulks]
     with _duck() as con:
         fields = _base_fields(archive, con, sources)
         typed = {k: t for k, t in fields.items() if t != "mixed"}
@@ -409,10 +528,14 @@ def sweep_orphans(
     glob the folders (DuckDB's read_parquet) then see each row once.
 
     A young unlisted `bulk-` file may be a create_many whose transaction has not committed
-    yet, and is kept for ORPHAN_GRACE_SECONDS; except a bulk entities file whose twin
-    (`events/.../bulk-<same range>`) is listed: that create_many committed, so compaction
-    folded the file into the base. `keep`: paths not to delete (a compaction's sources,
-    which it deletes itself once its commit is durable).
+    yet, and is kept for ORPHAN_GRACE_SECONDS; except
+    - a bulk entities file whose twin (`events/.../bulk-<same range>`) is listed: that
+      create_many committed, so compaction folded the file into the base;
+    - a twin whose bulk entities file is neither listed nor present: create_many writes
+      the entities file first, so this is a twin an events compaction merged (it removed
+      the entities file before unlisting the twin), not a create_many in progress.
+    `keep`: paths not to delete (a compaction's sources, which it deletes itself once its
+    commit is durable).
 
     `cached(kind, ns)`: the caller's copy of the manifest lists. When every file the folders
     hold is in it (or in `keep`), there is nothing to sweep and the manifest is not read:
@@ -434,6 +557,11 @@ def sweep_orphans(
             name = path.rsplit("/", 1)[1]
             young = now - mtime < ORPHAN_GRACE_SECONDS
             folded = folder == "entities" and f"events/ns={ns}/{name}" in twins
+            if folder == "events" and name.startswith("bulk-") and young:
+                mirrored = f"entities/ns={ns}/{name}"
+                # checked now, after the listing: a twin listed there had its entities file
+                # written before it, so an in-progress create_many's file is seen here
+                folded = mirrored not in listed and not archive.exists(mirrored)
             if (name.startswith(".") or (name.startswith("bulk-") and not folded)) and young:
                 continue  # a write (or an application transaction's create_many) in progress
             archive.delete(path)
