@@ -239,6 +239,200 @@ def test_only_new_bulk_files_since_the_last_base(tmp_path: Path) -> None:
         db.close()
 
 
+# ---------------------------------------------------------------------------- tiers
+def test_a_delta_merge_leaves_the_base_and_changes_no_answer(engine: Engine, tmp_path: Path) -> None:
+    db = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        refs = workload(db)
+        db.flush()
+        run_compaction(db)
+        ((base,),) = [[p for k, p in paths(engine, "posts") if "/base-" in p]]
+        for i in range(5):  # five deltas: updates of bulk and flushed entities, a create, a delete
+            db.update("posts", sqid(refs[3 + i]), {"$set": {"round": i, "name": f"r{i}"}})
+            db.update("posts", sqid(refs[20]), {"$inc": {"views": 1}})
+            refs.append(db.create("posts", {"name": f"new{i}", "views": i})["$id"])
+            db.flush()
+        db.delete("posts", sqid(refs[6]))
+        db.flush()
+        assert listed(engine, "posts") == {"base": 1, "delta": 6, "events": 7, "rels": 1}
+        before = answers(db, refs)
+        merged = run_compaction(db, 4)
+        assert [e.kind for e in merged] == ["entities", "events"]
+        delta = merged[0]
+        assert delta.path == f"entities/ns=posts/d-{delta.first_seq:012d}-{delta.last_seq:012d}.parquet"
+        assert [p for k, p in paths(engine, "posts") if "/base-" in p] == [base]  # untouched
+        assert listed(engine, "posts") == {"base": 1, "delta": 1, "events": 1, "rels": 1}
+        assert delta.row_count == 11  # refs[3..7] (one deleted since), refs[20], 5 created: each once
+        assert answers(db, refs) == before
+        f = ppq.ParquetFile(tmp_path / "archive" / delta.path)
+        table = f.read()
+        keys = list(zip(table.column("number").to_pylist(), table.column("id").to_pylist(), strict=True))
+        assert keys == sorted(keys) and len(set(keys)) == len(keys) == 11
+        fields = parquet.fields_of(f.schema_arrow)
+        assert fields is not None and fields["round"] == "int" and "f_round" in table.column_names
+        # more deltas: the merged delta merges again with them, the base still stands
+        db.update("posts", sqid(refs[3]), {"$set": {"round": 9}})
+        db.flush()
+        db.update("posts", sqid(refs[0]), {"$set": {"round": 8}})
+        db.flush()
+        again = answers(db, refs)
+        assert [e.kind for e in run_compaction(db, 2)] == ["entities", "events"]
+        assert [p for k, p in paths(engine, "posts") if "/base-" in p] == [base]
+        assert listed(engine, "posts")["delta"] == 1
+        assert answers(db, refs) == again
+    finally:
+        db.close()
+    fresh = pq.ParqueDB(create_engine(url_of_engine(engine, tmp_path)), archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        assert answers(fresh, refs) == again
+        # past the delta bound the base is rewritten: one base, no delta
+        (rewritten,) = run_compaction(fresh, 2, bound=compact.DeltaBound(min_rows=5))
+        assert rewritten.path.startswith("entities/ns=posts/base-") and rewritten.path != base
+        assert listed(fresh.engine, "posts") == {"base": 1, "events": 1, "rels": 1}
+        assert answers(fresh, refs) == again
+    finally:
+        fresh.close()
+        fresh.engine.dispose()
+
+
+def creates_once(db: pq.ParqueDB, made: list[str]) -> None:
+    """Each bulk entity's CREATE exactly once: history, as_of and db.duckdb()."""
+    for ref in made:
+        ops = [h["op"] for h in db.history(ref)]
+        assert ops.count("CREATE") == 1 and ops[0] == "CREATE", (ref, ops)
+        ns, eid = ref.split("/")
+        assert db.get(ns, eid, as_of=1, include_deleted=True)["version"] == 1
+    con = db.duckdb()
+    try:
+        creates = Counter(
+            f"{ns}/{eid}" for ns, eid in con.sql("SELECT ns, id FROM events WHERE op = 'CREATE'").fetchall()
+        )
+    finally:
+        con.close()
+    assert all(creates[ref] == 1 for ref in made) and max(creates.values()) == 1
+
+
+def test_bulk_creates_once_in_every_state_of_their_files(engine: Engine, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    db = pq.ParqueDB(engine, archive=archive, policy=MANUAL)
+    try:
+        made = [e["$id"] for i in range(3) for e in db.create_many("tags", [{"name": f"t{i}-{j}"} for j in range(6)])]
+        for ref in made[::4]:
+            db.update("tags", sqid(ref), {"$set": {"seen": True}})
+        db.flush()
+        creates_once(db, made)  # bulk files listed, twins listed
+
+        def one(kind: str, threshold: int = 1) -> manifest.Entry | None:
+            running = flushing(db.runtime)
+            assert running is not None
+            fl = running.flusher
+            return compact.compact(fl.rt.engine, fl.archive, fl.rt.manifest_changed, kind, "tags", threshold)
+
+        assert one("entities") is not None
+        assert listed(engine, "tags") == {"base": 1, "bulk_events": 3, "events": 1}
+        creates_once(db, made)  # bulk files folded, twins listed
+        with engine.connect() as conn:
+            assert compact.due(conn, "events", "tags", 1)  # 1 events file + 3 mergeable twins
+        merged = one("events")
+        assert merged is not None and merged.path.startswith("events/ns=tags/c-")
+        assert listed(engine, "tags") == {"base": 1, "events": 1}
+        creates_once(db, made)  # bulk files folded, twins merged
+        # a new bulk file's twin stays while the bulk file is listed, whatever is due
+        later = [e["$id"] for e in db.create_many("tags", [{"name": f"u{j}"} for j in range(5)])]
+        db.update("tags", sqid(made[1]), {"$set": {"seen": False}})
+        db.flush()
+        assert one("events", 0) is not None
+        assert listed(engine, "tags") == {"base": 1, "bulk": 1, "bulk_events": 1, "events": 1, "delta": 1}
+        creates_once(db, made + later)
+    finally:
+        db.close()
+    fresh = pq.ParqueDB(create_engine(url_of_engine(engine, tmp_path)), archive=archive, policy=MANUAL)
+    try:
+        creates_once(fresh, made + later)
+        run_compaction(fresh)
+        assert listed(fresh.engine, "tags") == {"base": 1, "events": 1}
+        creates_once(fresh, made + later)
+        fresh.create("tags", {"name": "after"})
+        fresh.flush()
+    finally:
+        fresh.close()
+        fresh.engine.dispose()
+    events = folder_rows(archive, "events")
+    assert max(events.values()) == 1 and sum(1 for k in events if k[2] == 0) == len(made) + len(later)
+
+
+def test_the_file_count_stays_bounded(tmp_path: Path) -> None:
+    """100 flushes, then 100 create_many calls, a compaction pass after each: the files of
+    every kind stay bounded, a flush's small delta never rewrites the base, every answer
+    stays right, and a glob reader sees each event once."""
+    threshold = 8
+    archive = tmp_path / "archive"
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    db = pq.ParqueDB(url, archive=archive, policy=MANUAL)
+    most: Counter[str] = Counter()
+    on_disk = 0
+    try:
+        made = [e["$id"] for e in db.create_many("posts", [{"name": f"p{i}", "n": 0} for i in range(300)])]
+        made.append(db.create("posts", {"name": "first", "n": 0})["$id"])
+        expect = dict.fromkeys(made, 0)
+        db.flush()
+        run_compaction(db)  # a base to start from
+        bases = {p for _k, p in paths(db.engine, "posts") if "/base-" in p}
+
+        def settle() -> None:
+            nonlocal on_disk
+            run_compaction(db, threshold)
+            now = listed(db.engine, "posts")
+            for k, n in now.items():
+                most[k] = max(most[k], n)
+            most["entity files"] = max(most["entity files"], now["delta"] + now["base"] + now["bulk"])
+            most["events folder"] = max(most["events folder"], now["events"] + now["bulk_events"])
+            bases.update(p for _k, p in paths(db.engine, "posts") if "/base-" in p)
+            on_disk = max(on_disk, *(len(list((archive / f / "ns=posts").iterdir())) for f in ("entities", "events")))
+
+        for i in range(100):  # phase 1: flushes of 3 updates, a create and a link
+            for j in range(3):
+                ref = made[(7 * i + j) % len(made)]
+                db.update("posts", sqid(ref), {"$inc": {"n": 1}})
+                expect[ref] += 1
+            ref = db.create("posts", {"name": f"c{i}", "n": 0})["$id"]
+            expect[ref] = 0
+            db.link(ref, "parent", made[i])
+            db.flush()
+            settle()
+        assert len(bases) == 1  # the deltas stayed under the bound: the base was never rewritten
+        for i in range(100):  # phase 2: create_many calls, an update of one of them
+            batch = [e["$id"] for e in db.create_many("posts", [{"name": f"b{i}-{j}", "n": 0} for j in range(5)])]
+            expect.update(dict.fromkeys(batch, 0))
+            db.update("posts", sqid(batch[0]), {"$inc": {"n": 2}})
+            expect[batch[0]] += 2
+            db.flush()
+            settle()
+        assert most["entity files"] <= threshold and most["rels"] <= threshold
+        # twins of listed bulk files stay (at most threshold of them), the others merge
+        assert most["events folder"] <= 2 * threshold and most["bulk"] <= threshold
+        assert on_disk <= 2 * threshold
+    finally:
+        db.close()
+    fresh = pq.ParqueDB(url, archive=archive, policy=MANUAL)
+    try:
+        got = {ref: fresh.get("posts", sqid(ref)) for ref in expect}
+        assert {ref: s["n"] for ref, s in got.items()} == expect
+        assert len(fresh.find("posts", {"n": {"$gte": 1}}, limit=10_000)) == sum(1 for v in expect.values() if v)
+        hist = fresh.history(made[0])
+        assert [h["op"] for h in hist] == ["CREATE"] + ["UPDATE"] * expect[made[0]]
+        assert duck(fresh)[0] and len(duck(fresh)[0]) == len(expect)
+        fresh.create("posts", {"name": "last", "n": 0})
+        fresh.flush()
+    finally:
+        fresh.close()
+    events = folder_rows(archive, "events")
+    assert max(events.values()) == 1
+    assert sum(1 for k in events if k[2] == 0) == 300 + 500  # every bulk CREATE once
+    # the creates (bulk, single), the updates of both phases, the last create
+    assert len(events) == 300 + 500 + (1 + 100) + (300 + 100) + 1
+
+
 # ---------------------------------------------------------------------------- crashes
 #: the extra flushes of the "deltas" scenario: 4 flushes of 2 updates (posts seqs 8..15)
 DELTA_FLUSHES, DELTA_UPDATES = 4, 2

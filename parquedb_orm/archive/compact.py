@@ -40,8 +40,8 @@ of the base and bulk files:
   1); otherwise only the deltas merge. So after every pass a namespace has at most T
   entity files, and its deltas (which readers deduplicate) hold at most B rows;
 - events: more than T files counting events files and mergeable twins (a twin whose bulk
-  file is listed is not: the bulk files stay below max(1, T/2)), so at most T + T/2 files
-  in the folder after a pass;
+  file is listed is not: it counts among the entity files, at most T), so at most 2T
+  files in the folder after a pass;
 - rels: more than T files.
 `compact_due` runs entities first, so the twins of the bulk files it folds merge into the
 events file in the same pass.
