@@ -255,13 +255,16 @@ def test_a_delta_merge_leaves_the_base_and_changes_no_answer(engine: Engine, tmp
         db.delete("posts", sqid(refs[6]))
         db.flush()
         assert listed(engine, "posts") == {"base": 1, "delta": 6, "events": 7, "rels": 1}
+        (big,) = [p for k, p in paths(engine, "posts") if k == "events" and "/c-" in p]  # the first pass's
         before = answers(db, refs)
         merged = run_compaction(db, 4)
         assert [e.kind for e in merged] == ["entities", "events"]
         delta = merged[0]
         assert delta.path == f"entities/ns=posts/d-{delta.first_seq:012d}-{delta.last_seq:012d}.parquet"
         assert [p for k, p in paths(engine, "posts") if "/base-" in p] == [base]  # untouched
-        assert listed(engine, "posts") == {"base": 1, "delta": 1, "events": 1, "rels": 1}
+        # the events files are tiered alike: the six new ones merged, the largest stayed
+        assert merged[1].row_count == 16 and big in [p for _k, p in paths(engine, "posts")]
+        assert listed(engine, "posts") == {"base": 1, "delta": 1, "events": 2, "rels": 1}
         assert delta.row_count == 11  # refs[3..7] (one deleted since), refs[20], 5 created: each once
         assert answers(db, refs) == before
         f = ppq.ParquetFile(tmp_path / "archive" / delta.path)
@@ -288,7 +291,7 @@ def test_a_delta_merge_leaves_the_base_and_changes_no_answer(engine: Engine, tmp
         # past the delta bound the base is rewritten: one base, no delta
         (rewritten,) = run_compaction(fresh, 2, bound=compact.DeltaBound(min_rows=5))
         assert rewritten.path.startswith("entities/ns=posts/base-") and rewritten.path != base
-        assert listed(fresh.engine, "posts") == {"base": 1, "events": 1, "rels": 1}
+        assert listed(fresh.engine, "posts") == {"base": 1, "events": 2, "rels": 1}  # 2 events files: not due
         assert answers(fresh, refs) == again
     finally:
         fresh.close()

@@ -22,13 +22,16 @@ What each kind becomes:
 - `events`: the events files and the `bulk_events` twins of bulk files already folded
   into a base (their bulk entry is no longer listed) merge into
   `events/ns=<ns>/c-<first>-<last>[-<digest>].parquet`, sorted by (id, seq); first/last: the
-  seq range of the events files (0-0 if only twins), a digest of the sources' names when
-  twins are in it (their id ranges are not seqs: the name stays unique and deterministic).
+  seq range of the events files merged (0-0 if only twins), a digest of the sources'
+  names when twins are in it (their id ranges are not seqs: the name stays unique and
+  deterministic). Size-tiered like the entities: the largest events file stays out of
+  the merge while the others hold at most B(its rows) rows (below).
   A twin whose bulk file is still listed stays: while a bulk file is listed, readers
   (engine/archived.py `events`, archive/analytics.py, `sweep_orphans`) take its CREATEs
   from the twin and would derive them from the bulk file again if it were gone. A bulk
   CREATE is seq 0 and unique per id, so in the merged file it sorts first of its id.
-- `rels`: into `rels/ns=<ns>/c-<first>-<last>.parquet`, sorted by (from_id, seq).
+- `rels`: into `rels/ns=<ns>/c-<first>-<last>.parquet`, sorted by (from_id, seq), tiered
+  the same way.
 
 When (`due`), with T = threshold (FlushPolicy.compact_after) and
 B = `DeltaBound.rows(settled)` = max(min_rows, fraction x settled), settled being the rows
@@ -43,6 +46,8 @@ of the base and bulk files:
   file is listed is not: it counts among the entity files, at most T), so at most 2T
   files in the folder after a pass;
 - rels: more than T files.
+For events and rels, a pass merges every file but the largest when those others hold at
+most B(rows of the largest) rows and the threshold is 2 or more, else every file.
 `compact_due` runs entities first, so the twins of the bulk files it folds merge into the
 events file in the same pass.
 
@@ -55,9 +60,9 @@ namespace of S settled rows and deltas of k rows per flush:
 - a base rewrite folds more than B delta rows (or T/2 bulk files) and writes at most
   S + B rows: at most 1 + 1/fraction (= 11) rows per delta row folded; per bulk row
   folded, S / (rows of T/2 create_many calls).
-A fixed-size flush thus costs the same compaction work at any S, up to the 1/fraction
-factor of the base rewrite. Events and rels files are rewritten whole (they are the
-history: every event once; their count, not their size, is bounded).
+The events and rels files follow the same two bounds with S the rows of their largest
+file. A fixed-size flush thus costs the same compaction work at any S, up to the
+1/fraction factor of the settled file's rewrite.
 
 Memory: the merge runs in DuckDB (memory_limit, spilling to a temporary directory) over
 Arrow datasets of the sources, read in batches, and its sorted result is streamed into a
@@ -253,12 +258,27 @@ def _plan(conn: Connection, kind: str, ns: str, threshold: int, bound: DeltaBoun
         twinned = {e.path for e in manifest.load(conn, manifest.BULK_EVENTS, ns)}
         untwinned = [e for e in layers.bulks if bulk.twin_path(e) not in twinned]
         return _Plan([*layers.bases, *layers.deltas, *layers.bulks], mode, layers, untwinned)
-    sources = manifest.load(conn, kind, ns)
+    logs = manifest.load(conn, kind, ns)
     twins = _mergeable_twins(conn, ns, manifest.load) if kind == "events" else []
-    count = len(sources) + len(twins)
+    count = len(logs) + len(twins)
     if count <= threshold or count <= 1:
         return None
-    return _Plan([*sources, *twins], "log", twins=twins)
+    return _Plan(_log_sources(logs, twins, threshold, bound), "log", twins=twins)
+
+
+def _log_sources(
+    logs: list[manifest.Entry], twins: list[manifest.Entry], threshold: int, bound: DeltaBound
+) -> list[manifest.Entry]:
+    """The events or rels files a pass merges: all but the largest while the others hold
+    at most B(largest) rows (the module doc), else all. Files of a log kind are disjoint
+    in seqs and read whole by every reader, so any subset may merge."""
+    if len(logs) >= 2 and threshold >= 2:  # the largest and the merged file fit the threshold
+        big = max(logs, key=lambda e: (e.row_count, -e.first_seq))
+        rest = [e for e in logs if e is not big]
+        # the merged file takes the smallest first_seq of its events files: there is one
+        if len(rest) + len(twins) >= 2 and sum(e.row_count for e in (*rest, *twins)) <= bound.rows(big.row_count):
+            return [*rest, *twins]
+    return [*logs, *twins]
 
 
 def compact(
