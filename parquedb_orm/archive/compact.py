@@ -116,7 +116,7 @@ COMPACTED = ("entities", "events", "rels")
 BASE_PREFIX = "base-"
 DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
-MEMORY_LIMIT = "256MB"
+MEMORY_LIMIT = "1GB"
 #: JSON text columns: their min/max prune nothing (as archive/files.py writes them)
 _NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
 _ORDER = {"events": "id, seq", "rels": "from_id, seq", "entities": "number, id"}
