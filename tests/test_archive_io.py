@@ -158,10 +158,10 @@ def test_layout_names_types_and_compression(open_db: Opener, tmp_path: Path) -> 
     arch = tmp_path / "archive"
     expected = {
         "events/ns=posts/000000000001-000000000007.parquet",
-        "entities/ns=posts/000000000001-000000000007.parquet",
+        "entity_deltas/ns=posts/000000000001-000000000007.parquet",
         "rels/ns=posts/000000000001-000000000003.parquet",
         "events/ns=users/000000000001-000000000004.parquet",
-        "entities/ns=users/000000000001-000000000004.parquet",
+        "entity_deltas/ns=users/000000000001-000000000004.parquet",
     }
     assert set(result.paths) == expected
     assert {p.relative_to(arch).as_posix() for p in arch.rglob("*") if p.is_file()} == expected, "stray files"
@@ -170,7 +170,8 @@ def test_layout_names_types_and_compression(open_db: Opener, tmp_path: Path) -> 
     assert Archive.file_name("rels", "a", 12, 3456, prefix="c-") == "rels/ns=a/c-000000000012-000000003456.parquet"
     for row in manifest_rows(db.engine):
         kind, ns, first, last, path, count, size = row
-        assert path == Archive.file_name(kind, ns, first, last)
+        folder = "entity_deltas" if kind == "entities" else kind  # a flush's entities file is a delta
+        assert path == Archive.file_name(folder, ns, first, last)
         assert (arch / path).stat().st_size == size
         meta = papq.ParquetFile(arch / path).metadata
         assert meta.num_rows == count
@@ -197,7 +198,7 @@ def test_layout_names_types_and_compression(open_db: Opener, tmp_path: Path) -> 
     assert [str(o) for _s, o in by_seq] == ["LINK", "LINK", "UNLINK"]
     froms = list(zip(rels.column("from_id").to_pylist(), rels.column("seq").to_pylist(), strict=True))
     assert froms == sorted(froms)
-    ents = papq.read_table(arch / "entities/ns=users/000000000001-000000000004.parquet")
+    ents = papq.read_table(arch / "entity_deltas/ns=users/000000000001-000000000004.parquet")
     assert ents.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert ents.schema.field("version").type == pa.int64()
     # the hard-deleted user is a tombstone row (state null), the others their latest state
@@ -339,7 +340,7 @@ def test_bulk_file_and_flushed_entities_file_share_a_namespace(open_db: Opener) 
     made = db.create_many("tags", [{"name": f"t{i}"} for i in range(5)])  # ids 1..5
     db.update("tags", sqid(made[0]), {"$set": {"color": "red"}})  # event seq 1
     result = db.flush()
-    assert "entities/ns=tags/000000000001-000000000001.parquet" in result.paths
+    assert "entity_deltas/ns=tags/000000000001-000000000001.parquet" in result.paths
     assert db.stats()["unflushed_events"] == 0
     db.close()
     again = open_db()
@@ -505,8 +506,12 @@ def test_compaction_merges_files_and_changes_no_answer(open_db: Opener, tmp_path
             assert len(files_of(tmp_path, "events", "posts")) == i + 2
     before = answers(db, refs)
     db.flush()  # the 4th events file of posts: more than compact_after=3
-    assert files_of(tmp_path, "events", "posts") == ["c-000000000001-000000000007.parquet"]
-    assert len(files_of(tmp_path, "entities", "posts")) == 1
+    # tiered: the largest events file (the first of the 2-event ones) stays, the others merge
+    assert files_of(tmp_path, "events", "posts") == [
+        "000000000002-000000000003.parquet",
+        "c-000000000001-000000000007.parquet",
+    ]
+    assert len(files_of(tmp_path, "entities", "posts")) + len(files_of(tmp_path, "entity_deltas", "posts")) == 1
     assert len(files_of(tmp_path, "rels", "posts")) == 3  # 3 files: not more than compact_after
     assert files_of(tmp_path, "events", "users") == ["000000000001-000000000001.parquet"]
     assert answers(db, refs) == before

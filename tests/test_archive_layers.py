@@ -89,13 +89,20 @@ def state(eid: str, version: int, **fields: Any) -> dict[str, Any]:
     return {"$id": f"{NS}/{eid}", "$type": NS, **fields, "version": version, "createdAt": when, "updatedAt": when}
 
 
+def written(archive: Archive, rel: str, table: Any, **options: Any) -> int:
+    """Write a file and publish it, as a writer does once its commit lists it."""
+    size = archive.write_table(rel, table, **options)
+    archive.publish_pending(rel)
+    return size
+
+
 def write_entities(
     archive: Archive, name: str, rows: list[tuple[str, int, dict[str, Any] | None, int]], kind: str = "entities"
 ) -> manifest.Entry:
     """(id, version, state, seq) rows -> a file in the new format; its manifest entry."""
     table = parquet.entities_table([(eid, chunk_number(eid), v, st, seq) for eid, v, st, seq in rows])
     path = f"entities/ns={NS}/{name}"
-    size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+    size = written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
     seqs = [r[3] for r in rows]
     if kind == manifest.BULK:
         numbers = [chunk_number(r[0]) for r in rows]
@@ -328,7 +335,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
     table = parquet.events_table([(e, None, None) for e in reversed(evs)])
     assert table.column("id").to_pylist() == sorted(table.column("id").to_pylist())
     path = f"events/ns={NS}/000000000001-000000006999.parquet"
-    size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+    size = written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
     entry = manifest.Entry("events", NS, 1, 6999, path, table.num_rows, size)
     ar = reader(archive, [entry])
     reads.reset()
@@ -344,7 +351,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
         RelEvent(i + 1, TS + i, LINK, all_ids[i % 500], "tags", f"tags/t{i}", "items", None, None) for i in range(3000)
     ]
     rel_path = f"rels/ns={NS}/000000000001-000000003000.parquet"
-    size = archive.write_table(rel_path, parquet.rels_table(rels), row_group_rows=parquet.PIECE_ROWS)
+    size = written(archive, rel_path, parquet.rels_table(rels), row_group_rows=parquet.PIECE_ROWS)
     ar = reader(archive, [entry, manifest.Entry("rels", NS, 1, 3000, rel_path, 3000, size)])
     reads.reset()
     mine = ar.rel_events_of(None, NS, all_ids[3])  # type: ignore[arg-type]
@@ -359,13 +366,13 @@ def test_history_of_bulk_entities_with_and_without_their_create_events(archive: 
     table = parquet.bulk_entities_table(first, list(range(1, 3001)), states, [codec.dumps(s) for _e, s in states], TS)
     path = f"entities/ns={NS}/bulk-000000000001-000000003000.parquet"
     bulk1 = manifest.Entry(
-        manifest.BULK, NS, 1, 3000, path, 3000, archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+        manifest.BULK, NS, 1, 3000, path, 3000, written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
     )
     ev = parquet.bulk_events_table(NS, first, states, TS)
     assert ev.schema == parquet.EVENTS_SCHEMA and ev.column("id").to_pylist() == sorted(first)
     ev_path = f"events/ns={NS}/bulk-000000000001-000000003000.parquet"
     twin = manifest.Entry(
-        "bulk_events", NS, 1, 3000, ev_path, 3000, archive.write_table(ev_path, ev, row_group_rows=parquet.PIECE_ROWS)
+        "bulk_events", NS, 1, 3000, ev_path, 3000, written(archive, ev_path, ev, row_group_rows=parquet.PIECE_ROWS)
     )
     # the second bulk file predates bulk_events: its CREATE is derived from its row
     old = write_entities(
@@ -458,7 +465,7 @@ def test_entities_files_are_sorted_and_carry_the_fields_map(archive: Archive) ->
         "version": "mixed",
     }
     path = f"entities/ns={NS}/000000000001-000000000001.parquet"
-    archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+    written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
     md = papq.ParquetFile(archive.path(path)).metadata
     assert parquet.fields_of(md)["score"] == "int"  # type: ignore[index]
     schema = md.schema.to_arrow_schema()

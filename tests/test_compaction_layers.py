@@ -260,7 +260,7 @@ def test_a_delta_merge_leaves_the_base_and_changes_no_answer(engine: Engine, tmp
         merged = run_compaction(db, 4)
         assert [e.kind for e in merged] == ["entities", "events"]
         delta = merged[0]
-        assert delta.path == f"entities/ns=posts/d-{delta.first_seq:012d}-{delta.last_seq:012d}.parquet"
+        assert delta.path == f"entity_deltas/ns=posts/d-{delta.first_seq:012d}-{delta.last_seq:012d}.parquet"
         assert [p for k, p in paths(engine, "posts") if "/base-" in p] == [base]  # untouched
         # the events files are tiered alike: the six new ones merged, the largest stayed
         assert merged[1].row_count == 16 and big in [p for _k, p in paths(engine, "posts")]

@@ -56,15 +56,21 @@ def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Sch
     if not entries:
         return with_ns.empty_table()
     assert archive is not None
-    folder = manifest.FOLDER[entries[0].kind]
-    return ds.dataset(
-        [archive.path(e.path) for e in entries],
-        schema=with_ns,
-        format="parquet",
-        filesystem=archive.fs,
-        partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
-        partition_base_dir=archive.path(folder),
-    )
+    by_folder: dict[str, list[str]] = {}
+    for e in entries:  # entities files live in two folders (bases and deltas)
+        by_folder.setdefault(e.path.split("/", 1)[0], []).append(archive.path(e.path))
+    parts = [
+        ds.dataset(
+            paths,
+            schema=with_ns,
+            format="parquet",
+            filesystem=archive.fs,
+            partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
+            partition_base_dir=archive.path(folder),
+        )
+        for folder, paths in by_folder.items()
+    ]
+    return parts[0] if len(parts) == 1 else ds.dataset(parts)
 
 
 def _with_ns(table: pa.Table, names: list[str]) -> pa.Table:

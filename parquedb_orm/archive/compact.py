@@ -72,10 +72,12 @@ Exactly once (the same protocol as a flush): write the merged file under a deter
 name, then ONE durable transaction under the flush lock: check the new files still exist
 (a concurrent flush's sweep may have taken them as orphans), remove exactly the source
 rows (rowcount check: else someone compacted first), add the new rows (removed before
-added: the merged delta takes its first source's first_seq, the manifest key). Only then
-are the sources deleted. A crash anywhere loses and duplicates nothing for manifest
-readers; the files it leaves unlisted are swept (`sweep_orphans`), so a reader globbing
-the folders sees each row once after the next sweep.
+added: the merged delta takes its first source's first_seq, the manifest key). The merged
+file is written under its pending name (archive/files.py) and published after that
+commit, then the sources are deleted. A crash anywhere loses and duplicates nothing for
+manifest readers; what it leaves (a listed pending file, unlisted sources) is settled by
+`sweep_orphans` at the next open or flush, so a reader globbing the folders sees each row
+once.
 
 The engine is seen only through an Engine, the Archive and the runtime's
 `manifest_changed(added, removed)` callback. `step` is the crash-test hook of the caller
@@ -91,7 +93,7 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +103,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine
 
 from parquedb_orm.archive import bulk, parquet
-from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.files import Archive, pending_name, published_name
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError
 from parquedb_orm.sql import dialects, manifest
@@ -114,6 +116,13 @@ FileLister = Callable[[Connection, str, str], list[manifest.Entry]]
 #: it folds make their twins mergeable into the events file)
 COMPACTED = ("entities", "events", "rels")
 BASE_PREFIX = "base-"
+#: beside each base file, its *scan file* (`_scan/ns=<ns>/<base name>`): the base's
+#: columns but the JSON texts, in large row groups, which find scans (engine/find.py). The
+#: base keeps small pieces for point reads; a scan over ~1,000 of them costs ~10x one over
+#: 16 large row groups. Not listed in the manifest: it lives and dies with its base.
+SCAN_FOLDER = "_scan"
+SCAN_ROWS = 65_536
+_SCAN_DROP = frozenset({"state"})
 DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
 MEMORY_LIMIT = "1GB"
@@ -319,7 +328,7 @@ def compact(
     # back listing deleted files
     with dialects.durable_begin(engine) as conn:
         dialects.lock_flush(conn)
-        if not all(archive.exists(e.path) for e in new):
+        if not all(archive.staged(e.path) for e in new):
             conn.rollback()  # swept as an orphan by a flush elsewhere: the sources stay listed
             return None
         if manifest.remove(conn, sources) != len(sources):
@@ -329,12 +338,21 @@ def compact(
             _drop_folded(archive, ns, plan.twins)
         manifest.add(conn, new)
         # what an earlier compaction's crash left behind goes now (its sources, unlisted)
-        sweep_orphans(conn, archive, [ns], keep={e.path for e in sources})
+        sweep_orphans(conn, archive, [ns], keep={e.path for e in (*sources, *new)})
     step("compaction_committed")
+    # visible first, then the sources go: a reader globbing meanwhile may see a row twice
+    # for an instant, never miss one (an Iceberg snapshot switches atomically)
+    for path in sorted(_scans(e.path for e in new)):  # before its base: find looks for it there
+        archive.publish_pending(path)
+    for e in new:
+        archive.publish_pending(e.path)
+    step("compaction_published")
     changed(new, sources)
     for e in sources:
         if e.path != merged.path:
             archive.delete(e.path)  # unlisted now: readers no longer open it
+    for path in sorted(_scans(e.path for e in sources if e.path != merged.path)):
+        archive.delete(path)
     return merged
 
 
@@ -379,7 +397,7 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
         sources = list(layers.deltas)
         first = min(e.first_seq for e in sources)
         last = max(e.last_seq for e in sources)
-        path = f"entities/ns={ns}/{DELTA_PREFIX}{first:012d}-{last:012d}.parquet"
+        path = f"{manifest.DELTA_FOLDER}/ns={ns}/{DELTA_PREFIX}{first:012d}-{last:012d}.parquet"
         if path in {e.path for e in sources}:
             return None  # never overwrite a listed file
     else:
@@ -415,7 +433,36 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
         )
         meta = {parquet.FIELDS_KEY: json.dumps(fields, separators=(",", ":")).encode()}
         rows, size = _write(archive, path, con, sql, schema.with_metadata(meta))
+        if mode != "deltas":
+            _write_scan(archive, con, path, schema.with_metadata(meta))
     return manifest.Entry("entities", ns, first, last, path, rows, size)
+
+
+def scan_path(base: str) -> str:
+    """The scan file of a base file (SCAN_FOLDER)."""
+    kind, rest = base.split("/", 1)
+    if kind != "entities" or not posixpath.basename(rest).startswith(BASE_PREFIX):
+        raise ArchiveError(f"only a base file has a scan file, not {base!r}")
+    return f"{SCAN_FOLDER}/{rest}"
+
+
+def _scans(paths: Iterable[str]) -> set[str]:
+    """The scan files of the base files among `paths`."""
+    return {scan_path(p) for p in paths if p.startswith("entities/") and posixpath.basename(p).startswith(BASE_PREFIX)}
+
+
+def _write_scan(archive: Archive, con: Any, base: str, schema: pa.Schema) -> None:
+    """Write the scan file of the base just written (pending, like it), from that file."""
+    narrow = pa.schema([f for f in schema if f.name not in _SCAN_DROP], metadata=schema.metadata)
+    source = archive.path(pending_name(base))
+    con.register("written", ds.dataset(source, schema=schema, format="parquet", filesystem=archive.fs))
+    try:
+        cols = ", ".join(f'"{f.name}"' for f in narrow)
+        _write(
+            archive, scan_path(base), con, f"SELECT {cols} FROM written", narrow, row_group_rows=SCAN_ROWS, scan=True
+        )
+    finally:
+        con.unregister("written")
 
 
 def _base_fields(archive: Archive, con: Any, sources: list[manifest.Entry]) -> dict[str, str]:
@@ -503,18 +550,37 @@ def _batches(reader: Any, rows: int) -> Iterator[pa.RecordBatch]:
         yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
 
-def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) -> tuple[int, int]:
-    """Stream a query's rows into the Parquet file `rel`, published atomically for readers
-    (Archive.staging_path / publish); returns (rows, bytes)."""
+def _write(
+    archive: Archive,
+    rel: str,
+    con: Any,
+    sql: str,
+    schema: pa.Schema,
+    *,
+    row_group_rows: int = parquet.PIECE_ROWS,
+    scan: bool = False,
+) -> tuple[int, int]:
+    """Stream a query's rows into the Parquet file `rel`, in row groups of `row_group_rows`,
+    left under its pending name (Archive.staging_path / publish); returns (rows, bytes)."""
     tmp, scratch = archive.staging_path(rel)
     rows = 0
     try:
-        reader = con.sql(sql).to_arrow_reader(parquet.PIECE_ROWS * 16)
+        reader = con.sql(sql).to_arrow_reader(max(row_group_rows, parquet.PIECE_ROWS * 16))
         stats = [f.name for f in schema if f.name not in _NO_STATISTICS]
-        with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=True, write_statistics=stats) as writer:
-            for batch in _batches(reader, parquet.PIECE_ROWS):
+        compression: str = "zstd"
+        dictionary: bool | list[str] = True
+        if scan:
+            # a scan file is read whole by every find: a lighter codec, and no dictionary
+            # for numbers (a high-cardinality column falls back from it page by page and
+            # decodes ~3x slower than plain); strings and bools keep it
+            compression = "snappy"
+            dictionary = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_boolean(f.type)]
+        with pq.ParquetWriter(
+            tmp, schema, compression=compression, use_dictionary=dictionary, write_statistics=stats
+        ) as writer:
+            for batch in _batches(reader, row_group_rows):
                 out = pa.Table.from_batches([batch]).cast(schema)
-                writer.write_table(out, row_group_size=parquet.PIECE_ROWS)
+                writer.write_table(out, row_group_size=row_group_rows)
                 rows += batch.num_rows
         size = os.path.getsize(tmp)
         archive.publish(tmp, rel)
@@ -531,59 +597,78 @@ def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) ->
 # ---------------------------------------------------------------------- sweeping
 #: an unlisted temporary or bulk file younger than this may belong to a write in progress
 ORPHAN_GRACE_SECONDS = 3600.0
+#: the folders a namespace's files live in
+FOLDERS = manifest.FOLDERS
+
+
+def _listing(archive: Archive, ns: str) -> list[tuple[str, float]]:
+    return [found for folder in (*FOLDERS, SCAN_FOLDER) for found in archive.listing(f"{folder}/ns={ns}")]
+
+
+def clean(archive: Archive, ns: str, cached: Callable[[str, str], list[manifest.Entry]]) -> bool:
+    """Whether the namespace's folders hold only files `cached(kind, ns)` lists (nothing
+    for `sweep_orphans` to do); folder listings only."""
+    known = {e.path for kind in manifest.ALL_KINDS for e in cached(kind, ns)}
+    known |= _scans(known)
+    return all(path in known for path, _mtime in _listing(archive, ns))
 
 
 def sweep_orphans(
     conn: Connection,
     archive: Archive,
-    namespaces: list[str],
+    namespaces: Iterable[str],
     keep: set[str] | None = None,
     *,
     cached: Callable[[str, str], list[manifest.Entry]] | None = None,
 ) -> int:
-    """Delete Parquet files of these namespaces that the manifest does not list: leftovers
-    of a crash (a flush retried over a longer range, the sources of a compaction committed
-    just before the crash). Runs under the flush lock; a writer checks its own files still
-    exist under that lock before listing them, so a sweep never loses data. Readers that
-    glob the folders (DuckDB's read_parquet) then see each row once.
+    """Make the folders of these namespaces hold exactly the files the manifest lists.
+    Runs under the flush lock, in the caller's transaction. Every writer writes its file
+    under a hidden pending name and publishes it only after the commit that lists it
+    (archive/files.py), so, per file found:
 
-    A young unlisted `bulk-` file may be a create_many whose transaction has not committed
-    yet, and is kept for ORPHAN_GRACE_SECONDS; except
-    - a bulk entities file whose twin (`events/.../bulk-<same range>`) is listed: that
-      create_many committed, so compaction folded the file into the base;
-    - a twin whose bulk entities file is neither listed nor present: create_many writes
-      the entities file first, so this is a twin an events compaction merged (it removed
-      the entities file before unlisting the twin), not a create_many in progress.
-    `keep`: paths not to delete (a compaction's sources, which it deletes itself once its
-    commit is durable).
+    - a pending file the manifest lists: its writer crashed between commit and publish;
+      publish it now;
+    - a pending file it does not list: a write whose transaction has not committed (a
+      create_many in another process's application transaction) or never will (a crash,
+      a rollback). Invisible to readers either way; deleted once ORPHAN_GRACE_SECONDS old;
+    - a hidden temp file (`.<name>.<uuid>.tmp`) of a write in progress: the same;
+    - a visible file it does not list: never listed again (the sources of a compaction
+      committed just before a crash, or a leftover of a version that wrote files before
+      committing them); deleted at once, so a glob reader sees each row once.
+    The listing comes first and the manifest is read after it, so a file published after
+    its commit is always seen as listed.
 
-    `cached(kind, ns)`: the caller's copy of the manifest lists. When every file the folders
-    hold is in it (or in `keep`), there is nothing to sweep and the manifest is not read:
-    a flush then reads no row per archive file."""
+    `keep`: paths not to touch (the caller's own files, listed by its uncommitted
+    transaction, and a compaction's sources, which it deletes itself after its commit).
+    `cached(kind, ns)`: the caller's copy of the manifest lists. When every file the
+    folders hold is in it (or in `keep`), there is nothing to sweep and the manifest is not
+    read: a flush then reads no row per archive file. Returns the files deleted or published."""
     now = time.time()
-    removed = 0
+    done = 0
+    keep = (keep or set()) | _scans(keep or ())
     for ns in namespaces:
-        listing = [(folder, found) for folder in manifest.KINDS for found in archive.listing(f"{folder}/ns={ns}")]
+        listing = _listing(archive, ns)
         if cached is not None:
-            known = {e.path for kind in manifest.ALL_KINDS for e in cached(kind, ns)} | (keep or set())
-            if all(path in known for _folder, (path, _mtime) in listing):
+            known = {e.path for kind in manifest.ALL_KINDS for e in cached(kind, ns)} | keep
+            known |= _scans(known)
+            if all(path in known for path, _mtime in listing):
                 continue
-        entries = [e for kind in manifest.ALL_KINDS for e in manifest.load(conn, kind, ns)]
-        listed = {e.path for e in entries} | (keep or set())
-        twins = {e.path for e in entries if e.kind == manifest.BULK_EVENTS}
-        for folder, (path, mtime) in listing:
-            if path in listed:
+        listed = {e.path for kind in manifest.ALL_KINDS for e in manifest.load(conn, kind, ns)}
+        listed |= _scans(listed)  # a base's scan file counts as listed with it
+        for path, mtime in listing:
+            if path in listed or path in keep:
                 continue
-            name = path.rsplit("/", 1)[1]
             young = now - mtime < ORPHAN_GRACE_SECONDS
-            folded = folder == "entities" and f"events/ns={ns}/{name}" in twins
-            if folder == "events" and name.startswith("bulk-") and young:
-                mirrored = f"entities/ns={ns}/{name}"
-                # checked now, after the listing: a twin listed there had its entities file
-                # written before it, so an in-progress create_many's file is seen here
-                folded = mirrored not in listed and not archive.exists(mirrored)
-            if (name.startswith(".") or (name.startswith("bulk-") and not folded)) and young:
-                continue  # a write (or an application transaction's create_many) in progress
+            target = published_name(path)
+            if target is not None:
+                if target in keep:
+                    continue  # the caller's own file: published after its commit
+                if target in listed:
+                    archive.publish_pending(target)
+                    done += 1
+                    continue
+            if (target is not None or path.rsplit("/", 1)[1].startswith(".")) and young:
+                continue  # a write in progress, invisible to readers
             archive.delete(path)
-            removed += 1
-    return removed
+            done += 1
+    return done

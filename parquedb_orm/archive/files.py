@@ -1,13 +1,21 @@
 """Where Parquet files live: a local folder (default) or any pyarrow filesystem URI.
 
-Writes are atomic for readers: a local file is written to a temporary name, fsynced and
-renamed (then the directory is fsynced); an object store gets one PUT of the whole file
-to its final key. Paths are built only from validated namespaces and numbers, and are
-checked again here so nothing can land outside the archive root.
+Writes are atomic for readers, and a file is visible only once it is committed: every
+writer (flush, compaction, create_many) writes its file under a hidden *pending* name
+(`<folder>/.<name>.pending`: a leading dot, which pyarrow.dataset skips, and a suffix no
+`*.parquet` glob matches), commits the manifest row that lists `<folder>/<name>`, and only
+then publishes it (`publish_pending`: a durable rename locally, a copy + delete on an
+object store). A crash between the commit and the publish leaves a listed pending file:
+the next open or flush publishes it (compact.sweep_orphans), and a reader that finds the
+listed name missing publishes it itself (`_recover`). A local file is first written to a
+temporary name, fsynced and renamed (then the directory is fsynced); an object store gets
+one PUT of the whole object. Paths are built only from validated namespaces and numbers,
+and are checked again here so nothing can land outside the archive root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -24,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from parquedb_orm.core.ids import check_namespace
-from parquedb_orm.errors import ArchiveError, ConfigurationError
+from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError
 
 #: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful (the
 #: archive's own files pass `parquet.PIECE_ROWS`: a point read decodes one small piece)
@@ -32,6 +40,23 @@ ROW_GROUP_ROWS = 65_536
 #: JSON text columns: nearly every value distinct, so no dictionary (it only slows reads),
 #: and no min/max (they prune nothing and would bloat every footer)
 _JSON_TEXT = frozenset({"state", "data", "before", "after", "meta"})
+#: suffix of a written file not yet published (see the module doc)
+PENDING_SUFFIX = ".pending"
+
+
+def pending_name(rel: str) -> str:
+    """The hidden name a file waits under until the manifest lists it."""
+    folder, _, name = rel.rpartition("/")
+    return f"{folder}/.{name}{PENDING_SUFFIX}" if folder else f".{name}{PENDING_SUFFIX}"
+
+
+def published_name(rel: str) -> str | None:
+    """The archive path a pending file stands for, or None when `rel` is not one."""
+    folder, _, name = rel.rpartition("/")
+    if not (name.startswith(".") and name.endswith(PENDING_SUFFIX)):
+        return None
+    name = name[1 : -len(PENDING_SUFFIX)]
+    return f"{folder}/{name}" if folder else name
 
 
 @dataclass(frozen=True)
@@ -95,13 +120,14 @@ class Archive:
     def file_name(kind: str, ns: str, first: int, last: int, prefix: str = "") -> str:
         """Deterministic name: a retried flush rewrites the same file."""
         check_namespace(ns)
-        if kind not in ("events", "rels", "entities"):
+        if kind not in ("events", "rels", "entities", "entity_deltas"):
             raise ArchiveError(f"unknown archive kind {kind!r}")
         return f"{kind}/ns={ns}/{prefix}{int(first):012d}-{int(last):012d}.parquet"
 
     # ------------------------------------------------------------------ io
     def write_table(self, rel: str, table: pa.Table, *, row_group_rows: int | None = None) -> int:
-        """Write a Parquet file atomically; returns its size in bytes. Statistics on every
+        """Write the Parquet file `rel` under its pending name (`publish_pending` makes it
+        `rel` once the manifest lists it); returns its size in bytes. Statistics on every
         column but the JSON texts (row groups are pruned by their min/max)."""
         buf = io.BytesIO()
         plain = [c for c in table.column_names if c not in _JSON_TEXT]
@@ -114,7 +140,7 @@ class Archive:
             write_statistics=plain,
         )
         data = buf.getvalue()
-        target = self.path(rel)
+        target = self.path(pending_name(rel))
         try:
             if self.local:
                 self._write_local(target, data)
@@ -132,9 +158,15 @@ class Archive:
         directory = os.path.dirname(target)
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        Archive._durable_rename(tmp, target)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            Archive._durable_rename(tmp, target)
+        except OSError:
+            # a full disk must not keep the partial file: a retry needs the space
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @staticmethod
     def _durable_rename(tmp: str, target: str) -> None:
@@ -162,9 +194,9 @@ class Archive:
         return os.path.join(scratch, os.path.basename(target)), scratch
 
     def publish(self, staged: str, rel: str) -> None:
-        """Make a staged file (`staging_path`) the archive file `rel`, atomically for
-        readers: a durable rename locally, one upload to an object store."""
-        target = self.path(rel)
+        """Make a staged file (`staging_path`) the pending file of `rel` (as `write_table`
+        leaves it): a durable rename locally, one upload to an object store."""
+        target = self.path(pending_name(rel))
         try:
             if self.local:
                 self._durable_rename(staged, target)
@@ -175,10 +207,49 @@ class Archive:
         except OSError as exc:
             raise ArchiveError(f"cannot write {target}: {exc}") from exc
 
+    def publish_pending(self, rel: str) -> None:
+        """Make the pending file of `rel` visible as `rel`, once the manifest lists it.
+        Idempotent: another process (a reader, the sweep) may have published it first."""
+        source, target = self.path(pending_name(rel)), self.path(rel)
+        try:
+            if self.local:
+                os.replace(source, target)
+                dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            else:
+                self.fs.move(source, target)
+        except FileNotFoundError:
+            if not self.exists(rel):
+                raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from None
+        except OSError as exc:
+            if self.exists(rel):  # a concurrent publish won (an object store's move is copy + delete)
+                return
+            raise ArchiveError(f"cannot publish {target}: {exc}") from exc
+
+    def staged(self, rel: str) -> bool:
+        """Whether `rel` was written and waits to be published (or already is)."""
+        return self.exists(pending_name(rel)) or self.exists(rel)
+
+    def _recover(self, rel: str) -> bool:
+        """A listed file missing under its name: publish its pending file if it is there
+        (its writer committed, then crashed or has not renamed it yet)."""
+        if not self.exists(pending_name(rel)):
+            return False
+        self.publish_pending(rel)
+        return True
+
     def read_table(self, rel: str, *, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
         target = self.path(rel)
         try:
-            return pq.read_table(target, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
+            try:
+                return pq.read_table(target, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
+            except FileNotFoundError:
+                if not self._recover(rel):
+                    raise
+                return pq.read_table(target, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
         except FileNotFoundError as exc:
             raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
         except (OSError, pa.ArrowInvalid) as exc:
@@ -189,7 +260,7 @@ class Archive:
         read at the end of the file."""
         target = self.path(rel)
         try:
-            with self.fs.open_input_file(target) as fh:
+            with self._open(rel) as fh:
                 return pq.ParquetFile(fh).metadata
         except FileNotFoundError as exc:
             raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
@@ -208,7 +279,7 @@ class Archive:
         read (then only those column chunks are fetched)."""
         target = self.path(rel)
         try:
-            with self.fs.open_input_file(target) as fh:
+            with self._open(rel) as fh:
                 pf = pq.ParquetFile(fh, metadata=metadata)
                 if columns is not None:
                     have = set(pf.schema_arrow.names)
@@ -218,6 +289,14 @@ class Archive:
             raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
+
+    def _open(self, rel: str) -> Any:
+        try:
+            return self.fs.open_input_file(self.path(rel))
+        except FileNotFoundError:
+            if not self._recover(rel):
+                raise
+            return self.fs.open_input_file(self.path(rel))
 
     def delete(self, rel: str) -> None:
         try:
@@ -240,6 +319,26 @@ class Archive:
                 mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
                 out.append((f"{directory}/{info.base_name}", mtime))
         return out
+
+    def namespaces(self) -> list[str]:
+        """Every namespace with an `ns=<ns>` folder under a kind folder (events, rels,
+        entities): one listing per kind folder."""
+        found: set[str] = set()
+        for kind in ("events", "rels", "entities", "entity_deltas"):
+            selector = pafs.FileSelector(self.path(kind), allow_not_found=True, recursive=False)
+            try:
+                infos = self.fs.get_file_info(selector)
+            except OSError as exc:
+                raise ArchiveError(f"cannot list {self.path(kind)}: {exc}") from exc
+            for info in infos:
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("ns="):
+                    name = info.base_name[3:]
+                    try:
+                        check_namespace(name)
+                    except InvalidNamespaceError:
+                        continue  # not a folder this store made: leave it alone
+                    found.add(name)
+        return sorted(found)
 
     def exists(self, rel: str) -> bool:
         return bool(self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)

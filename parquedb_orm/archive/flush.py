@@ -4,17 +4,21 @@
    (from the engine's memory when it provably equals the table).
 2. Fold them onto the states the touched entities had (the engine's memory of its own
    commits, else a point lookup in the archive: `ArchivedReads.lookup`).
-3. Write Parquet files named by namespace and sequence range: a retry after a crash
-   rewrites the same names, and a file the manifest does not list does not exist. The
-   entities file of a flush is a *delta*: the latest state of what it touched; compaction
+3. Write Parquet files named by namespace and sequence range, under their hidden pending
+   names (archive/files.py): a retry after a crash rewrites the same names, and a reader
+   globbing the folders sees no file the manifest does not list. The entities file of a
+   flush is a *delta*: the latest state of what it touched; compaction
    (archive/compact.py) merges deltas into the namespace's base file.
 4. ONE SQL transaction, under the flush lock: check the marks are still those read in
    step 1 (else another flusher won: roll back), add manifest rows, advance the marks,
    retire the flushed WAL rows. Whatever the store's size, that is a handful of rows:
    state lives in the archive, not in SQL (the `entity_snapshots` table of earlier
    versions is no longer written; every state it holds is also in an entities file).
-A crash before 4 commits leaves the WAL as it was (the files are orphans, rewritten
-next time); after it, everything is in the archive and nothing in the WAL tail.
+5. Publish the files (rename them to their names); step 4 also swept the folders
+   (compact.sweep_orphans): a crash's leftovers go, listed pending files are published.
+A crash before 4 commits leaves the WAL as it was (the files are invisible orphans,
+rewritten next time); after it, everything is in the archive and nothing in the WAL
+tail, and the next open publishes what step 5 did not.
 
 Retiring WAL rows: a `DELETE` is billed one written row per row, so on SQLite the
 table is rebuilt instead: the few rows above the marks are kept in a TEMP table (temp
@@ -100,9 +104,7 @@ class FlushSource(Protocol):
 
     def known_namespaces(self) -> list[str]: ...
 
-    def memory_tail(
-        self, ns: str, ev_mark: int, rel_mark: int
-    ) -> tuple[list[Event] | None, list[RelEvent] | None]: ...
+    def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event] | None, list[RelEvent] | None]: ...
 
     def tail_bases(self, ns: str, ids: Iterable[str]) -> dict[str, Versioned]: ...
 
@@ -237,7 +239,7 @@ class Flusher:
                 (eid, plan.numbers.get(eid, 0), *plan.latest[eid][:1], plan.latest[eid][2], plan.ev_last)
                 for eid in order
             ]
-            path = Archive.file_name("entities", ns, first, last)
+            path = Archive.file_name(manifest.DELTA_FOLDER, ns, first, last)
             table = parquet.entities_table(ent_rows, [plan.latest_json[eid] for eid in order])
             size = self.archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), size))
@@ -256,7 +258,7 @@ class Flusher:
         for ns, plan in plans.items():
             if now.get(f"seq:{ns}", 0) != plan.ev_mark or now.get(f"rseq:{ns}", 0) != plan.rel_mark:
                 return False  # another flusher committed these rows first
-        if any(not self.archive.exists(e.path) for e in entries):
+        if any(not self.archive.staged(e.path) for e in entries):
             return False  # swept as an orphan by another flusher: write them again next time
         manifest.add(conn, entries)
         _step("manifest_added")
@@ -302,12 +304,37 @@ class Flusher:
                 )
                 conn.execute(delete(table).where(flushed))
 
+    def sweep(self, namespaces: list[str] | None = None) -> int:
+        """Publish listed pending files and delete unlisted ones (compact.sweep_orphans) in
+        these namespaces (default: every `ns=` folder of the archive). Costs only folder
+        listings while every file found is one the engine's copy of the manifest lists;
+        otherwise one transaction under the flush lock. Runs at open and in a flush with
+        nothing pending, so what a crash left (mid-compaction, mid-create_many) is gone
+        before anyone globs the folders for long."""
+        names = namespaces if namespaces is not None else self.archive.namespaces()
+        if not names:
+            return 0
+        with self.rt.engine.connect() as conn:
+            cached = self._cached(conn)
+            dirty = [ns for ns in names if not compact.clean(self.archive, ns, cached)]
+            conn.rollback()
+        if not dirty:
+            return 0
+        with dialects.begin(self.rt.engine) as conn:
+            dialects.lock_flush(conn)
+            return compact.sweep_orphans(conn, self.archive, dirty)
+
+    def _cached(self, conn: Connection) -> Any:
+        return lambda kind, ns: self.rt.archive_files(conn, kind, ns)
+
     def _flush(self) -> FlushResult:
         t0 = time.perf_counter()
         result = FlushResult()
         with self.rt.engine.connect() as conn:
             _counters, plans = self._read(conn)
             if not plans:
+                conn.rollback()
+                self.sweep(self.rt.known_namespaces())
                 result.seconds = time.perf_counter() - t0
                 return result
             _step("wal_read")
@@ -326,6 +353,11 @@ class Flusher:
             result.skipped = True
             result.seconds = time.perf_counter() - t0
             return result
+        # listed now: make them visible (a crash here leaves pending files the next open
+        # or flush publishes; the store's own readers publish one they need themselves)
+        for entry in entries:
+            self.archive.publish_pending(entry.path)
+        _step("published")
         self.rt.flushed(plans_summary(plans), entries)
         result.files = len(entries)
         result.events = sum(len(p.events) for p in plans.values())

@@ -37,6 +37,8 @@ from parquedb_orm.sql import manifest
 BULK_EVENTS = "bulk_events"
 #: the columns a point read takes from an entities file
 _POINT_COLUMNS = ["id", "version", "seq", "state"]
+#: what an Event needs of an events row: not the before/after states, most of its bytes
+_EVENT_COLUMNS = ["seq", "ts", "op", "id", "version", "actor", "data", "meta", "types"]
 
 Latest = tuple[int, int, State | None]  # (version, seq of the last event folded in, state or None)
 
@@ -199,6 +201,21 @@ class ArchivedReads:
         assert self.archive is not None
         return self.archive.read_row_groups(entry.path, groups, columns, metadata=metadata)
 
+    def rows_by_number(self, entry: manifest.Entry, numbers: Iterable[int], columns: list[str]) -> Any:
+        """The rows of an entities file whose `number` is one of `numbers`, reading only the
+        pieces that can hold them (cached footer), as an Arrow table of `columns` (which
+        must include `number`). For find's second phase: the winners' states."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted = sorted(set(numbers))
+        ranges, metadata = self._footer(entry)
+        groups = sorted({g for n in wanted for g in ranges.groups(n)})
+        if not groups:
+            return pa.table({c: pa.array([], pa.null()) for c in columns})
+        table = self._pieces(entry, groups, columns, metadata)
+        return table.filter(pc.is_in(table.column("number"), value_set=pa.array(wanted, pa.int64())))
+
     def _ids_of(self, entry: manifest.Entry) -> IdSet | None:
         """A delta's id set: read once (its `id` column only), None beyond the budget."""
         path = entry.path
@@ -303,16 +320,19 @@ class ArchivedReads:
         return (0, None) if hit is None else (hit[0], hit[2])
 
     # ------------------------------------------------------------------ history
-    def _rows_of(self, entry: manifest.Entry, column: str, key: Any, value: str) -> Any:
+    def _rows_of(
+        self, entry: manifest.Entry, column: str, key: Any, value: str, columns: list[str] | None = None
+    ) -> Any:
         """The rows of one file whose `column` equals `value`, from the row groups whose
-        range of the file's key column covers `key`; None when no row group can."""
+        range of the file's key column covers `key`; None when no row group can. Only
+        `columns` are read (all when None; a column the file lacks is left out)."""
         import pyarrow.compute as pc
 
         ranges, metadata = self._footer(entry)
         groups = ranges.groups(key)
         if not groups:
             return None
-        table = self._pieces(entry, groups, None, metadata)
+        table = self._pieces(entry, groups, columns, metadata)
         return table.filter(pc.equal(table.column(column), value))
 
     def events(self, conn: Connection, ns: str, entity_id: str) -> list[Event]:
@@ -322,14 +342,14 @@ class ArchivedReads:
             return []
         out: list[Event] = []
         for entry in self.files(conn, "events", ns):
-            table = self._rows_of(entry, "id", entity_id, entity_id)
+            table = self._rows_of(entry, "id", entity_id, entity_id, _EVENT_COLUMNS)
             if table is not None:
                 out.extend(parquet.table_events(table))
         number = decode_id(entity_id)
         if number is not None:
             twin = self._covering(conn, BULK_EVENTS, ns, number)
             if twin is not None:
-                table = self._rows_of(twin, "id", entity_id, entity_id)
+                table = self._rows_of(twin, "id", entity_id, entity_id, _EVENT_COLUMNS)
                 if table is not None:
                     out.extend(parquet.table_events(table))
             else:  # a bulk file written before its CREATE events were: derive them from its row

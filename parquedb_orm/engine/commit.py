@@ -25,7 +25,7 @@ from parquedb_orm.engine.reads import Reads
 from parquedb_orm.engine.rels import Relationships
 from parquedb_orm.engine.state import Known, NsState
 from parquedb_orm.engine.tail import WalTail
-from parquedb_orm.errors import TransactionError, VersionConflictError
+from parquedb_orm.errors import ArchiveError, TransactionError, VersionConflictError
 from parquedb_orm.sql import dialects, manifest, wal
 from parquedb_orm.sql.counters import id_key, namespace_of, raise_to, rseq_key, seq_key
 from parquedb_orm.sql.models import Counter
@@ -241,6 +241,15 @@ class Committer:
     def finish(self, uow: UnitOfWork) -> None:
         """After COMMIT: fold the unit into the shared caches and tell the flush policy."""
         count = sum(len(v) for v in uow.events.values()) + sum(len(v) for v in uow.rel_events.values())
+        archive = self.archived.archive
+        for entry, _states in uow.bulk:
+            # committed: make the create_many files visible (a crash before this leaves
+            # them pending: the next open or flush publishes them, archive/files.py)
+            if archive is not None:
+                try:
+                    archive.publish_pending(entry.path)
+                except ArchiveError as exc:  # committed all the same: a reader or the sweep publishes it
+                    log.warning("create_many file %s stays pending: %s", entry.path, exc)
         for entry, states in uow.bulk:
             self.archived.changed([entry], [])
             with self.lock:

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from parquedb_orm.archive.compact import scan_path
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.core import codec, pushdown
 from parquedb_orm.core.events import State, Versioned
@@ -51,6 +52,7 @@ _SHADOW = 1 << 62  # the version a tail/overlay id is shadowed with: above any s
 _lock = threading.Lock()
 _db: Any = None
 _fields_cache: OrderedDict[tuple[str, str], dict[str, str] | None] = OrderedDict()
+_scan_cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
 
 
 @dataclass
@@ -69,6 +71,8 @@ class _Source:
     rank: int  # delta tie order (manifest last_seq)
     path: str
     bulk: bool = False  # create_many: every row a live version 1, never deleted
+    scan: str | None = None  # a base's scan file (archive/compact.py) for phase one, if it has one
+    entry: manifest.Entry | None = None
 
 
 def _duckdb() -> Any:
@@ -137,21 +141,45 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
     entries = [*rt.archived.files(conn, manifest.BULK, ns), *rt.archived.files(conn, "entities", ns)]
     for entry in entries:
         fields = file_fields(archive, entry.path)
-        target = archive.path(entry.path)
-        if archive.local:
-            sql = f"read_parquet({_lit(target)})"
-        else:  # object storage: pyarrow reads it, DuckDB scans the dataset
-            import pyarrow.dataset as ds
-
-            name = f"f{len(names)}"
-            cur.register(name, ds.dataset(target, filesystem=archive.fs, format="parquet"))
-            names.append(name)
-            sql = name
-        is_big = entry.kind == manifest.BULK or entry.path.rsplit("/", 1)[-1].startswith("base-")
-        (big if is_big else deltas).append(
-            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK)
+        sql = _table(archive, entry.path, cur, names)
+        is_base = entry.kind != manifest.BULK and entry.path.rsplit("/", 1)[-1].startswith("base-")
+        scan = None
+        if is_base:
+            scan_rel = scan_path(entry.path)
+            if _has_scan(archive, scan_rel):
+                scan = _table(archive, scan_rel, cur, names)
+        (big if is_base or entry.kind == manifest.BULK else deltas).append(
+            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK, scan, entry)
         )
     return big, deltas
+
+
+def _table(archive: Archive, rel: str, cur: Any, names: list[str]) -> str:
+    """A DuckDB table expression reading the archive file `rel`."""
+    target = archive.path(rel)
+    if archive.local:
+        return f"read_parquet({_lit(target)})"
+    import pyarrow.dataset as ds  # object storage: pyarrow reads it, DuckDB scans the dataset
+
+    name = f"f{len(names)}"
+    cur.register(name, ds.dataset(target, filesystem=archive.fs, format="parquet"))
+    names.append(name)
+    return name
+
+
+def _has_scan(archive: Archive, rel: str) -> bool:
+    """Whether a base has its scan file (bases written before scan files have none).
+    Remembered: a listed base and its scan file change together."""
+    key = (archive.uri, rel)
+    with _lock:
+        known = _scan_cache.get(key)
+    if known is None:
+        known = archive.exists(rel)
+        with _lock:
+            _scan_cache[key] = known
+            while len(_scan_cache) > FIELDS_CACHE:
+                _scan_cache.popitem(last=False)
+    return known
 
 
 def _order(order: list[tuple[str, int]], sources: list[_Source]) -> list[tuple[str, int]] | None:
@@ -181,7 +209,11 @@ def _select(src: _Source, pred: str, keys: list[tuple[str, int]], *, full: bool,
     cols.append("id" if with_id or full else "NULL::VARCHAR AS id")
     if full:
         cols += ["seq", "state"]
-    return f"SELECT {', '.join(cols)} FROM {src.sql} WHERE ({pred}){where}"
+    # the scan file has every column but the JSON texts: a predicate or sort key that
+    # reads `state` (an untyped field) scans the base itself (a crude test, never wrong)
+    narrow = src.scan is not None and not full and "state" not in pred and not any("state" in c for c in cols)
+    table = src.scan if narrow and src.scan is not None else src.sql
+    return f"SELECT {', '.join(cols)} FROM {table} WHERE ({pred}){where}"
 
 
 def _branches(
@@ -282,7 +314,7 @@ def find_candidates(
         limit = max(want, 1)
         while True:
             rows = cur.execute(f"{body} ORDER BY {', '.join(ordering)} LIMIT {limit}").fetchall()
-            states = _checked(ns, _fetch(cur, rows, big, deltas), flt, include_deleted)
+            states = _checked(ns, _fetch(rt, rows, big, deltas), flt, include_deleted)
             if len(states) >= want or len(rows) < limit:
                 found.states = states
                 return found
@@ -293,20 +325,24 @@ def find_candidates(
         cur.close()
 
 
-def _fetch(cur: Any, rows: list[Any], big: list[_Source], deltas: list[_Source]) -> list[tuple[str, int, str | None]]:
+def _fetch(
+    rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Source]
+) -> list[tuple[str, int, str | None]]:
     """(id, version, state JSON) of the rows phase one picked (src, number, version, ...,
-    id), read from their files by number: row-group statistics skip the rest."""
-    by_src: dict[str, list[tuple[int, int, str | None]]] = {}
+    id), read from their files by number: only the pieces that can hold them (the engine's
+    cached footers), a few ms for a page of results at any size."""
+    by_src: dict[str, set[int]] = {}
     for row in rows:
-        by_src.setdefault(row[0], []).append((row[1], row[2], row[-1]))
-    sql_of = {s.path: s.sql for s in [*big, *deltas]}
-    parts = []
-    for path, picks in by_src.items():
-        numbers = ",".join(str(n) for n in sorted({p[0] for p in picks}))
-        parts.append(f"SELECT number, id, version, state FROM {sql_of[path]} WHERE number IN ({numbers})")
+        by_src.setdefault(row[0], set()).add(row[1])
+    entry_of = {s.path: s.entry for s in [*big, *deltas]}
     got: dict[tuple[int, str | None, int], tuple[str, str | None]] = {}
-    if parts:
-        for number, eid, version, state in cur.execute(" UNION ALL ".join(parts)).fetchall():
+    for path, numbers in by_src.items():
+        entry = entry_of[path]
+        assert entry is not None
+        table = rt.archived.rows_by_number(entry, numbers, ["number", "id", "version", "state"]).to_pydict()
+        for number, eid, version, state in zip(
+            table["number"], table["id"], table["version"], table["state"], strict=True
+        ):
             got[(number, eid if number >= KEY_BASE else None, version)] = (eid, state)
     out = []
     for row in rows:

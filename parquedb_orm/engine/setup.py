@@ -208,6 +208,14 @@ def prepare(
             with engine.connect() as conn:
                 rt.archived.preload(conn)
         flusher = Flusher(rt, rt.archive)
+        try:
+            # what a crash left in the folders (a listed file not yet published, an unlisted
+            # one) is dealt with before the app or a glob reader looks; it also proves the
+            # archive readable (an object store's credentials and bucket) at open
+            flusher.sweep()
+        except BaseException:
+            release_runtime(rt)
+            raise
         scheduler = Scheduler(rt.committer, flusher, policy or FlushPolicy(), serial=rt.memory)
         with _runtimes_lock:
             _flushing[id(rt)] = Flushing(flusher, scheduler)

@@ -19,6 +19,12 @@ BULK_EVENTS = "bulk_events"
 ALL_KINDS = (*KINDS, BULK, BULK_EVENTS)
 #: the folder each kind's files live in
 FOLDER = {"events": "events", "rels": "rels", "entities": "entities", BULK: "entities", BULK_EVENTS: "events"}
+#: where the *delta* entities files live (kind "entities", written by flushes and merged by
+#: compaction): apart from the base and bulk files, so `entities/` holds one row per
+#: entity (as of the namespace's last compaction) for a reader that globs it
+DELTA_FOLDER = "entity_deltas"
+#: every folder of the archive that holds listed files
+FOLDERS = (*dict.fromkeys(FOLDER.values()), DELTA_FOLDER)
 
 
 @dataclass(frozen=True)
