@@ -651,7 +651,8 @@ def sweep_orphans(
         if cached is not None:
             known = {e.path for kind in manifest.ALL_KINDS for e in cached(kind, ns)} | keep
             known |= _scans(known)
-            if all(path in known for path, _mtime in listing):
+            # the caller's own pending files are expected; anyone else's need the full pass
+            if all(path in known or published_name(path) in keep for path, _mtime in listing):
                 continue
         listed = {e.path for kind in manifest.ALL_KINDS for e in manifest.load(conn, kind, ns)}
         listed |= _scans(listed)  # a base's scan file counts as listed with it
