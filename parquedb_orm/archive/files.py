@@ -14,7 +14,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -34,6 +34,32 @@ ROW_GROUP_ROWS = 65_536
 _JSON_TEXT = frozenset({"state", "data", "before", "after", "meta"})
 
 
+def check_bucket(fs: pafs.FileSystem, bucket: str, root: str, *, creatable: bool = False) -> None:
+    """Fail at open, not at the first flush: the bucket must exist (one HEAD of it) and
+    the credentials must list the archive's prefix (one LIST, at most a page of keys)."""
+    if not bucket:
+        raise ConfigurationError(f"archive URI s3://{root} names no bucket: use s3://<bucket>/<prefix>")
+    try:
+        found = fs.get_file_info(bucket).type
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot reach S3 bucket {bucket!r} (credentials, endpoint_override, scheme, region?): {exc}"
+        ) from None
+    if found == pafs.FileType.NotFound and creatable:
+        return  # the first write creates it
+    if found == pafs.FileType.NotFound:
+        raise ConfigurationError(
+            f"S3 bucket {bucket!r} does not exist (or these credentials cannot see it): create it, "
+            "or pass allow_bucket_creation=true in archive_options"
+        )
+    try:
+        fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=False))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot list s3://{root} in bucket {bucket!r} (check access_key / secret_key and their rights): {exc}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Archive:
     """An archive root: `fs` (pyarrow filesystem) + `root` (path inside it)."""
@@ -42,6 +68,9 @@ class Archive:
     root: str
     uri: str
     local: bool
+    #: the S3 options the filesystem was built with (URI query + keyword options), for
+    #: other readers of the same objects (archive/iceberg.py's FileIO)
+    options: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def open(cls, location: str | os.PathLike[str], **options: Any) -> Archive:
@@ -76,7 +105,8 @@ class Archive:
             except Exception as exc:
                 raise ConfigurationError(f"cannot open archive {text!r}: {exc}") from None
             root = (parsed.netloc + "/" + parsed.path.strip("/")).rstrip("/")
-            return cls(fs, root, f"s3://{root}", False)
+            check_bucket(fs, parsed.netloc, root, creatable=bool(kwargs.get("allow_bucket_creation")))
+            return cls(fs, root, f"s3://{root}", False, {k: str(v) for k, v in kwargs.items()})
         try:
             fs, root = pafs.FileSystem.from_uri(text)
         except Exception as exc:
