@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -124,6 +124,9 @@ class Flusher:
         self.rt = runtime
         self.archive = archive
         self._lock = threading.Lock()
+        #: run after each flush's or compaction's SQL commit, under the flush lock (the
+        #: Iceberg publisher: archive/iceberg.py); a crash before it is repaired at open
+        self.after_commit: Callable[[], object] | None = None
 
     def flush(self) -> FlushResult:
         with self._lock:
@@ -136,12 +139,23 @@ class Flusher:
             return compact.compact_due(
                 self.rt.engine,
                 self.archive,
-                self.rt.manifest_changed,
+                self._changed,
                 threshold,
                 namespaces,
                 files=self.rt.archive_files,
                 step=_step,
             )
+
+    def _changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
+        """A compaction committed: caches first, then (before it deletes its sources) the
+        Iceberg tables."""
+        self.rt.manifest_changed(added, removed)
+        self._published()
+
+    def _published(self) -> None:
+        if self.after_commit is not None:
+            self.after_commit()
+            _step("iceberg_published")
 
     # ------------------------------------------------------------------ steps
     def _read(self, conn: Connection) -> tuple[dict[str, int], dict[str, _NsPlan]]:
@@ -327,6 +341,7 @@ class Flusher:
             result.seconds = time.perf_counter() - t0
             return result
         self.rt.flushed(plans_summary(plans), entries)
+        self._published()
         result.files = len(entries)
         result.events = sum(len(p.events) for p in plans.values())
         result.rel_events = sum(len(p.rels) for p in plans.values())
