@@ -101,7 +101,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine
 
 from parquedb_orm.archive import bulk, parquet
-from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.files import Archive, keeps_arrow_schema
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError
 from parquedb_orm.sql import dialects, manifest
@@ -511,7 +511,10 @@ def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) ->
     try:
         reader = con.sql(sql).to_arrow_reader(parquet.PIECE_ROWS * 16)
         stats = [f.name for f in schema if f.name not in _NO_STATISTICS]
-        with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=True, write_statistics=stats) as writer:
+        with pq.ParquetWriter(
+            tmp, schema, compression="zstd", use_dictionary=True, write_statistics=stats,
+            store_schema=keeps_arrow_schema(schema),
+        ) as writer:  # fmt: skip
             for batch in _batches(reader, parquet.PIECE_ROWS):
                 out = pa.Table.from_batches([batch]).cast(schema)
                 writer.write_table(out, row_group_size=parquet.PIECE_ROWS)

@@ -34,6 +34,14 @@ ROW_GROUP_ROWS = 65_536
 _JSON_TEXT = frozenset({"state", "data", "before", "after", "meta"})
 
 
+def keeps_arrow_schema(schema: pa.Schema) -> bool:
+    """Whether a file of this schema stores its Arrow schema (`ARROW:schema`). Not when a
+    column has an extension type (JSON): the Parquet logical type already says JSON to
+    every engine, and a stored `arrow.json` extension makes pyiceberg refuse the file
+    (it has no such type). Such a column then reads back as its storage type (string)."""
+    return not any(isinstance(f.type, pa.BaseExtensionType) for f in schema)
+
+
 def check_bucket(fs: pafs.FileSystem, bucket: str, root: str, *, creatable: bool = False) -> None:
     """Fail at open, not at the first flush: the bucket must exist (one HEAD of it) and
     the credentials must list the archive's prefix (one LIST, at most a page of keys)."""
@@ -142,6 +150,7 @@ class Archive:
             row_group_size=row_group_rows or ROW_GROUP_ROWS,
             use_dictionary=plain,
             write_statistics=plain,
+            store_schema=keeps_arrow_schema(table.schema),
         )
         data = buf.getvalue()
         target = self.path(rel)
