@@ -184,12 +184,14 @@ def test_layout_names_types_and_compression(open_db: Opener, tmp_path: Path) -> 
     assert pa.types.is_dictionary(events.schema.field("op").type)
     assert events.schema.field("op").type.value_type == pa.string()
     assert events.schema.field("version").type == pa.int64()
-    assert "ns" not in events.column_names  # the hive partition is the namespace
+    # the namespace is a column too, equal to the hive partition of the path
+    assert events.schema.field("ns").type == pa.string() and set(events.column("ns").to_pylist()) == {"posts"}
     # sorted by (id, seq), so one entity's events sit in one piece (history reads that piece)
     pairs = list(zip(events.column("id").to_pylist(), events.column("seq").to_pylist(), strict=True))
     assert pairs == sorted(pairs) and sorted(s for _i, s in pairs) == list(range(1, 8))
     events_meta = papq.ParquetFile(arch / "events/ns=posts/000000000001-000000000007.parquet").metadata
-    assert events_meta.row_group(0).column(3).statistics  # `id`: what prunes pieces
+    id_col = events.schema.get_field_index("id")
+    assert events_meta.row_group(0).column(id_col).statistics  # `id`: what prunes pieces
     rels = papq.read_table(arch / "rels/ns=posts/000000000001-000000000003.parquet")
     assert rels.schema.field("seq").type == pa.int64() and pa.types.is_dictionary(rels.schema.field("op").type)
     # sorted by (from_id, seq)

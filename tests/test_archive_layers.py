@@ -93,7 +93,7 @@ def write_entities(
     archive: Archive, name: str, rows: list[tuple[str, int, dict[str, Any] | None, int]], kind: str = "entities"
 ) -> manifest.Entry:
     """(id, version, state, seq) rows -> a file in the new format; its manifest entry."""
-    table = parquet.entities_table([(eid, chunk_number(eid), v, st, seq) for eid, v, st, seq in rows])
+    table = parquet.entities_table(NS, [(eid, chunk_number(eid), v, st, seq) for eid, v, st, seq in rows])
     path = f"entities/ns={NS}/{name}"
     size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
     seqs = [r[3] for r in rows]
@@ -259,7 +259,7 @@ def test_old_format_files_still_answer(archive: Archive) -> None:
     rows = [(e, chunk_number(e), 1, state(e, 1, n=i), 3) for i, e in enumerate(all_ids)]
     rows.reverse()
     rows.append(("_a2V5", 0, 2, {**state("_a2V5", 2)}, 3))
-    table = parquet.entities_table(rows)
+    table = parquet.entities_table(NS, rows)
     order = list(range(table.num_rows))[::-1]
     table = table.select(list(parquet.ENTITIES_SCHEMA.names)).take(order).replace_schema_metadata(None)
     table = table.set_column(
@@ -282,7 +282,7 @@ def test_old_format_files_still_answer(archive: Archive) -> None:
         Event(s, TS + s, CREATE if s <= 3 else "UPDATE", all_ids[s % 3], None, {"s": s}, s // 3 + 1)
         for s in range(1, 3001)
     ]
-    ev_table = parquet.events_table([(e, None, None) for e in evs]).sort_by("seq")
+    ev_table = parquet.events_table(NS, [(e, None, None) for e in evs]).sort_by("seq")
     ev_path = f"events/ns={NS}/000000000001-000000003000.parquet"
     Path(archive.path(ev_path)).parent.mkdir(parents=True, exist_ok=True)
     papq.write_table(ev_table, archive.path(ev_path), row_group_size=500)
@@ -325,7 +325,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
     all_ids = ids(2000)
     evs = [Event(i + 1, TS + i, CREATE, e, None, {"i": i}, 1) for i, e in enumerate(all_ids)]
     evs += [Event(5000 + i, TS + 5000 + i, "UPDATE", e, None, {"$set": {"i": -i}}, 2) for i, e in enumerate(all_ids)]
-    table = parquet.events_table([(e, None, None) for e in reversed(evs)])
+    table = parquet.events_table(NS, [(e, None, None) for e in reversed(evs)])
     assert table.column("id").to_pylist() == sorted(table.column("id").to_pylist())
     path = f"events/ns={NS}/000000000001-000000006999.parquet"
     size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
@@ -344,7 +344,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
         RelEvent(i + 1, TS + i, LINK, all_ids[i % 500], "tags", f"tags/t{i}", "items", None, None) for i in range(3000)
     ]
     rel_path = f"rels/ns={NS}/000000000001-000000003000.parquet"
-    size = archive.write_table(rel_path, parquet.rels_table(rels), row_group_rows=parquet.PIECE_ROWS)
+    size = archive.write_table(rel_path, parquet.rels_table(NS, rels), row_group_rows=parquet.PIECE_ROWS)
     ar = reader(archive, [entry, manifest.Entry("rels", NS, 1, 3000, rel_path, 3000, size)])
     reads.reset()
     mine = ar.rel_events_of(None, NS, all_ids[3])  # type: ignore[arg-type]
@@ -356,7 +356,8 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
 def test_history_of_bulk_entities_with_and_without_their_create_events(archive: Archive) -> None:
     first, second = ids(3000, 1), ids(3000, 3001)
     states = [(e, state(e, 1, n=i, createdBy="me")) for i, e in enumerate(first)]
-    table = parquet.bulk_entities_table(first, list(range(1, 3001)), states, [codec.dumps(s) for _e, s in states], TS)
+    jsons = [codec.dumps(s) for _e, s in states]
+    table = parquet.bulk_entities_table(NS, first, list(range(1, 3001)), states, jsons, TS)
     path = f"entities/ns={NS}/bulk-000000000001-000000003000.parquet"
     bulk1 = manifest.Entry(
         manifest.BULK, NS, 1, 3000, path, 3000, archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
@@ -448,7 +449,7 @@ def test_shredded_fields_and_their_types() -> None:
 def test_entities_files_are_sorted_and_carry_the_fields_map(archive: Archive) -> None:
     all_ids = ids(50)[::-1]
     rows = [(e, 0, 1, state(e, 1, score=i, tag="t"), 1) for i, e in enumerate(all_ids)]  # number 0: recomputed
-    table = parquet.entities_table(rows)
+    table = parquet.entities_table(NS, rows)
     assert table.column("number").to_pylist() == sorted(chunk_number(e) for e in all_ids)
     assert parquet.fields_of(table.schema) == {
         "score": "int",

@@ -50,25 +50,21 @@ _ENTITY_COLUMNS = pa.schema([f for f in parquet.ENTITIES_SCHEMA])
 
 
 def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Schema) -> Any:
-    """The files as one lazily read dataset with an `ns` column (their hive partition);
+    """The files as one lazily read dataset; `ns` is a column of newer files and the hive
+    partition of all (files written before the column existed get it from their path);
     a column an older file lacks reads as NULL."""
-    with_ns = pa.schema([*schema, _NS])
     if not entries:
-        return with_ns.empty_table()
+        return schema.empty_table()
     assert archive is not None
     folder = manifest.FOLDER[entries[0].kind]
     return ds.dataset(
         [archive.path(e.path) for e in entries],
-        schema=with_ns,
+        schema=schema,
         format="parquet",
         filesystem=archive.fs,
         partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
         partition_base_dir=archive.path(folder),
     )
-
-
-def _with_ns(table: pa.Table, names: list[str]) -> pa.Table:
-    return table.replace_schema_metadata(None).append_column("ns", pa.array(names, pa.string()))
 
 
 def connect(db: LiveView) -> Any:
@@ -109,27 +105,25 @@ def connect(db: LiveView) -> Any:
     ev_by_ns: dict[str, list[tuple[Event, str | None, str | None]]] = {}
     for ns, e in tail_events:
         ev_by_ns.setdefault(ns, []).append((e, None, None))
-    ev_tail = _per_ns({ns: parquet.events_table(rows) for ns, rows in ev_by_ns.items()}, parquet.EVENTS_SCHEMA)
+    ev_tail = _per_ns({ns: parquet.events_table(ns, rows) for ns, rows in ev_by_ns.items()}, parquet.EVENTS_SCHEMA)
     rel_by_ns: dict[str, list[Any]] = {}
     for ns, r in tail_rels:
         rel_by_ns.setdefault(ns, []).append(r)
-    rel_tail = _per_ns({ns: parquet.rels_table(rows) for ns, rows in rel_by_ns.items()}, parquet.RELS_SCHEMA)
+    rel_tail = _per_ns({ns: parquet.rels_table(ns, rows) for ns, rows in rel_by_ns.items()}, parquet.RELS_SCHEMA)
     # current state of entities the tail touched, as entity rows
     latest: dict[str, dict[str, tuple[str, int, int, Any, int]]] = {}
     for ns, e in tail_events:
         version, state = current[ns].get(e.id, (0, None))
         latest.setdefault(ns, {})[e.id] = (e.id, chunk_number(e.id), version, state, e.seq)
     ent_tail = _per_ns(
-        {ns: parquet.entities_table(list(rows.values())) for ns, rows in latest.items()}, _ENTITY_COLUMNS
+        {ns: parquet.entities_table(ns, list(rows.values())) for ns, rows in latest.items()}, _ENTITY_COLUMNS
     )
 
     legacy = [bulk.twin_table(archive, e) for e in untwinned] if archive is not None and untwinned else []
     legacy_events = (
-        _with_ns(
-            pa.concat_tables(legacy), [e.ns for e, t in zip(untwinned, legacy, strict=True) for _ in range(t.num_rows)]
-        )
+        pa.concat_tables([t.replace_schema_metadata(None) for t in legacy])
         if legacy
-        else _with_ns(parquet.EVENTS_SCHEMA.empty_table(), [])
+        else parquet.EVENTS_SCHEMA.empty_table()
     )
 
     con = duckdb.connect()
@@ -179,6 +173,6 @@ def connect(db: LiveView) -> Any:
 
 
 def _per_ns(tables: dict[str, pa.Table], schema: pa.Schema) -> pa.Table:
-    """Per-namespace tables as one, with an `ns` column (their own extra columns dropped)."""
-    parts = [_with_ns(t.select(schema.names).cast(schema), [ns] * t.num_rows) for ns, t in sorted(tables.items())]
-    return pa.concat_tables(parts) if parts else _with_ns(schema.empty_table(), [])
+    """Per-namespace tables as one (their own extra columns dropped)."""
+    parts = [t.select(schema.names).cast(schema).replace_schema_metadata(None) for _ns, t in sorted(tables.items())]
+    return pa.concat_tables(parts) if parts else schema.empty_table()

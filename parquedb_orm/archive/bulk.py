@@ -61,7 +61,7 @@ def write_bulk(
         head = f'{{"$id":"{ns}/{eid}","$type":{codec.dumps(type_)},'
         jsons.append(head + (body[1:-1] + "," if len(body) > 2 else "") + meta)
     ts_us = dt_to_us(when)
-    table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, ts_us)
+    table = parquet.bulk_entities_table(ns, ids, list(numbers), states, jsons, ts_us)
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
     size = archive.write_table(path, table, row_group_rows=parquet.ENTITY_ROW_GROUP_ROWS)
     entry = manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size)

@@ -366,7 +366,7 @@ def _merge_log(
         return None  # never overwrite a listed file
     archive.path(path)  # the same checks as every archive path
     schema = _SCHEMA[kind]
-    cols = ", ".join(f'"{f.name}"' for f in schema)
+    cols = _columns(schema, ns)
     with _duck() as con:
         con.register("src", _dataset(archive, sources, schema))
         rows, size = _write(archive, path, con, f"SELECT {cols} FROM src ORDER BY {_ORDER[kind]}", schema)
@@ -407,7 +407,7 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
             ]
         )
         con.register("src", _dataset(archive, sources, schema))
-        cols = ", ".join(f'"{f.name}"' for f in schema)
+        cols = _columns(schema, ns)
         sql = (
             f"SELECT {cols} FROM src"
             " QUALIFY row_number() OVER (PARTITION BY id ORDER BY version DESC, seq DESC) = 1"
@@ -416,6 +416,12 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
         meta = {parquet.FIELDS_KEY: json.dumps(fields, separators=(",", ":")).encode()}
         rows, size = _write(archive, path, con, sql, schema.with_metadata(meta))
     return manifest.Entry("entities", ns, first, last, path, rows, size)
+
+
+def _columns(schema: pa.Schema, ns: str) -> str:
+    """The select list of a merge: `ns` is the namespace merged (older sources lack the
+    column; `check_namespace` passed, so the literal needs no escaping beyond quotes)."""
+    return ", ".join("'" + ns.replace("'", "''") + "' AS ns" if f.name == "ns" else f'"{f.name}"' for f in schema)
 
 
 def _base_fields(archive: Archive, con: Any, sources: list[manifest.Entry]) -> dict[str, str]:

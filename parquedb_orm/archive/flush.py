@@ -243,7 +243,7 @@ class Flusher:
         if plan.events:
             first, last = plan.events[0].seq, plan.ev_last
             path = Archive.file_name("events", ns, first, last)
-            size = self.archive.write_table(path, parquet.events_table(rows), row_group_rows=parquet.PIECE_ROWS)
+            size = self.archive.write_table(path, parquet.events_table(ns, rows), row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("events", ns, first, last, path, len(rows), size))
             _step("events_file_written")
             order = sorted(plan.latest, key=lambda eid: plan.numbers.get(eid, 0))
@@ -252,13 +252,13 @@ class Flusher:
                 for eid in order
             ]
             path = Archive.file_name("entities", ns, first, last)
-            table = parquet.entities_table(ent_rows, [plan.latest_json[eid] for eid in order])
+            table = parquet.entities_table(ns, ent_rows, [plan.latest_json[eid] for eid in order])
             size = self.archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), size))
         if plan.rels:
             first, last = plan.rels[0].seq, plan.rel_last
             path = Archive.file_name("rels", ns, first, last)
-            size = self.archive.write_table(path, parquet.rels_table(plan.rels), row_group_rows=parquet.PIECE_ROWS)
+            size = self.archive.write_table(path, parquet.rels_table(ns, plan.rels), row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("rels", ns, first, last, path, len(plan.rels), size))
         return entries
 

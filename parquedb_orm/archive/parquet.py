@@ -1,8 +1,10 @@
 """Parquet schemas of the archive and conversions to and from events and states.
 
 Typed columns (int64 sequences, UTC microsecond timestamps, dictionary-encoded op),
-JSON text for the free-form parts (data, before, after, state). The namespace is not a
-column: it is the hive partition `ns=<ns>` of the file's path.
+JSON text for the free-form parts (data, before, after, state). The namespace is a
+column `ns` of every file, equal to the hive partition `ns=<ns>` of the file's path (files
+written before the column existed have only the partition). docs/archive.md documents
+every column.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ EVENTS_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("ts", TS),
         ("op", OP),
+        ("ns", pa.string()),  # the namespace: equals the file's hive partition `ns=<ns>`
         ("id", pa.string()),
         ("version", pa.int64()),
         ("actor", pa.string()),
@@ -59,6 +62,7 @@ RELS_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("ts", TS),
         ("op", OP),
+        ("ns", pa.string()),
         ("from_id", pa.string()),
         ("predicate", pa.string()),
         ("to", pa.string()),
@@ -72,6 +76,7 @@ RELS_SCHEMA = pa.schema(
 ENTITIES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("ns", pa.string()),
         ("number", pa.int64()),  # the sqid's counter value: bulk files are looked up by it
         ("version", pa.int64()),
         ("seq", pa.int64()),  # sequence of the last event folded in (0: bulk create)
@@ -89,7 +94,11 @@ def _json(value: Any) -> str | None:
     return None if value is None else codec.dumps(value)
 
 
-def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
+def _ns_column(ns: str, n: int) -> pa.Array:
+    return pa.array([ns] * n, pa.string())
+
+
+def events_table(ns: str, rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
     """(event, JSON of the state before, JSON of the state after) rows -> an events table,
     sorted by (id, seq) so one entity's events sit in one row group (history)."""
     rows = sorted(rows, key=lambda r: (r[0].id, r[0].seq))
@@ -98,6 +107,7 @@ def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
             "seq": [e.seq for e, _, _ in rows],
             "ts": pa.array([e.ts for e, _, _ in rows], pa.int64()).cast(TS),
             "op": pa.array([e.op for e, _, _ in rows], pa.string()).dictionary_encode().cast(OP),
+            "ns": _ns_column(ns, len(rows)),
             "id": [e.id for e, _, _ in rows],
             "version": [e.version for e, _, _ in rows],
             "actor": [e.actor for e, _, _ in rows],
@@ -123,6 +133,7 @@ def bulk_events_table(
             "seq": pa.array([0] * n, pa.int64()),
             "ts": pa.array([ts_us] * n, pa.int64()).cast(TS),
             "op": pa.array([CREATE] * n, pa.string()).dictionary_encode().cast(OP),
+            "ns": _ns_column(ns, n),
             "id": [ids[i] for i in order],
             "version": pa.array([1] * n, pa.int64()),
             "actor": [states[i][1].get("createdBy") for i in order],
@@ -135,7 +146,7 @@ def bulk_events_table(
     )
 
 
-def rels_table(rows: list[RelEvent]) -> pa.Table:
+def rels_table(ns: str, rows: list[RelEvent]) -> pa.Table:
     """Relationship events sorted by (from_id, seq): one entity's links sit together."""
     rows = sorted(rows, key=lambda r: (r.from_id, r.seq))
     return pa.table(
@@ -143,6 +154,7 @@ def rels_table(rows: list[RelEvent]) -> pa.Table:
             "seq": [r.seq for r in rows],
             "ts": pa.array([r.ts for r in rows], pa.int64()).cast(TS),
             "op": pa.array([r.op for r in rows], pa.string()).dictionary_encode().cast(OP),
+            "ns": _ns_column(ns, len(rows)),
             "from_id": [r.from_id for r in rows],
             "predicate": [r.predicate for r in rows],
             "to": [r.to for r in rows],
@@ -258,7 +270,7 @@ def _number(eid: str, number: int) -> int:
 
 
 def entities_table(
-    rows: list[tuple[str, int, int, State | None, int]], jsons: list[str | None] | None = None
+    ns: str, rows: list[tuple[str, int, int, State | None, int]], jsons: list[str | None] | None = None
 ) -> pa.Table:
     """(id, number, version, state or None, seq) rows -> an entities table (`jsons`: the
     states already encoded, same order), sorted by (number, id), with the shredded
@@ -271,6 +283,7 @@ def entities_table(
     table = pa.table(
         {
             "id": [r[0] for r in rows],
+            "ns": _ns_column(ns, len(rows)),
             "number": [r[1] for r in rows],
             "version": [r[2] for r in rows],
             "seq": [r[4] for r in rows],
@@ -287,6 +300,7 @@ def entities_table(
 
 
 def bulk_entities_table(
+    ns: str,
     ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[str], ts_us: int
 ) -> pa.Table:
     """Entities table of a bulk create: all version 1, one shared timestamp; sorted by
@@ -301,6 +315,7 @@ def bulk_entities_table(
     table = pa.table(
         {
             "id": ids,
+            "ns": _ns_column(ns, n),
             "number": numbers,
             "version": pa.array([1] * n, pa.int64()),
             "seq": pa.array([0] * n, pa.int64()),
