@@ -399,11 +399,11 @@ class Publisher:
             partition=stats.partition(md.spec(), schema),
             file_size_in_bytes=len(source),
             sort_order_id=None,
-            spec_id=md.default_spec_id,
             equality_ids=None,
             key_metadata=None,
             **stats.to_serialized_dict(),
         )
+        data_file.spec_id = md.default_spec_id  # not a field of the struct; deletes need it
         return data_file, [f.name for f in extra]
 
 
