@@ -36,6 +36,7 @@ from backends import assert_wal_flushed, reset_schema, server_url
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import EqualTo, GreaterThanOrEqual
 from sqlalchemy import create_engine, text
+from test_s3 import BUCKET, REGION, S3Server, s3  # noqa: F401  (the session's weed mini server)
 
 import parquedb_orm as pq
 from parquedb_orm.archive import iceberg as ice
@@ -178,6 +179,11 @@ def glob_rows(archive: Path, name: str) -> Counter[tuple[Any, ...]]:
     return _keyed(name, table)
 
 
+def mark(db: pq.ParqueDB, name: str) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(text("SELECT value FROM counters WHERE name = :n"), {"n": name}).scalar_one())
+
+
 def latest(rows: Counter[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Any, ...]]:
     """Entities rows (ns, id, version, state) -> the highest version per entity."""
     out: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -212,8 +218,7 @@ def test_flushes_publish_snapshots_every_reader_agrees(store_url: str, tmp_path:
             assert_wal_flushed(db.engine)
             per_flush.append(duck_rows(db, "events"))
             per_flush_rels.append(duck_rows(db, "rels"))
-            with db.engine.connect() as conn:
-                covers.append(str(conn.execute(text("SELECT value FROM counters WHERE name = 'seq:posts'")).scalar_one()))
+            covers.append(str(mark(db, "seq:posts")))
         events = iceberg_rows(cat, "events")
         assert events == per_flush[-1] == glob_rows(archive, "events")
         assert sum(events.values()) == 19 and max(events.values()) == 1
@@ -285,9 +290,8 @@ def test_enable_publishes_too(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = create_engine_for(url)
     maker = sessionmaker(engine)
-    handle = pq.enable(
-        maker, archive=str(tmp_path / "archive"), policy=pq.FlushPolicy(mode="manual"), iceberg=pq.Iceberg(namespace="x")
-    )
+    manual = pq.FlushPolicy(mode="manual")
+    handle = pq.enable(maker, archive=str(tmp_path / "archive"), policy=manual, iceberg=pq.Iceberg(namespace="x"))
     try:
         with maker() as s:
             pq.store(s).create("notes", {"text": "hi"})
@@ -312,7 +316,7 @@ def test_bad_options_and_catalogs_raise_configuration_errors(tmp_path: Path) -> 
         pq.Iceberg(properties={"a": 1})  # type: ignore[dict-item]
     with pytest.raises(pq.ConfigurationError, match="pass archive="):
         pq.ParqueDB(f"sqlite:///{tmp_path / 'a.db'}", iceberg=pq.Iceberg())
-    with pytest.raises(pq.ConfigurationError, match="parquedb_orm.Iceberg"):
+    with pytest.raises(pq.ConfigurationError, match=r"parquedb_orm\.Iceberg"):
         pq.ParqueDB(f"sqlite:///{tmp_path / 'a.db'}", archive=str(tmp_path / "a"), iceberg="yes")  # type: ignore[arg-type]
     with pytest.raises(pq.ConfigurationError, match="in-memory SQLite"):
         pq.ParqueDB("sqlite://", archive=str(tmp_path / "m"), iceberg=pq.Iceberg())
@@ -408,3 +412,68 @@ def test_a_crash_at_each_step_publishes_each_event_once(
         del refs
     finally:
         db.close()
+
+
+# ---------------------------------------------------------------------------- S3
+def s3_catalog(server: S3Server, url: str, prefix: str) -> SqlCatalog:
+    return catalog_of(
+        url,
+        f"s3://{BUCKET}/{prefix}",
+        **{
+            "s3.endpoint": f"http://{server.endpoint}",
+            "s3.access-key-id": server.access_key,
+            "s3.secret-access-key": server.secret_key,
+            "s3.region": REGION,
+        },
+    )
+
+
+def s3_dataset_rows(server: S3Server, prefix: str, name: str) -> Counter[tuple[Any, ...]]:
+    """pyarrow.dataset over the objects, as a user opens the folder (ns from the hive key)."""
+    dataset = ds.dataset(f"{BUCKET}/{prefix}/{name}", filesystem=server.filesystem(), partitioning="hive")
+    return _keyed(name, dataset.to_table())
+
+
+def test_archive_and_tables_on_s3(s3: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    prefix = "iceberg-" + os.urandom(3).hex()
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    manual = pq.FlushPolicy(mode="manual")
+    db = pq.ParqueDB(url, archive=s3.uri(prefix), archive_options=s3.options(), policy=manual, iceberg=pq.Iceberg())
+    refs: dict[str, Any] = {}
+    per_flush = []
+    try:
+        cat = s3_catalog(s3, url, prefix)
+        for i in range(1, 5):
+            phase(db, i, refs)
+            db.flush()
+            per_flush.append(duck_rows(db, "events"))
+        assert iceberg_rows(cat, "events") == per_flush[-1] == s3_dataset_rows(s3, prefix, "events")
+        assert sum(per_flush[-1].values()) == 19
+        assert iceberg_rows(cat, "rels") == duck_rows(db, "rels") == s3_dataset_rows(s3, prefix, "rels")
+        snaps = cat.load_table(("parquedb", "events")).snapshots()
+        assert [iceberg_rows(cat, "events", snapshot_id=s.snapshot_id) for s in snaps] == per_flush
+        # the tables' metadata is in the warehouse, beside the data files
+        infos = s3.filesystem().get_file_info(
+            pafs.FileSelector(f"{BUCKET}/{prefix}/{ice.METADATA_FOLDER}", recursive=True)
+        )
+        names = [i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File]
+        assert sum(n.endswith(".metadata.json") for n in names) >= 3
+        merged = db.compact(1)
+        assert merged >= 3
+        assert iceberg_rows(cat, "events") == per_flush[-1] == s3_dataset_rows(s3, prefix, "events")
+    finally:
+        db.close()
+
+
+def test_s3_credentials_and_bucket_are_checked_at_open(s3: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    bad = {**s3.options(), "secret_key": "not-the-secret"}
+    with pytest.raises(pq.ConfigurationError, match=f"bucket '{BUCKET}'") as err:
+        pq.ParqueDB(url, archive=s3.uri("x"), archive_options=bad)
+    assert "secret_key" in str(err.value) or "credentials" in str(err.value)
+    missing = s3.uri("x").replace(f"s3://{BUCKET}/", "s3://no-such-bucket/")
+    with pytest.raises(pq.ConfigurationError, match="'no-such-bucket' does not exist"):
+        pq.ParqueDB(url, archive=missing, archive_options=s3.options())
+    # allowed to create it: the open passes, the first write makes the bucket
+    db = pq.ParqueDB(url, archive=missing + "&allow_bucket_creation=true", archive_options=s3.options())
+    db.close()
