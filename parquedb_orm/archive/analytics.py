@@ -5,12 +5,17 @@ Views:
   derived from the bulk file itself for bulk files written before those existed) and the
   WAL tail;
 - `rels`: every relationship event (archived files and WAL tail);
-- `entities`: current state, one row per entity. Base and bulk files hold each id at most
-  once and never the same id (compaction keeps them disjoint), so only the deltas and the
-  WAL tail, which may overlap anything, are deduplicated; a base or bulk row stands unless
-  one of those holds the id at a version at least as high.
-Only files the manifest lists are read, so an orphan left by a crash never shows up. The
-files are scanned lazily (Arrow datasets), not loaded: DuckDB reads what a query needs.
+- `entities`: current state, one row per entity (`state` and its `types`). Base and bulk
+  files hold each id at most once and never the same id (compaction keeps them
+  disjoint), so only the deltas and the WAL tail, which may overlap anything, are
+  deduplicated; a base or bulk row stands unless one of those holds the id at a version
+  at least as high.
+JSON columns are plain JSON with a `types` sidecar (docs/archive.md; `parquet.load_json`
+decodes a cell exactly); rows of files written before that format hold tagged JSON and a
+null `types`, which `load_json` decodes too. The WAL tail's events have no before, after
+or changes (they are computed by the flush). Only files the manifest lists are read, so
+an orphan left by a crash never shows up. The files are scanned lazily (Arrow datasets),
+not loaded: DuckDB reads what a query needs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from parquedb_orm.archive.files import Archive
-    from parquedb_orm.core.events import Event, Versioned
+    from parquedb_orm.core.events import Versioned
 
 
 class LiveView(Protocol):
@@ -102,9 +107,9 @@ def connect(db: LiveView) -> Any:
         current = {ns: db.committed_many(conn, ns, list(dict.fromkeys(ids))) for ns, ids in touched.items()}
 
     # the tables' builders sort their rows: one table per namespace, then its `ns` column
-    ev_by_ns: dict[str, list[tuple[Event, str | None, str | None]]] = {}
+    ev_by_ns: dict[str, list[parquet.EventRow]] = {}
     for ns, e in tail_events:
-        ev_by_ns.setdefault(ns, []).append((e, None, None))
+        ev_by_ns.setdefault(ns, []).append((e, None, None, None))
     ev_tail = _per_ns({ns: parquet.events_table(ns, rows) for ns, rows in ev_by_ns.items()}, parquet.EVENTS_SCHEMA)
     rel_by_ns: dict[str, list[Any]] = {}
     for ns, r in tail_rels:
@@ -136,7 +141,7 @@ def connect(db: LiveView) -> Any:
     con.register("_entities_settled", _scan(archive, [*bases, *bulks], _ENTITY_COLUMNS))
     con.register("_entities_delta", _scan(archive, deltas, _ENTITY_COLUMNS))
     con.register("_entities_tail", ent_tail)
-    cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after, meta"
+    cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after, changes, meta, types"
     con.execute(
         f"""CREATE VIEW events AS
         SELECT {cols} FROM _events_archived
@@ -144,9 +149,9 @@ def connect(db: LiveView) -> Any:
         UNION ALL SELECT {cols} FROM _bulk_events_legacy
         UNION ALL SELECT {cols} FROM _events_tail"""
     )
-    rcols = 'seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, "to", reverse, actor, data'
+    rcols = 'seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, "to", reverse, actor, data, types'
     con.execute(f"CREATE VIEW rels AS SELECT {rcols} FROM _rels_archived UNION ALL SELECT {rcols} FROM _rels_tail")
-    ecols = "id, ns, version, type, name, created_at, updated_at, deleted_at, state"
+    ecols = "id, ns, version, type, name, created_at, updated_at, deleted_at, state, types"
     # deltas and tail: the latest row per id among them (the tail wins a tie)
     con.execute(
         f"""CREATE VIEW _entities_recent AS

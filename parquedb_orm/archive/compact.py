@@ -118,7 +118,9 @@ DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
 MEMORY_LIMIT = "1GB"
 #: JSON text columns: their min/max prune nothing (as archive/files.py writes them)
-_NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
+_NO_STATISTICS = frozenset({"state", "data", "before", "after", "changes", "meta", "types"})
+#: the JSON columns of each kind: rows of older (tagged) sources are rewritten plain
+_JSON = {"events": parquet.EVENT_JSON, "rels": parquet.REL_JSON, "entities": parquet.ENTITY_JSON}
 _ORDER = {"events": "id, seq", "rels": "from_id, seq", "entities": "number, id"}
 _SCHEMA = {"events": parquet.EVENTS_SCHEMA, "rels": parquet.RELS_SCHEMA, "entities": parquet.ENTITIES_SCHEMA}
 
@@ -369,7 +371,7 @@ def _merge_log(
     cols = _columns(schema, ns)
     with _duck() as con:
         con.register("src", _dataset(archive, sources, schema))
-        rows, size = _write(archive, path, con, f"SELECT {cols} FROM src ORDER BY {_ORDER[kind]}", schema)
+        rows, size = _write(archive, path, con, f"SELECT {cols} FROM src ORDER BY {_ORDER[kind]}", schema, _JSON[kind])
     return manifest.Entry(kind, ns, first, last, path, rows, size)
 
 
@@ -414,7 +416,7 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
             f" ORDER BY {_ORDER['entities']}"
         )
         meta = {parquet.FIELDS_KEY: json.dumps(fields, separators=(",", ":")).encode()}
-        rows, size = _write(archive, path, con, sql, schema.with_metadata(meta))
+        rows, size = _write(archive, path, con, sql, schema.with_metadata(meta), _JSON["entities"])
     return manifest.Entry("entities", ns, first, last, path, rows, size)
 
 
@@ -509,9 +511,12 @@ def _batches(reader: Any, rows: int) -> Iterator[pa.RecordBatch]:
         yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
 
-def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) -> tuple[int, int]:
+def _write(
+    archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema, json_columns: tuple[str, ...]
+) -> tuple[int, int]:
     """Stream a query's rows into the Parquet file `rel`, published atomically for readers
-    (Archive.staging_path / publish); returns (rows, bytes)."""
+    (Archive.staging_path / publish); returns (rows, bytes). Rows of sources written before
+    the plain JSON format are rewritten in it (`parquet.upgrade`)."""
     tmp, scratch = archive.staging_path(rel)
     rows = 0
     try:
@@ -522,7 +527,7 @@ def _write(archive: Archive, rel: str, con: Any, sql: str, schema: pa.Schema) ->
             store_schema=keeps_arrow_schema(schema),
         ) as writer:  # fmt: skip
             for batch in _batches(reader, parquet.PIECE_ROWS):
-                out = pa.Table.from_batches([batch]).cast(schema)
+                out = parquet.upgrade(pa.Table.from_batches([batch]).cast(schema), json_columns)
                 writer.write_table(out, row_group_size=parquet.PIECE_ROWS)
                 rows += batch.num_rows
         size = os.path.getsize(tmp)

@@ -31,7 +31,7 @@ from parquedb_orm.errors import ArchiveError, ConfigurationError
 ROW_GROUP_ROWS = 65_536
 #: JSON text columns: nearly every value distinct, so no dictionary (it only slows reads),
 #: and no min/max (they prune nothing and would bloat every footer)
-_JSON_TEXT = frozenset({"state", "data", "before", "after", "meta"})
+_JSON_TEXT = frozenset({"state", "data", "before", "after", "changes", "meta", "types"})
 
 
 def keeps_arrow_schema(schema: pa.Schema) -> bool:

@@ -34,8 +34,7 @@ from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or
 
 from parquedb_orm.archive import compact, parquet
 from parquedb_orm.archive.files import Archive
-from parquedb_orm.core import codec
-from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event, starts_entity
+from parquedb_orm.core.events import UPDATE, Event, RelEvent, State, Versioned, apply_event, starts_entity
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import dialects, manifest, wal
 from parquedb_orm.sql.counters import load_all
@@ -89,7 +88,7 @@ class _NsPlan:
     #: the events came from the engine's memory (single owner), not from the table
     from_memory: bool = False
     latest: dict[str, tuple[int, int, State | None]] = field(default_factory=dict)
-    latest_json: dict[str, str | None] = field(default_factory=dict)
+    latest_json: dict[str, parquet.Encoded | None] = field(default_factory=dict)
     numbers: dict[str, int] = field(default_factory=dict)
 
 
@@ -194,9 +193,10 @@ class Flusher:
                 plans[ns] = plan
         return counters, plans
 
-    def _fold(self, conn: Connection, plan: _NsPlan) -> list[tuple[Event, str | None, str | None]]:
-        """Apply the events to the touched entities' states; each state is JSON-encoded once
-        and that text serves the events file and the entities file.
+    def _fold(self, conn: Connection, plan: _NsPlan) -> list[parquet.EventRow]:
+        """Apply the events to the touched entities' states; each state is encoded once
+        (plain JSON + typed paths) and serves the events file and the entities file; an
+        UPDATE also gets its changes (old and new value of each field it changed).
 
         The state an entity had before its first flushed event comes from the engine's
         memory when it knows it (its own commits: `tail_bases`), else from the archive's
@@ -221,23 +221,24 @@ class Flusher:
             for eid in missing:
                 hit = found.get(eid)
                 current[eid] = (0, None) if hit is None else (hit[0], hit[2])
-        encoded: dict[str, str | None] = {}
-        rows: list[tuple[Event, str | None, str | None]] = []
+        encoded: dict[str, parquet.Encoded | None] = {}
+        rows: list[parquet.EventRow] = []
         for ev in plan.events:
             _version, before = current[ev.id]
             after = apply_event(ns, before, ev)
             current[ev.id] = (ev.version, after)
-            before_json = encoded[ev.id] if ev.id in encoded else (None if before is None else codec.dumps(before))
-            after_json = None if after is None else codec.dumps(after)
+            before_json = encoded[ev.id] if ev.id in encoded else parquet.encode(before)
+            after_json = parquet.encode(after)
             encoded[ev.id] = after_json
-            rows.append((ev, before_json, after_json))
+            changed = parquet.encode(parquet.changes(before, after)) if ev.op == UPDATE else None
+            rows.append((ev, before_json, after_json, changed))
         for eid, (version, state) in current.items():
             plan.latest[eid] = (version, plan.ev_last, state)
             plan.latest_json[eid] = encoded[eid]
             plan.numbers[eid] = chunk_number(eid)
         return rows
 
-    def _write_files(self, plan: _NsPlan, rows: list[tuple[Event, str | None, str | None]]) -> list[manifest.Entry]:
+    def _write_files(self, plan: _NsPlan, rows: list[parquet.EventRow]) -> list[manifest.Entry]:
         entries = []
         ns = plan.ns
         if plan.events:

@@ -467,6 +467,86 @@ def loads(text: str | bytes | bytearray | memoryview) -> Any:
     return _TAGGED_DECODER.decode(text)
 
 
+# ------------------------------------------------------------------ plain JSON + a types sidecar
+#: one typed value of a plain document: [path, tag] or, for enums and custom types,
+#: [path, tag, class key or type name]; the path is a list of keys and list indexes
+TypedPath = list[Any]
+
+
+def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
+    """`value` as plain JSON (no tags: datetimes as ISO-8601 text, dates 'YYYY-MM-DD',
+    Decimal/UUID/time as text, timedelta as integer microseconds, bytes as base64, enum
+    members and custom types as their plain value) and the paths of its typed values
+    (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
+    return untag(dumps(value))
+
+
+def untag(text: str) -> tuple[str, list[TypedPath] | None]:
+    """`dumps` output as (plain JSON, typed paths or None). Text without a tag is already
+    plain and is returned as it is (the fast path: no walk)."""
+    if _TAG_TEXT.search(text) is None:
+        return text, None
+    paths: list[TypedPath] = []
+    out = _untag(_DECODER.decode(text), [], paths)
+    if not paths:
+        return text, None
+    return _ENCODER.encode(out), paths
+
+
+def _untag(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    t = type(value)
+    if t is dict:
+        if len(value) == 1:
+            for key, raw in value.items():
+                if key in _DECODERS:
+                    if key in ("$enum", "$ext"):
+                        # [name, value]: the value may hold tags itself, restored first
+                        inner = _untag(raw[1], path, paths)
+                        paths.append([list(path), key, raw[0]])
+                        return inner
+                    paths.append([list(path), key])
+                    return raw
+        return {k: _untag(v, [*path, k], paths) for k, v in value.items()}
+    if t is list:
+        return [_untag(v, [*path, i], paths) for i, v in enumerate(value)]
+    return value
+
+
+def plain_loads(text: str | bytes | bytearray | memoryview, paths: list[TypedPath] | None) -> Any:
+    """Decode `plain_dumps` output: the JSON, then each typed path's value restored (in
+    the order given: an enum's own typed parts come before it)."""
+    if not isinstance(text, str):
+        text = bytes(text).decode("utf-8")
+    value = _DECODER.decode(text)
+    if not paths:
+        return value
+    for entry in paths:
+        if type(entry) is not list or len(entry) < 2 or type(entry[0]) is not list:
+            raise SerializationError(f"stored type entry {entry!r} is not [path, tag(, name)]")
+        path, tag = entry[0], entry[1]
+        tagged = {tag: [entry[2], None] if tag in ("$enum", "$ext") else None}
+        try:
+            if not path:
+                tagged[tag] = _retag(tagged[tag], value)
+                value = _hook(tagged)
+                continue
+            parent = value
+            for step in path[:-1]:
+                parent = parent[step]
+            tagged[tag] = _retag(tagged[tag], parent[path[-1]])
+            parent[path[-1]] = _hook(tagged)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SerializationError(f"stored type entry {entry!r} does not match its document: {exc!r}") from None
+    return value
+
+
+def _retag(slot: Any, raw: Any) -> Any:
+    if type(slot) is list:
+        slot[1] = raw
+        return slot
+    return raw
+
+
 def clone(value: Any) -> Any:
     """Deep copy of stored data (dicts, lists; datetimes, Decimals, UUIDs, enum members...
     are immutable and shared): ~10x faster than copy.deepcopy, which matters on the
