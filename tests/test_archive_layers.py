@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +134,7 @@ def test_point_lookup_reads_one_row_group(archive: Archive, reads: Reads) -> Non
     got = ar.lookup(None, NS, [all_ids[4321]])  # type: ignore[arg-type]
     assert got == {all_ids[4321]: (1, 5, state(all_ids[4321], 1, n=4321))}
     assert reads.pieces == 1 and reads.footers == 1
-    assert reads.groups[0][2] == ("id", "version", "seq", "state")
+    assert reads.groups[0][2] == ("id", "version", "seq", "state", "types")
     # footer cached: the next read is one piece, no footer
     reads.reset()
     got = ar.lookup(None, NS, [all_ids[9999], all_ids[9998], "nothere"])  # type: ignore[arg-type]
@@ -224,13 +226,13 @@ def test_bulk_files_answer_last_by_number_range(archive: Archive, reads: Reads) 
     got = ar.lookup(None, NS, [first[2999], second[7], second[100]])  # type: ignore[arg-type]
     assert got[first[2999]] == (1, 0, state(first[2999], 1, b=1))
     assert got[second[7]][0] == 2 and got[second[100]][2]["b"] == 2  # type: ignore[index]
-    point = [(p, g) for p, g, c in reads.groups if c == ("id", "version", "seq", "state")]
+    point = [(p, g) for p, g, c in reads.groups if c == ("id", "version", "seq", "state", "types")]
     assert sorted((p.rsplit("/", 1)[-1][:8], len(g)) for p, g in point) == [
         ("00000000", 1),
         ("bulk-000", 1),
         ("bulk-000", 1),
     ]
-    assert [c for _p, _g, c in reads.groups if c != ("id", "version", "seq", "state")] == [
+    assert [c for _p, _g, c in reads.groups if c != ("id", "version", "seq", "state", "types")] == [
         ("id",)
     ]  # the delta's id set
 
@@ -282,7 +284,7 @@ def test_old_format_files_still_answer(archive: Archive) -> None:
         Event(s, TS + s, CREATE if s <= 3 else "UPDATE", all_ids[s % 3], None, {"s": s}, s // 3 + 1)
         for s in range(1, 3001)
     ]
-    ev_table = parquet.events_table(NS, [(e, None, None) for e in evs]).sort_by("seq")
+    ev_table = parquet.events_table(NS, [(e, None, None, None) for e in evs]).sort_by("seq")
     ev_path = f"events/ns={NS}/000000000001-000000003000.parquet"
     Path(archive.path(ev_path)).parent.mkdir(parents=True, exist_ok=True)
     papq.write_table(ev_table, archive.path(ev_path), row_group_size=500)
@@ -325,7 +327,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
     all_ids = ids(2000)
     evs = [Event(i + 1, TS + i, CREATE, e, None, {"i": i}, 1) for i, e in enumerate(all_ids)]
     evs += [Event(5000 + i, TS + 5000 + i, "UPDATE", e, None, {"$set": {"i": -i}}, 2) for i, e in enumerate(all_ids)]
-    table = parquet.events_table(NS, [(e, None, None) for e in reversed(evs)])
+    table = parquet.events_table(NS, [(e, None, None, None) for e in reversed(evs)])
     assert table.column("id").to_pylist() == sorted(table.column("id").to_pylist())
     path = f"events/ns={NS}/000000000001-000000006999.parquet"
     size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
@@ -356,7 +358,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
 def test_history_of_bulk_entities_with_and_without_their_create_events(archive: Archive) -> None:
     first, second = ids(3000, 1), ids(3000, 3001)
     states = [(e, state(e, 1, n=i, createdBy="me")) for i, e in enumerate(first)]
-    jsons = [codec.dumps(s) for _e, s in states]
+    jsons = [codec.plain_dumps(s) for _e, s in states]
     table = parquet.bulk_entities_table(NS, first, list(range(1, 3001)), states, jsons, TS)
     path = f"entities/ns={NS}/bulk-000000000001-000000003000.parquet"
     bulk1 = manifest.Entry(
@@ -387,8 +389,10 @@ def test_history_of_bulk_entities_with_and_without_their_create_events(archive: 
     assert h1[0].op == CREATE and h1[0].version == 1 and h1[0].seq == 0
     h2 = ar.events(None, NS, second[9])  # type: ignore[arg-type]
     assert len(h2) == 1 and h2[0].data == {"n": -9} and h2[0].op == CREATE
-    after = ev.filter(pa.compute.equal(ev.column("id"), first[42])).column("after")[0].as_py()
-    assert codec.loads(after) == states[42][1]
+    row = ev.filter(pa.compute.equal(ev.column("id"), first[42]))
+    after, types = row.column("after")[0].as_py(), row.column("types")[0].as_py()
+    assert parquet.load_json(after, types, "after") == states[42][1]
+    assert '"$date"' not in after and json.loads(types)["after"] == [[["createdAt"], "$date"], [["updatedAt"], "$date"]]
 
 
 # ---------------------------------------------------------------------- (f) shredding

@@ -100,8 +100,11 @@ def _number_sql(field: str, op: str, value: float, plain: bool) -> str:
     bounds lose no exact match; they are also widened by one ulp in case DuckDB's parsing
     and Python's round a value differently. Python re-checks every candidate exactly."""
     num = (
-        # a plain Decimal is a string: its text casts as well as a JSON number's
-        f"TRY_CAST(json_extract_string(state, {_path(field)}) AS DOUBLE)"
+        # a plain Decimal is a string: its text casts too, in rows whose types name one (a
+        # JSON true casts to 1, as True == 1 in Python)
+        f"COALESCE(TRY_CAST(json_extract(state, {_path(field)}) AS DOUBLE), "
+        f"CASE WHEN contains(CAST(types AS VARCHAR), '\"$decimal\"') "
+        f"THEN TRY_CAST(json_extract_string(state, {_path(field)}) AS DOUBLE) END)"
         if plain
         else (
             f"COALESCE(TRY_CAST(json_extract(state, {_path(field)}) AS DOUBLE), "
