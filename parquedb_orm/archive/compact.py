@@ -101,7 +101,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine
 
 from parquedb_orm.archive import bulk, parquet
-from parquedb_orm.archive.files import Archive, keeps_arrow_schema
+from parquedb_orm.archive.files import Archive, keep_metadata, keeps_arrow_schema
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError
 from parquedb_orm.sql import dialects, manifest
@@ -530,6 +530,7 @@ def _write(
                 out = parquet.upgrade(pa.Table.from_batches([batch]).cast(schema), json_columns)
                 writer.write_table(out, row_group_size=parquet.PIECE_ROWS)
                 rows += batch.num_rows
+            keep_metadata(writer, schema)
         size = os.path.getsize(tmp)
         archive.publish(tmp, rel)
     except OSError as exc:

@@ -42,6 +42,13 @@ def keeps_arrow_schema(schema: pa.Schema) -> bool:
     return not any(isinstance(f.type, pa.BaseExtensionType) for f in schema)
 
 
+def keep_metadata(writer: pq.ParquetWriter, schema: pa.Schema) -> None:
+    """The schema's key-value metadata (e.g. `parquedb.fields`) in the file's footer even
+    when the Arrow schema, which otherwise carries it, is not stored."""
+    if schema.metadata and not keeps_arrow_schema(schema):
+        writer.add_key_value_metadata(schema.metadata)
+
+
 def check_bucket(fs: pafs.FileSystem, bucket: str, root: str, *, creatable: bool = False) -> None:
     """Fail at open, not at the first flush: the bucket must exist (one HEAD of it) and
     the credentials must list the archive's prefix (one LIST, at most a page of keys)."""
@@ -143,15 +150,16 @@ class Archive:
         column but the JSON texts (row groups are pruned by their min/max)."""
         buf = io.BytesIO()
         plain = [c for c in table.column_names if c not in _JSON_TEXT]
-        pq.write_table(
-            table,
+        with pq.ParquetWriter(
             buf,
+            table.schema,
             compression="zstd",
-            row_group_size=row_group_rows or ROW_GROUP_ROWS,
             use_dictionary=plain,
             write_statistics=plain,
             store_schema=keeps_arrow_schema(table.schema),
-        )
+        ) as writer:
+            writer.write_table(table, row_group_size=row_group_rows or ROW_GROUP_ROWS)
+            keep_metadata(writer, table.schema)
         data = buf.getvalue()
         target = self.path(rel)
         try:
