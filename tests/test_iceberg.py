@@ -381,11 +381,18 @@ def run_child(url: str, archive: Path, step: str, scenario: str) -> int:
     return proc.returncode
 
 
+#: every step on a SQLite file; on PostgreSQL the two that leave the tables behind the
+#: manifest (a flush's and a compaction's SQL commit done, no Iceberg commit)
+CRASHES = [
+    *(("sqlite-file", "flush", s) for s in FLUSH_STEPS),
+    *(("sqlite-file", "compact", s) for s in COMPACTION_STEPS),
+    ("postgresql", "flush", "committed"),
+    ("postgresql", "compact", "compaction_committed"),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("store_url", ("sqlite-file", "postgresql"), indirect=True)
-@pytest.mark.parametrize(
-    ("scenario", "step"), [("flush", s) for s in FLUSH_STEPS] + [("compact", s) for s in COMPACTION_STEPS]
-)
+@pytest.mark.parametrize(("store_url", "scenario", "step"), CRASHES, indirect=["store_url"])
 def test_a_crash_at_each_step_publishes_each_event_once(
     store_url: str, tmp_path: Path, scenario: str, step: str
 ) -> None:
@@ -405,11 +412,9 @@ def test_a_crash_at_each_step_publishes_each_event_once(
         assert events == duck_rows(db, "events") and max(events.values()) == 1
         assert sum(events.values()) == (16 if scenario == "flush" else 13)
         assert iceberg_rows(cat, "rels") == duck_rows(db, "rels")
-        refs: dict[str, Any] = {}
         db.create("posts", {"name": "after"})
         db.flush()
         assert sum(iceberg_rows(cat, "events").values()) == sum(events.values()) + 1
-        del refs
     finally:
         db.close()
 
