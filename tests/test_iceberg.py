@@ -326,6 +326,11 @@ def test_bad_options_and_catalogs_raise_configuration_errors(tmp_path: Path) -> 
             archive=str(tmp_path / "b"),
             iceberg=pq.Iceberg(catalog="nowhere", properties={"type": "sql", "uri": "sqlite:////nonexistent/dir/x.db"}),
         )
+    # no pyiceberg importable: the open says which extra to install
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "pyiceberg.catalog.sql", None)
+        with pytest.raises(pq.ConfigurationError, match=r"pip install 'parquedb-orm\[iceberg\]'"):
+            pq.ParqueDB(f"sqlite:///{tmp_path / 'd.db'}", archive=str(tmp_path / "d"), iceberg=pq.Iceberg())
     # a catalog object of the application's own is used as given
     cat = SqlCatalog("mine", uri=f"sqlite:///{tmp_path / 'cat.db'}", warehouse=(tmp_path / "c").as_uri())
     db = pq.ParqueDB(

@@ -31,7 +31,6 @@ every reader skips them.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import re
 import threading
@@ -115,16 +114,13 @@ class Iceberg:
             raise ConfigurationError("Iceberg catalog name is empty")
 
 
-def available() -> bool:
-    """Whether the extra is installed."""
-    return importlib.util.find_spec("pyiceberg") is not None
-
-
 def _require() -> None:
-    if not available():
+    try:
+        import pyiceberg.catalog.sql  # noqa: F401
+    except ImportError as exc:
         raise ConfigurationError(
-            "Iceberg publishing needs the iceberg extra: pip install 'parquedb-orm[iceberg]' (pyiceberg)"
-        )
+            f"Iceberg publishing needs the iceberg extra: pip install 'parquedb-orm[iceberg]' ({exc})"
+        ) from None
 
 
 # ---------------------------------------------------------------------- schemas
