@@ -478,7 +478,17 @@ def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
     Decimal/UUID/time as text, timedelta as integer microseconds, bytes as base64, enum
     members and custom types as their plain value) and the paths of its typed values
     (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
-    return untag(dumps(value))
+    paths: list[TypedPath] = []
+    try:
+        # the tagged form in memory, untagged before the one encode (its walk skips scalars)
+        out = _untag(_conv(value, "", False), [], paths)
+        return _ENCODER.encode(out), paths or None
+    except SerializationError:
+        raise
+    except RecursionError:
+        raise SerializationError("value cannot be stored: nested too deeply (or it contains itself)") from None
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"value cannot be stored: {exc}") from None
 
 
 def untag(text: str) -> tuple[str, list[TypedPath] | None]:
@@ -506,9 +516,27 @@ def _untag(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
                         return inner
                     paths.append([list(path), key])
                     return raw
-        return {k: _untag(v, [*path, k], paths) for k, v in value.items()}
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            tv = type(v)
+            if tv is dict or tv is list:  # scalars hold no tag: skipped without a call
+                new = _untag(v, [*path, k], paths)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)  # copied only when a tag inside changes it
+                    out[k] = new
+        return value if out is None else out
     if t is list:
-        return [_untag(v, [*path, i], paths) for i, v in enumerate(value)]
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            tv = type(v)
+            if tv is dict or tv is list:
+                new = _untag(v, [*path, i], paths)
+                if new is not v:
+                    if items is None:
+                        items = list(value)
+                    items[i] = new
+        return value if items is None else items
     return value
 
 
