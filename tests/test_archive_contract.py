@@ -337,6 +337,7 @@ def test_the_archive_is_typed_plain_and_exact(
     result = db.flush()
     assert result.events == 11 and result.rel_events == 2  # the 6 bulk CREATEs are already archived
     check_globs(root, w)
+    run_doc_examples(tmp_path, monkeypatch)
     check_store(db, w, monkeypatch)
     fresh = pq.ParqueDB(db.engine, archive=str(root), policy=MANUAL)  # nothing cached
     try:
@@ -346,6 +347,25 @@ def test_the_archive_is_typed_plain_and_exact(
         check_store(fresh, w, monkeypatch)
     finally:
         fresh.close()
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "archive.md"
+
+
+def run_doc_examples(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SQL block of docs/archive.md returns rows, every Python block runs, from the
+    folder that holds `archive/`."""
+    blocks = re.findall(r"```(sql|python)\n(.*?)```", DOC.read_text(), re.S)
+    assert sum(1 for lang, _ in blocks if lang == "sql") == 5 and sum(1 for lang, _ in blocks if lang == "python") == 2
+    monkeypatch.chdir(folder)
+    for lang, code in blocks:
+        if lang == "sql":
+            assert duckdb.execute(code).fetchall(), code
+        else:
+            scope: dict[str, Any] = {}
+            exec(compile(code, str(DOC), "exec"), scope)
+            assert any(isinstance(v, (list, pa.Table)) and len(v) for v in scope.values()), code
+    monkeypatch.undo()
 
 
 # ---------------------------------------------------------------------- (c) older files
