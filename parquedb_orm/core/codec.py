@@ -480,9 +480,7 @@ def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
     (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
     paths: list[TypedPath] = []
     try:
-        # the tagged form in memory, untagged before the one encode (its walk skips scalars)
-        out = _untag(_conv(value, "", False), [], paths)
-        return _ENCODER.encode(out), paths or None
+        return _ENCODER.encode(_plain(value, [], paths)), paths or None
     except SerializationError:
         raise
     except RecursionError:
@@ -501,6 +499,55 @@ def untag(text: str) -> tuple[str, list[TypedPath] | None]:
     if not paths:
         return text, None
     return _ENCODER.encode(out), paths
+
+
+def _plain(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    """`_conv` (non-strict) giving each typed value's plain form and recording its path and
+    tag in `paths`: one walk, `path` a stack of the keys above `value`."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return value
+    if t is dict or t is list or t is tuple:
+        return _plain_container(value, path, paths)
+    enc = _encoder_for(t)
+    if enc is _conv_dict_nonstrict or enc is _conv_list_nonstrict:
+        return _plain_container(value, path, paths)
+    # floats (finite check), typed values, refusals: as dumps does them, then untagged
+    return _untag(_conv(value, ".".join(map(str, path)), False), path, paths)
+
+
+def _plain_container(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            t = type(item)
+            scalar = t is str or t is int or t is bool or item is None or (t is float and item - item == 0.0)
+            if scalar and type(key) is str:
+                continue
+            if not isinstance(key, str):
+                where = _where(".".join(map(str, path)))
+                raise SerializationError(f"{where}dict key {key!r} cannot be stored: keys must be strings")
+            path.append(key)
+            new = _plain(item, path, paths)
+            path.pop()
+            if new is not item:
+                if out is None:
+                    out = dict(value)  # copy only when something changes
+                out[key] = new
+        return value if out is None else out
+    items: list[Any] | None = None
+    for i, item in enumerate(value):
+        t = type(item)
+        if t is str or t is int or t is bool or item is None or (t is float and item - item == 0.0):
+            continue
+        path.append(i)
+        new = _plain(item, path, paths)
+        path.pop()
+        if new is not item:
+            if items is None:
+                items = list(value)
+            items[i] = new
+    return value if items is None else items
 
 
 def _untag(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
