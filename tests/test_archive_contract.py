@@ -337,6 +337,7 @@ def test_the_archive_is_typed_plain_and_exact(
     result = db.flush()
     assert result.events == 11 and result.rel_events == 2  # the 6 bulk CREATEs are already archived
     check_globs(root, w)
+    run_doc_examples(tmp_path, monkeypatch)
     check_store(db, w, monkeypatch)
     fresh = pq.ParqueDB(db.engine, archive=str(root), policy=MANUAL)  # nothing cached
     try:
@@ -346,6 +347,25 @@ def test_the_archive_is_typed_plain_and_exact(
         check_store(fresh, w, monkeypatch)
     finally:
         fresh.close()
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "archive.md"
+
+
+def run_doc_examples(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SQL block of docs/archive.md returns rows, every Python block runs, from the
+    folder that holds `archive/`."""
+    blocks = re.findall(r"```(sql|python)\n(.*?)```", DOC.read_text(), re.S)
+    assert sum(1 for lang, _ in blocks if lang == "sql") == 5 and sum(1 for lang, _ in blocks if lang == "python") == 2
+    monkeypatch.chdir(folder)
+    for lang, code in blocks:
+        if lang == "sql":
+            assert duckdb.execute(code).fetchall(), code
+        else:
+            scope: dict[str, Any] = {}
+            exec(compile(code, str(DOC), "exec"), scope)
+            assert any(isinstance(v, (list, pa.Table)) and len(v) for v in scope.values()), code
+    monkeypatch.undo()
 
 
 # ---------------------------------------------------------------------- (c) older files
@@ -426,3 +446,39 @@ def test_an_archive_in_the_older_format_still_reads(
         check_store(fresh, w, monkeypatch, changes=False)
     finally:
         fresh.close()
+
+
+def test_find_on_timestamp_columns_equals_the_memory_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field holding aware datetimes in every row of a file is a TIMESTAMPTZ `f_<k>`
+    column; find's pushdown on it returns what the in-memory path returns, for filter
+    values of every kind (aware, naive, None, other types) and every operator."""
+    with pq.ParqueDB(f"sqlite:///{tmp_path / 'p.db'}", archive=str(tmp_path / "a"), policy=MANUAL) as db:
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        docs = [{"i": i, "at": base + timedelta(hours=i)} if i % 4 else {"i": i} for i in range(12)]
+        db.create_many(NS, docs)
+        db.flush()
+        got = papq.read_schema(next((tmp_path / "a" / "entities").rglob("bulk-*.parquet")))
+        assert got.field("f_at").type == parquet.TS
+        values: list[Any] = [
+            base + timedelta(hours=5),
+            (base + timedelta(hours=5)).astimezone(PLUS2),  # the same instant, another offset
+            datetime(2026, 1, 1, 5),  # naive: never equal to an aware one in Python
+            None,
+            "2026-01-01T05:00:00+00:00",
+            5,
+        ]
+        store_module = sys.modules["parquedb_orm.engine.store"]
+        checked = 0
+        for value in values:
+            for flt in [{"at": value}, *({"at": {op: value}} for op in ("$gt", "$gte", "$lt", "$lte", "$ne"))]:
+                try:
+                    expected = sorted(d["i"] for d in db.find(NS, flt))
+                except pq.ParqueDBError:
+                    continue  # a filter Python refuses is refused on both paths
+                monkeypatch.setattr(store_module, "PUSHDOWN_ABOVE", 0)
+                pushed = sorted(d["i"] for d in db.find(NS, flt))
+                monkeypatch.undo()
+                assert pushed == expected, (flt, pushed, expected)
+                checked += 1
+        assert checked >= 30
+        assert sorted(d["i"] for d in db.find(NS, {"at": {"$gt": base + timedelta(hours=5)}})) == [6, 7, 9, 10, 11]

@@ -238,7 +238,9 @@ def test_archive_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
     fs = s3.filesystem()
     meta = papq.ParquetFile(f"{BUCKET}/{prefix}/{keys[0]}", filesystem=fs).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
-    table = papq.read_table(f"{BUCKET}/{prefix}/events", filesystem=fs, partitioning="hive")
+    # `ns` is a file column too: the hive key is read as a string, as docs/archive.md says
+    # (pq.read_table's own "hive" infers a dictionary type that does not merge with it)
+    table = papq.read_table(f"{BUCKET}/{prefix}/events", filesystem=fs, partitioning=None)
     assert table.schema.field("seq").type == pa.int64()
     assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
     assert sorted(table.filter(pa.compute.equal(table["ns"], "posts"))["seq"].to_pylist()) == list(range(1, 8))

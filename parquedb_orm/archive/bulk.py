@@ -57,11 +57,11 @@ def write_bulk(
         state["createdBy"] = state["updatedBy"] = actor
         states.append((eid, state))
         ids.append(eid)
-        tagged = codec.dumps(data)  # checked before untagging: a user's {"$date": ...} is refused
-        if '"$' in tagged and _nested_dollar(data):
-            raise SerializationError("keys starting with '$' are reserved inside values")
         # the same text codec.plain_dumps(state) gives, without the shared part
-        body, paths = codec.untag(tagged)
+        body, paths = codec.plain_dumps(data)
+        # a user's {"$date": ...} would have been taken for a tag: typed rows are checked too
+        if (paths or '"$' in body) and _nested_dollar(data):
+            raise SerializationError("keys starting with '$' are reserved inside values")
         head = f'{{"$id":"{ns}/{eid}","$type":{codec.dumps(type_)},'
         jsons.append((head + (body[1:-1] + "," if len(body) > 2 else "") + meta, [*(paths or ()), *meta_paths]))
     ts_us = dt_to_us(when)

@@ -119,13 +119,18 @@ def _texts(values: list[Encoded | None]) -> pa.Array:
     return pa.array([None if v is None else v[0] for v in values], JSON)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(separators=) builds one per call
+
+
 def _types(columns: dict[str, list[Encoded | None]], n: int) -> pa.Array:
     """The `types` column: per row, the typed paths of each JSON column that has some."""
     out: list[str | None] = [None] * n
+    encode_row = _COMPACT.encode
+    items = list(columns.items())
     for i in range(n):
-        row = {c: v[1] for c, values in columns.items() if (v := values[i]) is not None and v[1]}
+        row = {c: v[1] for c, values in items if (v := values[i]) is not None and v[1]}
         if row:
-            out[i] = json.dumps(row, separators=(",", ":"))
+            out[i] = encode_row(row)
     return pa.array(out, JSON)
 
 
@@ -377,8 +382,7 @@ def entities_table(
 
 
 def bulk_entities_table(
-    ns: str,
-    ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[Encoded], ts_us: int
+    ns: str, ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[Encoded], ts_us: int
 ) -> pa.Table:
     """Entities table of a bulk create: all version 1, one shared timestamp; sorted by
     (number, id) (an id block is ascending already), shredded like `entities_table`."""

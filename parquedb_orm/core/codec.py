@@ -478,7 +478,15 @@ def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
     Decimal/UUID/time as text, timedelta as integer microseconds, bytes as base64, enum
     members and custom types as their plain value) and the paths of its typed values
     (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
-    return untag(dumps(value))
+    paths: list[TypedPath] = []
+    try:
+        return _ENCODER.encode(_plain(value, [], paths)), paths or None
+    except SerializationError:
+        raise
+    except RecursionError:
+        raise SerializationError("value cannot be stored: nested too deeply (or it contains itself)") from None
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"value cannot be stored: {exc}") from None
 
 
 def untag(text: str) -> tuple[str, list[TypedPath] | None]:
@@ -491,6 +499,55 @@ def untag(text: str) -> tuple[str, list[TypedPath] | None]:
     if not paths:
         return text, None
     return _ENCODER.encode(out), paths
+
+
+def _plain(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    """`_conv` (non-strict) giving each typed value's plain form and recording its path and
+    tag in `paths`: one walk, `path` a stack of the keys above `value`."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return value
+    if t is dict or t is list or t is tuple:
+        return _plain_container(value, path, paths)
+    enc = _encoder_for(t)
+    if enc is _conv_dict_nonstrict or enc is _conv_list_nonstrict:
+        return _plain_container(value, path, paths)
+    # floats (finite check), typed values, refusals: as dumps does them, then untagged
+    return _untag(_conv(value, ".".join(map(str, path)), False), path, paths)
+
+
+def _plain_container(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            t = type(item)
+            scalar = t is str or t is int or t is bool or item is None or (t is float and item - item == 0.0)
+            if scalar and type(key) is str:
+                continue
+            if not isinstance(key, str):
+                where = _where(".".join(map(str, path)))
+                raise SerializationError(f"{where}dict key {key!r} cannot be stored: keys must be strings")
+            path.append(key)
+            new = _plain(item, path, paths)
+            path.pop()
+            if new is not item:
+                if out is None:
+                    out = dict(value)  # copy only when something changes
+                out[key] = new
+        return value if out is None else out
+    items: list[Any] | None = None
+    for i, item in enumerate(value):
+        t = type(item)
+        if t is str or t is int or t is bool or item is None or (t is float and item - item == 0.0):
+            continue
+        path.append(i)
+        new = _plain(item, path, paths)
+        path.pop()
+        if new is not item:
+            if items is None:
+                items = list(value)
+            items[i] = new
+    return value if items is None else items
 
 
 def _untag(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
@@ -506,9 +563,27 @@ def _untag(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
                         return inner
                     paths.append([list(path), key])
                     return raw
-        return {k: _untag(v, [*path, k], paths) for k, v in value.items()}
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            tv = type(v)
+            if tv is dict or tv is list:  # scalars hold no tag: skipped without a call
+                new = _untag(v, [*path, k], paths)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)  # copied only when a tag inside changes it
+                    out[k] = new
+        return value if out is None else out
     if t is list:
-        return [_untag(v, [*path, i], paths) for i, v in enumerate(value)]
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            tv = type(v)
+            if tv is dict or tv is list:
+                new = _untag(v, [*path, i], paths)
+                if new is not v:
+                    if items is None:
+                        items = list(value)
+                    items[i] = new
+        return value if items is None else items
     return value
 
 
