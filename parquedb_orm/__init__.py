@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from parquedb_orm import errors
 from parquedb_orm.archive.flush import FlushResult
+from parquedb_orm.archive.iceberg import Iceberg
 from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.core.codec import register_enum, register_type
 from parquedb_orm.core.ids import NAMESPACE_PATTERN
@@ -46,6 +47,7 @@ __all__ = [
     "EntityNotFoundError",
     "FlushPolicy",
     "FlushResult",
+    "Iceberg",
     "InvalidIdError",
     "InvalidNamespaceError",
     "ParqueDB",

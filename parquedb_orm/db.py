@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
 from parquedb_orm.archive.flush import FlushResult
+from parquedb_orm.archive.iceberg import Iceberg
 from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.core.events import State
 from parquedb_orm.core.unit import UnitOfWork
@@ -270,6 +271,9 @@ class ParqueDB:
     `cache_entries`: the bound of this process's entity cache, in entities (default 50,000;
     a miss reads the entity's one Parquet piece; docs/scaling.md).
 
+    `iceberg`: `pq.Iceberg(...)` publishes the archive as Apache Iceberg tables after each
+    flush (extra `parquedb-orm[iceberg]`, docs/iceberg.md).
+
     `pq.enable(Session)` returns one of these too: the handle of the store its sessions
     write to (same runtime, caches and flushing).
     """
@@ -287,6 +291,7 @@ class ParqueDB:
         migrate: MigrateMode = "auto",
         durability: dialects.Durability | None = None,
         cache_entries: int | None = None,
+        iceberg: Iceberg | None = None,
     ) -> None:
         wanted = dialects.check_durability(durability)
         self._on_close: Callable[[Runtime], None] | None = None
@@ -318,6 +323,7 @@ class ParqueDB:
                 archive_options=archive_options,
                 durability=wanted,
                 cache_entries=cache_entries,
+                iceberg=iceberg,
             )
         except BaseException:
             if self._owns_engine:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def write_entities(
     archive: Archive, name: str, rows: list[tuple[str, int, dict[str, Any] | None, int]], kind: str = "entities"
 ) -> manifest.Entry:
     """(id, version, state, seq) rows -> a file in the new format; its manifest entry."""
-    table = parquet.entities_table([(eid, chunk_number(eid), v, st, seq) for eid, v, st, seq in rows])
+    table = parquet.entities_table(NS, [(eid, chunk_number(eid), v, st, seq) for eid, v, st, seq in rows])
     path = f"entities/ns={NS}/{name}"
     size = written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
     seqs = [r[3] for r in rows]
@@ -139,7 +140,7 @@ def test_point_lookup_reads_one_row_group(archive: Archive, reads: Reads) -> Non
     got = ar.lookup(None, NS, [all_ids[4321]])  # type: ignore[arg-type]
     assert got == {all_ids[4321]: (1, 5, state(all_ids[4321], 1, n=4321))}
     assert reads.pieces == 1 and reads.footers == 1
-    assert reads.groups[0][2] == ("id", "version", "seq", "state")
+    assert reads.groups[0][2] == ("id", "version", "seq", "state", "types")
     # footer cached: the next read is one piece, no footer
     reads.reset()
     got = ar.lookup(None, NS, [all_ids[9999], all_ids[9998], "nothere"])  # type: ignore[arg-type]
@@ -231,13 +232,13 @@ def test_bulk_files_answer_last_by_number_range(archive: Archive, reads: Reads) 
     got = ar.lookup(None, NS, [first[2999], second[7], second[100]])  # type: ignore[arg-type]
     assert got[first[2999]] == (1, 0, state(first[2999], 1, b=1))
     assert got[second[7]][0] == 2 and got[second[100]][2]["b"] == 2  # type: ignore[index]
-    point = [(p, g) for p, g, c in reads.groups if c == ("id", "version", "seq", "state")]
+    point = [(p, g) for p, g, c in reads.groups if c == ("id", "version", "seq", "state", "types")]
     assert sorted((p.rsplit("/", 1)[-1][:8], len(g)) for p, g in point) == [
         ("00000000", 1),
         ("bulk-000", 1),
         ("bulk-000", 1),
     ]
-    assert [c for _p, _g, c in reads.groups if c != ("id", "version", "seq", "state")] == [
+    assert [c for _p, _g, c in reads.groups if c != ("id", "version", "seq", "state", "types")] == [
         ("id",)
     ]  # the delta's id set
 
@@ -266,7 +267,7 @@ def test_old_format_files_still_answer(archive: Archive) -> None:
     rows = [(e, chunk_number(e), 1, state(e, 1, n=i), 3) for i, e in enumerate(all_ids)]
     rows.reverse()
     rows.append(("_a2V5", 0, 2, {**state("_a2V5", 2)}, 3))
-    table = parquet.entities_table(rows)
+    table = parquet.entities_table(NS, rows)
     order = list(range(table.num_rows))[::-1]
     table = table.select(list(parquet.ENTITIES_SCHEMA.names)).take(order).replace_schema_metadata(None)
     table = table.set_column(
@@ -289,7 +290,7 @@ def test_old_format_files_still_answer(archive: Archive) -> None:
         Event(s, TS + s, CREATE if s <= 3 else "UPDATE", all_ids[s % 3], None, {"s": s}, s // 3 + 1)
         for s in range(1, 3001)
     ]
-    ev_table = parquet.events_table([(e, None, None) for e in evs]).sort_by("seq")
+    ev_table = parquet.events_table(NS, [(e, None, None, None) for e in evs]).sort_by("seq")
     ev_path = f"events/ns={NS}/000000000001-000000003000.parquet"
     Path(archive.path(ev_path)).parent.mkdir(parents=True, exist_ok=True)
     papq.write_table(ev_table, archive.path(ev_path), row_group_size=500)
@@ -332,7 +333,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
     all_ids = ids(2000)
     evs = [Event(i + 1, TS + i, CREATE, e, None, {"i": i}, 1) for i, e in enumerate(all_ids)]
     evs += [Event(5000 + i, TS + 5000 + i, "UPDATE", e, None, {"$set": {"i": -i}}, 2) for i, e in enumerate(all_ids)]
-    table = parquet.events_table([(e, None, None) for e in reversed(evs)])
+    table = parquet.events_table(NS, [(e, None, None, None) for e in reversed(evs)])
     assert table.column("id").to_pylist() == sorted(table.column("id").to_pylist())
     path = f"events/ns={NS}/000000000001-000000006999.parquet"
     size = written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
@@ -351,7 +352,7 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
         RelEvent(i + 1, TS + i, LINK, all_ids[i % 500], "tags", f"tags/t{i}", "items", None, None) for i in range(3000)
     ]
     rel_path = f"rels/ns={NS}/000000000001-000000003000.parquet"
-    size = written(archive, rel_path, parquet.rels_table(rels), row_group_rows=parquet.PIECE_ROWS)
+    size = written(archive, rel_path, parquet.rels_table(NS, rels), row_group_rows=parquet.PIECE_ROWS)
     ar = reader(archive, [entry, manifest.Entry("rels", NS, 1, 3000, rel_path, 3000, size)])
     reads.reset()
     mine = ar.rel_events_of(None, NS, all_ids[3])  # type: ignore[arg-type]
@@ -363,7 +364,8 @@ def test_history_reads_the_row_groups_of_one_id(archive: Archive, reads: Reads) 
 def test_history_of_bulk_entities_with_and_without_their_create_events(archive: Archive) -> None:
     first, second = ids(3000, 1), ids(3000, 3001)
     states = [(e, state(e, 1, n=i, createdBy="me")) for i, e in enumerate(first)]
-    table = parquet.bulk_entities_table(first, list(range(1, 3001)), states, [codec.dumps(s) for _e, s in states], TS)
+    jsons = [codec.plain_dumps(s) for _e, s in states]
+    table = parquet.bulk_entities_table(NS, first, list(range(1, 3001)), states, jsons, TS)
     path = f"entities/ns={NS}/bulk-000000000001-000000003000.parquet"
     bulk1 = manifest.Entry(
         manifest.BULK, NS, 1, 3000, path, 3000, written(archive, path, table, row_group_rows=parquet.PIECE_ROWS)
@@ -393,8 +395,10 @@ def test_history_of_bulk_entities_with_and_without_their_create_events(archive: 
     assert h1[0].op == CREATE and h1[0].version == 1 and h1[0].seq == 0
     h2 = ar.events(None, NS, second[9])  # type: ignore[arg-type]
     assert len(h2) == 1 and h2[0].data == {"n": -9} and h2[0].op == CREATE
-    after = ev.filter(pa.compute.equal(ev.column("id"), first[42])).column("after")[0].as_py()
-    assert codec.loads(after) == states[42][1]
+    row = ev.filter(pa.compute.equal(ev.column("id"), first[42]))
+    after, types = row.column("after")[0].as_py(), row.column("types")[0].as_py()
+    assert parquet.load_json(after, types, "after") == states[42][1]
+    assert '"$date"' not in after and json.loads(types)["after"] == [[["createdAt"], "$date"], [["updatedAt"], "$date"]]
 
 
 # ---------------------------------------------------------------------- (f) shredding
@@ -455,7 +459,7 @@ def test_shredded_fields_and_their_types() -> None:
 def test_entities_files_are_sorted_and_carry_the_fields_map(archive: Archive) -> None:
     all_ids = ids(50)[::-1]
     rows = [(e, 0, 1, state(e, 1, score=i, tag="t"), 1) for i, e in enumerate(all_ids)]  # number 0: recomputed
-    table = parquet.entities_table(rows)
+    table = parquet.entities_table(NS, rows)
     assert table.column("number").to_pylist() == sorted(chunk_number(e) for e in all_ids)
     assert parquet.fields_of(table.schema) == {
         "score": "int",

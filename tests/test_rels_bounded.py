@@ -291,7 +291,7 @@ def test_the_first_commit_reads_no_archived_link(
 
 def _rels_file(path: Path, events: list[RelEvent], rows_per_group: int) -> None:
     events = sorted(events, key=lambda e: (e.from_id, e.seq))  # as flushes write them
-    pq.write_table(parquet.rels_table(events), path, row_group_size=rows_per_group, write_statistics=True)
+    pq.write_table(parquet.rels_table("n", events), path, row_group_size=rows_per_group, write_statistics=True)
 
 
 def test_a_lookup_reads_only_the_row_groups_that_can_hold_it(

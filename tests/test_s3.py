@@ -238,7 +238,9 @@ def test_archive_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
     fs = s3.filesystem()
     meta = papq.ParquetFile(f"{BUCKET}/{prefix}/{keys[0]}", filesystem=fs).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
-    table = papq.read_table(f"{BUCKET}/{prefix}/events", filesystem=fs, partitioning="hive")
+    # `ns` is a file column too: the hive key is read as a string, as docs/archive.md says
+    # (pq.read_table's own "hive" infers a dictionary type that does not merge with it)
+    table = papq.read_table(f"{BUCKET}/{prefix}/events", filesystem=fs, partitioning=None)
     assert table.schema.field("seq").type == pa.int64()
     assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
     assert sorted(table.filter(pa.compute.equal(table["ns"], "posts"))["seq"].to_pylist()) == list(range(1, 8))
@@ -274,17 +276,15 @@ def test_archive_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
 
 def test_bad_credentials_lose_nothing(s3: S3Server, prefix: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    bad = {**s3.options(), "secret_key": "not-the-secret"}
-    # the open lists the archive (its sweep): bad credentials are refused there, not at the first flush
-    with pytest.raises((pq.ArchiveError, pq.ConfigurationError), match="SIGNATURE|credentials|secret"):
-        pq.ParqueDB(url, archive=s3.uri(prefix), archive_options=bad, policy=pq.FlushPolicy(mode="manual"))
-    # a store opened without its archive keeps taking commits; they flush once it has one
-    db = pq.ParqueDB(url, policy=pq.FlushPolicy(mode="manual"))
+    db = pq.ParqueDB(url, archive=s3.uri(prefix), archive_options=s3.options(), policy=pq.FlushPolicy(mode="manual"))
     try:
         made = [db.create("posts", {"name": f"p{i}"}) for i in range(3)]
-        assert [e["$id"] for e in db.find("posts")] == [e["$id"] for e in made]
     finally:
-        db.close()
+        db.close()  # manual policy: nothing flushed
+    bad = {**s3.options(), "secret_key": "not-the-secret"}
+    # the open checks the bucket and the credentials (archive/files.py check_bucket)
+    with pytest.raises(pq.ConfigurationError, match=f"bucket '{BUCKET}'"):
+        pq.ParqueDB(url, archive=s3.uri(prefix), archive_options=bad, policy=pq.FlushPolicy(mode="manual"))
     assert objects(s3, prefix) == []
     db = pq.ParqueDB(url, archive=s3.uri(prefix), archive_options=s3.options(), policy=pq.FlushPolicy(mode="manual"))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 import sys
 import types
 import uuid
@@ -24,6 +25,7 @@ from backends import backend_fixtures, url_of
 from sqlalchemy import Engine
 
 import parquedb_orm as pq
+from parquedb_orm.archive.parquet import load_json
 from parquedb_orm.core import codec
 from parquedb_orm.core.filters import matches, sort_docs
 from parquedb_orm.core.pushdown import to_sql
@@ -210,10 +212,10 @@ def test_round_trip_every_path(kind: str, engine: Engine, tmp_path: Path) -> Non
         assert_exact(body(made), data_out(), stored=False)
         assert_exact(body(db.get(NS, sid)), data_out(), stored=False)
         # the WAL tail as the analytics views see it (not flushed yet)
-        (state_text,) = duck_rows(db, "SELECT state FROM entities WHERE id = ?", sid)[0]
-        assert_exact(body(codec.loads(state_text)), data_out(), stored=True)
-        (data_text,) = duck_rows(db, "SELECT data FROM events WHERE id = ? AND op = 'CREATE'", sid)[0]
-        assert_exact(codec.loads(data_text), data_out(), stored=True)
+        (state_text, types) = duck_rows(db, "SELECT state, types FROM entities WHERE id = ?", sid)[0]
+        assert_exact(body(load_json(state_text, types, "state")), data_out(), stored=True)
+        (data_text, types) = duck_rows(db, "SELECT data, types FROM events WHERE id = ? AND op = 'CREATE'", sid)[0]
+        assert_exact(load_json(data_text, types, "data"), data_out(), stored=True)
     finally:
         db.close()
 
@@ -246,13 +248,13 @@ def test_round_trip_every_path(kind: str, engine: Engine, tmp_path: Path) -> Non
         assert [d["$id"] for d in found] == [f"{NS}/{sid}"]
         assert_exact(body(found[0]), updated_out(), stored=True)
         # archived: the Parquet files behind the views
-        (state_text,) = duck_rows(db, "SELECT state FROM entities WHERE id = ?", sid)[0]
-        assert_exact(body(codec.loads(state_text)), updated_out(), stored=True)
-        datas = duck_rows(db, "SELECT op, data, after FROM events WHERE id = ? ORDER BY seq", sid)
-        assert [op for op, _d, _a in datas] == ["CREATE", "UPDATE"]
-        assert_exact(codec.loads(datas[0][1]), data_out(), stored=True)
-        assert_exact(codec.loads(datas[1][1]), update_doc_out(), stored=True)
-        assert_exact(body(codec.loads(datas[1][2])), updated_out(), stored=True)
+        (state_text, types) = duck_rows(db, "SELECT state, types FROM entities WHERE id = ?", sid)[0]
+        assert_exact(body(load_json(state_text, types, "state")), updated_out(), stored=True)
+        datas = duck_rows(db, "SELECT op, data, after, types FROM events WHERE id = ? ORDER BY seq", sid)
+        assert [row[0] for row in datas] == ["CREATE", "UPDATE"]
+        assert_exact(load_json(datas[0][1], datas[0][3], "data"), data_out(), stored=True)
+        assert_exact(load_json(datas[1][1], datas[1][3], "data"), update_doc_out(), stored=True)
+        assert_exact(body(load_json(datas[1][2], datas[1][3], "after")), updated_out(), stored=True)
         # and once more, on top of the archive, through the WAL
         again = db.update(NS, sid, {"$inc": {"price": Decimal("-0.01")}, "$set": {"more": [Money(Decimal("1"), "X")]}})
         assert_exact(again["price"], Decimal("2.49"), stored=False)
@@ -290,9 +292,9 @@ def test_create_many_bulk_path(kind: str, engine: Engine, tmp_path: Path) -> Non
             history = db.history(m["$id"])
             assert [h["op"] for h in history] == ["CREATE"]
             assert_exact(history[0]["data"], want(i), stored=True)
-        rows = duck_rows(db, "SELECT id, state FROM entities ORDER BY id")
-        by_id = {eid: codec.loads(text) for eid, text in rows}
-        ev = {eid: codec.loads(text) for eid, text in duck_rows(db, "SELECT id, data FROM events")}
+        rows = duck_rows(db, "SELECT id, state, types FROM entities ORDER BY id")
+        by_id = {eid: load_json(text, types, "state") for eid, text, types in rows}
+        ev = {eid: load_json(text, t, "data") for eid, text, t in duck_rows(db, "SELECT id, data, types FROM events")}
         for i, m in enumerate(made):
             assert_exact(body(by_id[sqid(m)]), want(i), stored=True)
             assert_exact(body(ev[sqid(m)]), want(i), stored=True)
@@ -625,17 +627,25 @@ def _filters() -> Iterator[dict[str, Any]]:
     yield {"$or": [{"v": UID}, {"v": date(2024, 1, 1)}]}
 
 
-def test_pushdown_never_drops_a_match() -> None:
-    """Every filter x every stored value: what DuckDB keeps must include what Python matches."""
+@pytest.mark.parametrize("plain", [False, True], ids=["tagged", "plain"])
+def test_pushdown_never_drops_a_match(plain: bool) -> None:
+    """Every filter x every stored value: what DuckDB keeps must include what Python matches,
+    on files of the tagged format (written before the plain one) and of the plain one
+    (plain JSON + the `types` sidecar)."""
     con = duckdb.connect()
-    con.execute("CREATE TABLE ents (i INTEGER, type VARCHAR, state VARCHAR)")
-    con.executemany(
-        "INSERT INTO ents VALUES (?, 'Thing', ?)",
-        [[i, codec.dumps({"$type": "Thing", **d})] for i, d in enumerate(DOCS)],
-    )
+    con.execute("CREATE TABLE ents (i INTEGER, type VARCHAR, state JSON, types JSON)")
+    rows = []
+    for i, d in enumerate(DOCS):
+        doc = {"$type": "Thing", **d}
+        if plain:
+            text, paths = codec.plain_dumps(doc)
+            rows.append([i, text, None if paths is None else json.dumps({"state": paths})])
+        else:
+            rows.append([i, codec.dumps(doc), None])
+    con.executemany("INSERT INTO ents VALUES (?, 'Thing', ?, ?)", rows)
     checked = 0
     for flt in _filters():
-        sql = to_sql(flt)
+        sql = to_sql(flt, plain=plain)
         kept = {i for (i,) in con.execute(f"SELECT i FROM ents WHERE {sql}").fetchall()}
         want = {i for i, d in enumerate(DOCS) if matches(d, flt)}
         assert want <= kept, (flt, sql, [DOCS[i] for i in want - kept])
@@ -643,8 +653,10 @@ def test_pushdown_never_drops_a_match() -> None:
     assert checked > 200
     # and it does filter: a Decimal bound keeps numbers near or past it (strict bounds are
     # widened by an ulp), opaque values (enums, custom types) and nothing else
-    kept = {i for (i,) in con.execute(f"SELECT i FROM ents WHERE {to_sql({'v': {'$gt': Decimal('10')}})}").fetchall()}
-    assert {0, 1, 2, 3} <= kept and not kept & {4, 5, 8, 9, 13, 17, 19, 26}
+    bound = to_sql({"v": {"$gt": Decimal("10")}}, plain=plain)
+    kept = {i for (i,) in con.execute(f"SELECT i FROM ents WHERE {bound}").fetchall()}
+    # (plain files: an enum anywhere in a row's types keeps the row, e.g. the list of row 26)
+    assert {0, 1, 2, 3} <= kept and not kept & ({4, 5, 8, 9, 13, 17, 19} | (set() if plain else {26}))
     con.close()
 
 

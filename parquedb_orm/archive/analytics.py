@@ -5,12 +5,17 @@ Views:
   derived from the bulk file itself for bulk files written before those existed) and the
   WAL tail;
 - `rels`: every relationship event (archived files and WAL tail);
-- `entities`: current state, one row per entity. Base and bulk files hold each id at most
-  once and never the same id (compaction keeps them disjoint), so only the deltas and the
-  WAL tail, which may overlap anything, are deduplicated; a base or bulk row stands unless
-  one of those holds the id at a version at least as high.
-Only files the manifest lists are read, so an orphan left by a crash never shows up. The
-files are scanned lazily (Arrow datasets), not loaded: DuckDB reads what a query needs.
+- `entities`: current state, one row per entity (`state` and its `types`). Base and bulk
+  files hold each id at most once and never the same id (compaction keeps them
+  disjoint), so only the deltas and the WAL tail, which may overlap anything, are
+  deduplicated; a base or bulk row stands unless one of those holds the id at a version
+  at least as high.
+JSON columns are plain JSON with a `types` sidecar (docs/archive.md; `parquet.load_json`
+decodes a cell exactly); rows of files written before that format hold tagged JSON and a
+null `types`, which `load_json` decodes too. The WAL tail's events have no before, after
+or changes (they are computed by the flush). Only files the manifest lists are read, so
+an orphan left by a crash never shows up. The files are scanned lazily (Arrow datasets),
+not loaded: DuckDB reads what a query needs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from parquedb_orm.archive.files import Archive
-    from parquedb_orm.core.events import Event, Versioned
+    from parquedb_orm.core.events import Versioned
 
 
 class LiveView(Protocol):
@@ -50,11 +55,11 @@ _ENTITY_COLUMNS = pa.schema([f for f in parquet.ENTITIES_SCHEMA])
 
 
 def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Schema) -> Any:
-    """The files as one lazily read dataset with an `ns` column (their hive partition);
+    """The files as one lazily read dataset; `ns` is a column of newer files and the hive
+    partition of all (files written before the column existed get it from their path);
     a column an older file lacks reads as NULL."""
-    with_ns = pa.schema([*schema, _NS])
     if not entries:
-        return with_ns.empty_table()
+        return schema.empty_table()
     assert archive is not None
     by_folder: dict[str, list[str]] = {}
     for e in entries:  # entities files live in two folders (bases and deltas)
@@ -62,7 +67,7 @@ def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Sch
     parts = [
         ds.dataset(
             paths,
-            schema=with_ns,
+            schema=schema,
             format="parquet",
             filesystem=archive.fs,
             partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
@@ -71,10 +76,6 @@ def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Sch
         for folder, paths in by_folder.items()
     ]
     return parts[0] if len(parts) == 1 else ds.dataset(parts)
-
-
-def _with_ns(table: pa.Table, names: list[str]) -> pa.Table:
-    return table.replace_schema_metadata(None).append_column("ns", pa.array(names, pa.string()))
 
 
 def connect(db: LiveView) -> Any:
@@ -112,30 +113,28 @@ def connect(db: LiveView) -> Any:
         current = {ns: db.committed_many(conn, ns, list(dict.fromkeys(ids))) for ns, ids in touched.items()}
 
     # the tables' builders sort their rows: one table per namespace, then its `ns` column
-    ev_by_ns: dict[str, list[tuple[Event, str | None, str | None]]] = {}
+    ev_by_ns: dict[str, list[parquet.EventRow]] = {}
     for ns, e in tail_events:
-        ev_by_ns.setdefault(ns, []).append((e, None, None))
-    ev_tail = _per_ns({ns: parquet.events_table(rows) for ns, rows in ev_by_ns.items()}, parquet.EVENTS_SCHEMA)
+        ev_by_ns.setdefault(ns, []).append((e, None, None, None))
+    ev_tail = _per_ns({ns: parquet.events_table(ns, rows) for ns, rows in ev_by_ns.items()}, parquet.EVENTS_SCHEMA)
     rel_by_ns: dict[str, list[Any]] = {}
     for ns, r in tail_rels:
         rel_by_ns.setdefault(ns, []).append(r)
-    rel_tail = _per_ns({ns: parquet.rels_table(rows) for ns, rows in rel_by_ns.items()}, parquet.RELS_SCHEMA)
+    rel_tail = _per_ns({ns: parquet.rels_table(ns, rows) for ns, rows in rel_by_ns.items()}, parquet.RELS_SCHEMA)
     # current state of entities the tail touched, as entity rows
     latest: dict[str, dict[str, tuple[str, int, int, Any, int]]] = {}
     for ns, e in tail_events:
         version, state = current[ns].get(e.id, (0, None))
         latest.setdefault(ns, {})[e.id] = (e.id, chunk_number(e.id), version, state, e.seq)
     ent_tail = _per_ns(
-        {ns: parquet.entities_table(list(rows.values())) for ns, rows in latest.items()}, _ENTITY_COLUMNS
+        {ns: parquet.entities_table(ns, list(rows.values())) for ns, rows in latest.items()}, _ENTITY_COLUMNS
     )
 
     legacy = [bulk.twin_table(archive, e) for e in untwinned] if archive is not None and untwinned else []
     legacy_events = (
-        _with_ns(
-            pa.concat_tables(legacy), [e.ns for e, t in zip(untwinned, legacy, strict=True) for _ in range(t.num_rows)]
-        )
+        pa.concat_tables([t.replace_schema_metadata(None) for t in legacy])
         if legacy
-        else _with_ns(parquet.EVENTS_SCHEMA.empty_table(), [])
+        else parquet.EVENTS_SCHEMA.empty_table()
     )
 
     con = duckdb.connect()
@@ -148,7 +147,7 @@ def connect(db: LiveView) -> Any:
     con.register("_entities_settled", _scan(archive, [*bases, *bulks], _ENTITY_COLUMNS))
     con.register("_entities_delta", _scan(archive, deltas, _ENTITY_COLUMNS))
     con.register("_entities_tail", ent_tail)
-    cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after, meta"
+    cols = "seq, ts, CAST(op AS VARCHAR) AS op, ns, id, version, actor, data, before, after, changes, meta, types"
     con.execute(
         f"""CREATE VIEW events AS
         SELECT {cols} FROM _events_archived
@@ -156,9 +155,9 @@ def connect(db: LiveView) -> Any:
         UNION ALL SELECT {cols} FROM _bulk_events_legacy
         UNION ALL SELECT {cols} FROM _events_tail"""
     )
-    rcols = 'seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, "to", reverse, actor, data'
+    rcols = 'seq, ts, CAST(op AS VARCHAR) AS op, ns, from_id, predicate, "to", reverse, actor, data, types'
     con.execute(f"CREATE VIEW rels AS SELECT {rcols} FROM _rels_archived UNION ALL SELECT {rcols} FROM _rels_tail")
-    ecols = "id, ns, version, type, name, created_at, updated_at, deleted_at, state"
+    ecols = "id, ns, version, type, name, created_at, updated_at, deleted_at, state, types"
     # deltas and tail: the latest row per id among them (the tail wins a tie)
     con.execute(
         f"""CREATE VIEW _entities_recent AS
@@ -185,6 +184,6 @@ def connect(db: LiveView) -> Any:
 
 
 def _per_ns(tables: dict[str, pa.Table], schema: pa.Schema) -> pa.Table:
-    """Per-namespace tables as one, with an `ns` column (their own extra columns dropped)."""
-    parts = [_with_ns(t.select(schema.names).cast(schema), [ns] * t.num_rows) for ns, t in sorted(tables.items())]
-    return pa.concat_tables(parts) if parts else _with_ns(schema.empty_table(), [])
+    """Per-namespace tables as one (their own extra columns dropped)."""
+    parts = [t.select(schema.names).cast(schema).replace_schema_metadata(None) for _ns, t in sorted(tables.items())]
+    return pa.concat_tables(parts) if parts else schema.empty_table()

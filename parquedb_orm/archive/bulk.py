@@ -34,17 +34,19 @@ def write_bulk(
     commits both manifest rows (entities entry, events entry) in one transaction.
 
     The hot loop builds each state once (the same dict a replay of its CREATE event gives)
-    and encodes it once; the shared timestamps are encoded once for the whole batch."""
+    and encodes it once (plain JSON + typed paths); the shared timestamps are encoded once
+    for the whole batch."""
     when = us_to_dt(now_us())
     # the store-maintained fields are the same for the whole batch: encode them once
-    when_json, actor_json = codec.dumps(when), codec.dumps(actor)
+    when_json, actor_json = codec.plain_dumps(when)[0], codec.dumps(actor)
     meta = (
         f'"version":1,"createdAt":{when_json},"updatedAt":{when_json},'
         f'"createdBy":{actor_json},"updatedBy":{actor_json}}}'
     )
+    meta_paths: list[codec.TypedPath] = [[["createdAt"], "$date"], [["updatedAt"], "$date"]]
     states: list[tuple[str, State]] = []
     ids: list[str] = []
-    jsons: list[str] = []
+    jsons: list[parquet.Encoded] = []
     for number, data in zip(numbers, datas, strict=True):
         eid = encode_id(number)
         type_ = data.pop("$type", ns)
@@ -55,13 +57,15 @@ def write_bulk(
         state["createdBy"] = state["updatedBy"] = actor
         states.append((eid, state))
         ids.append(eid)
-        body = codec.dumps(data)  # the same text codec.dumps(state) gives, without the shared part
-        if '"$' in body and _nested_dollar(data):
+        # the same text codec.plain_dumps(state) gives, without the shared part
+        body, paths = codec.plain_dumps(data)
+        # a user's {"$date": ...} would have been taken for a tag: typed rows are checked too
+        if (paths or '"$' in body) and _nested_dollar(data):
             raise SerializationError("keys starting with '$' are reserved inside values")
         head = f'{{"$id":"{ns}/{eid}","$type":{codec.dumps(type_)},'
-        jsons.append(head + (body[1:-1] + "," if len(body) > 2 else "") + meta)
+        jsons.append((head + (body[1:-1] + "," if len(body) > 2 else "") + meta, [*(paths or ()), *meta_paths]))
     ts_us = dt_to_us(when)
-    table = parquet.bulk_entities_table(ids, list(numbers), states, jsons, ts_us)
+    table = parquet.bulk_entities_table(ns, ids, list(numbers), states, jsons, ts_us)
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
     size = archive.write_table(path, table, row_group_rows=parquet.ENTITY_ROW_GROUP_ROWS)
     entry = manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size)
@@ -89,12 +93,12 @@ def write_twin_of(archive: Archive, entry: manifest.Entry) -> manifest.Entry:
 def twin_table(archive: Archive, entry: manifest.Entry) -> pa.Table:
     """The CREATE events of a bulk file, derived from its rows (for files without a twin).
     One file's rows in memory: a bulk file is one create_many call."""
-    table = archive.read_table(entry.path, columns=["id", "state"])
+    names = archive.footer(entry.path).schema.to_arrow_schema().names
+    table = archive.read_table(entry.path, columns=[c for c in ("id", "state", "types") if c in names])
     ids: list[str] = table.column("id").to_pylist()
-    jsons: list[str] = table.column("state").to_pylist()
-    states = [(eid, codec.loads(text)) for eid, text in zip(ids, jsons, strict=True)]
+    states = list(zip(ids, parquet.json_columns(table, ("state",))["state"], strict=True))
     stamps = {eid: dt_to_us(st["createdAt"]) for eid, st in states}
-    out = parquet.bulk_events_table(entry.ns, ids, states, stamps[ids[0]] if ids else 0, jsons)
+    out = parquet.bulk_events_table(entry.ns, ids, states, stamps[ids[0]] if ids else 0)
     if len(set(stamps.values())) > 1:  # one create_many shares one timestamp; be exact anyway
         column = pa.array([stamps[eid] for eid in out.column("id").to_pylist()], pa.int64()).cast(parquet.TS)
         out = out.set_column(out.schema.get_field_index("ts"), "ts", column)

@@ -103,7 +103,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine
 
 from parquedb_orm.archive import bulk, parquet
-from parquedb_orm.archive.files import Archive, pending_name, published_name
+from parquedb_orm.archive.files import Archive, keep_metadata, keeps_arrow_schema, pending_name, published_name
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError
 from parquedb_orm.sql import dialects, manifest
@@ -127,7 +127,9 @@ DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
 MEMORY_LIMIT = "1GB"
 #: JSON text columns: their min/max prune nothing (as archive/files.py writes them)
-_NO_STATISTICS = frozenset({"state", "data", "before", "after", "meta"})
+_NO_STATISTICS = frozenset({"state", "data", "before", "after", "changes", "meta", "types"})
+#: the JSON columns of each kind: rows of older (tagged) sources are rewritten plain
+_JSON = {"events": parquet.EVENT_JSON, "rels": parquet.REL_JSON, "entities": parquet.ENTITY_JSON}
 _ORDER = {"events": "id, seq", "rels": "from_id, seq", "entities": "number, id"}
 _SCHEMA = {"events": parquet.EVENTS_SCHEMA, "rels": parquet.RELS_SCHEMA, "entities": parquet.ENTITIES_SCHEMA}
 
@@ -384,10 +386,10 @@ def _merge_log(
         return None  # never overwrite a listed file
     archive.path(path)  # the same checks as every archive path
     schema = _SCHEMA[kind]
-    cols = ", ".join(f'"{f.name}"' for f in schema)
+    cols = _columns(schema, ns)
     with _duck() as con:
         con.register("src", _dataset(archive, sources, schema))
-        rows, size = _write(archive, path, con, f"SELECT {cols} FROM src ORDER BY {_ORDER[kind]}", schema)
+        rows, size = _write(archive, path, con, f"SELECT {cols} FROM src ORDER BY {_ORDER[kind]}", schema, _JSON[kind])
     return manifest.Entry(kind, ns, first, last, path, rows, size)
 
 
@@ -425,17 +427,23 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
             ]
         )
         con.register("src", _dataset(archive, sources, schema))
-        cols = ", ".join(f'"{f.name}"' for f in schema)
+        cols = _columns(schema, ns)
         sql = (
             f"SELECT {cols} FROM src"
             " QUALIFY row_number() OVER (PARTITION BY id ORDER BY version DESC, seq DESC) = 1"
             f" ORDER BY {_ORDER['entities']}"
         )
         meta = {parquet.FIELDS_KEY: json.dumps(fields, separators=(",", ":")).encode()}
-        rows, size = _write(archive, path, con, sql, schema.with_metadata(meta))
+        rows, size = _write(archive, path, con, sql, schema.with_metadata(meta), _JSON["entities"])
         if mode != "deltas":
             _write_scan(archive, con, path, schema.with_metadata(meta))
     return manifest.Entry("entities", ns, first, last, path, rows, size)
+
+
+def _columns(schema: pa.Schema, ns: str) -> str:
+    """The select list of a merge: `ns` is the namespace merged (older sources lack the
+    column; `check_namespace` passed, so the literal needs no escaping beyond quotes)."""
+    return ", ".join("'" + ns.replace("'", "''") + "' AS ns" if f.name == "ns" else f'"{f.name}"' for f in schema)
 
 
 def scan_path(base: str) -> str:
@@ -455,12 +463,11 @@ def _write_scan(archive: Archive, con: Any, base: str, schema: pa.Schema) -> Non
     """Write the scan file of the base just written (pending, like it), from that file."""
     narrow = pa.schema([f for f in schema if f.name not in _SCAN_DROP], metadata=schema.metadata)
     source = archive.path(pending_name(base))
-    con.register("written", ds.dataset(source, schema=schema, format="parquet", filesystem=archive.fs))
+    con.register("written", ds.dataset(source, schema=narrow, format="parquet", filesystem=archive.fs))
     try:
         cols = ", ".join(f'"{f.name}"' for f in narrow)
-        _write(
-            archive, scan_path(base), con, f"SELECT {cols} FROM written", narrow, row_group_rows=SCAN_ROWS, scan=True
-        )
+        sql = f"SELECT {cols} FROM written"
+        _write(archive, scan_path(base), con, sql, narrow, (), row_group_rows=SCAN_ROWS, scan=True)
     finally:
         con.unregister("written")
 
@@ -556,12 +563,14 @@ def _write(
     con: Any,
     sql: str,
     schema: pa.Schema,
+    json_columns: tuple[str, ...],
     *,
     row_group_rows: int = parquet.PIECE_ROWS,
     scan: bool = False,
 ) -> tuple[int, int]:
     """Stream a query's rows into the Parquet file `rel`, in row groups of `row_group_rows`,
-    left under its pending name (Archive.staging_path / publish); returns (rows, bytes)."""
+    left under its pending name (Archive.staging_path / publish); returns (rows, bytes). Rows
+    of sources written before the plain JSON format are rewritten in it (`parquet.upgrade`)."""
     tmp, scratch = archive.staging_path(rel)
     rows = 0
     try:
@@ -576,12 +585,18 @@ def _write(
             compression = "snappy"
             dictionary = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_boolean(f.type)]
         with pq.ParquetWriter(
-            tmp, schema, compression=compression, use_dictionary=dictionary, write_statistics=stats
+            tmp,
+            schema,
+            compression=compression,
+            use_dictionary=dictionary,
+            write_statistics=stats,
+            store_schema=keeps_arrow_schema(schema),
         ) as writer:
             for batch in _batches(reader, row_group_rows):
-                out = pa.Table.from_batches([batch]).cast(schema)
+                out = parquet.upgrade(pa.Table.from_batches([batch]).cast(schema), json_columns)
                 writer.write_table(out, row_group_size=row_group_rows)
                 rows += batch.num_rows
+            keep_metadata(writer, schema)
         size = os.path.getsize(tmp)
         archive.publish(tmp, rel)
     except OSError as exc:

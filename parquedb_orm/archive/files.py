@@ -22,7 +22,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -39,7 +39,7 @@ from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespa
 ROW_GROUP_ROWS = 65_536
 #: JSON text columns: nearly every value distinct, so no dictionary (it only slows reads),
 #: and no min/max (they prune nothing and would bloat every footer)
-_JSON_TEXT = frozenset({"state", "data", "before", "after", "meta"})
+_JSON_TEXT = frozenset({"state", "data", "before", "after", "changes", "meta", "types"})
 #: suffix of a written file not yet published (see the module doc)
 PENDING_SUFFIX = ".pending"
 
@@ -59,6 +59,47 @@ def published_name(rel: str) -> str | None:
     return f"{folder}/{name}" if folder else name
 
 
+def keeps_arrow_schema(schema: pa.Schema) -> bool:
+    """Whether a file of this schema stores its Arrow schema (`ARROW:schema`). Not when a
+    column has an extension type (JSON): the Parquet logical type already says JSON to
+    every engine, and a stored `arrow.json` extension makes pyiceberg refuse the file
+    (it has no such type). Such a column then reads back as its storage type (string)."""
+    return not any(isinstance(f.type, pa.BaseExtensionType) for f in schema)
+
+
+def keep_metadata(writer: pq.ParquetWriter, schema: pa.Schema) -> None:
+    """The schema's key-value metadata (e.g. `parquedb.fields`) in the file's footer even
+    when the Arrow schema, which otherwise carries it, is not stored."""
+    if schema.metadata and not keeps_arrow_schema(schema):
+        writer.add_key_value_metadata(schema.metadata)
+
+
+def check_bucket(fs: pafs.FileSystem, bucket: str, root: str, *, creatable: bool = False) -> None:
+    """Fail at open, not at the first flush: the bucket must exist (one HEAD of it) and
+    the credentials must list the archive's prefix (one LIST, at most a page of keys)."""
+    if not bucket:
+        raise ConfigurationError(f"archive URI s3://{root} names no bucket: use s3://<bucket>/<prefix>")
+    try:
+        found = fs.get_file_info(bucket).type
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot reach S3 bucket {bucket!r} (credentials, endpoint_override, scheme, region?): {exc}"
+        ) from None
+    if found == pafs.FileType.NotFound and creatable:
+        return  # the first write creates it
+    if found == pafs.FileType.NotFound:
+        raise ConfigurationError(
+            f"S3 bucket {bucket!r} does not exist (or these credentials cannot see it): create it, "
+            "or pass allow_bucket_creation=true in archive_options"
+        )
+    try:
+        fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=False))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot list s3://{root} in bucket {bucket!r} (check access_key / secret_key and their rights): {exc}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Archive:
     """An archive root: `fs` (pyarrow filesystem) + `root` (path inside it)."""
@@ -67,6 +108,9 @@ class Archive:
     root: str
     uri: str
     local: bool
+    #: the S3 options the filesystem was built with (URI query + keyword options), for
+    #: other readers of the same objects (archive/iceberg.py's FileIO)
+    options: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def open(cls, location: str | os.PathLike[str], **options: Any) -> Archive:
@@ -101,7 +145,8 @@ class Archive:
             except Exception as exc:
                 raise ConfigurationError(f"cannot open archive {text!r}: {exc}") from None
             root = (parsed.netloc + "/" + parsed.path.strip("/")).rstrip("/")
-            return cls(fs, root, f"s3://{root}", False)
+            check_bucket(fs, parsed.netloc, root, creatable=bool(kwargs.get("allow_bucket_creation")))
+            return cls(fs, root, f"s3://{root}", False, {k: str(v) for k, v in kwargs.items()})
         try:
             fs, root = pafs.FileSystem.from_uri(text)
         except Exception as exc:
@@ -131,14 +176,16 @@ class Archive:
         column but the JSON texts (row groups are pruned by their min/max)."""
         buf = io.BytesIO()
         plain = [c for c in table.column_names if c not in _JSON_TEXT]
-        pq.write_table(
-            table,
+        with pq.ParquetWriter(
             buf,
+            table.schema,
             compression="zstd",
-            row_group_size=row_group_rows or ROW_GROUP_ROWS,
             use_dictionary=plain,
             write_statistics=plain,
-        )
+            store_schema=keeps_arrow_schema(table.schema),
+        ) as writer:
+            writer.write_table(table, row_group_size=row_group_rows or ROW_GROUP_ROWS)
+            keep_metadata(writer, table.schema)
         data = buf.getvalue()
         target = self.path(pending_name(rel))
         try:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,8 +38,7 @@ from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or
 
 from parquedb_orm.archive import compact, parquet
 from parquedb_orm.archive.files import Archive
-from parquedb_orm.core import codec
-from parquedb_orm.core.events import Event, RelEvent, State, Versioned, apply_event, starts_entity
+from parquedb_orm.core.events import UPDATE, Event, RelEvent, State, Versioned, apply_event, starts_entity
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import dialects, manifest, wal
 from parquedb_orm.sql.counters import load_all
@@ -93,7 +92,7 @@ class _NsPlan:
     #: the events came from the engine's memory (single owner), not from the table
     from_memory: bool = False
     latest: dict[str, tuple[int, int, State | None]] = field(default_factory=dict)
-    latest_json: dict[str, str | None] = field(default_factory=dict)
+    latest_json: dict[str, parquet.Encoded | None] = field(default_factory=dict)
     numbers: dict[str, int] = field(default_factory=dict)
 
 
@@ -126,6 +125,9 @@ class Flusher:
         self.rt = runtime
         self.archive = archive
         self._lock = threading.Lock()
+        #: run after each flush's or compaction's SQL commit, under the flush lock (the
+        #: Iceberg publisher: archive/iceberg.py); a crash before it is repaired at open
+        self.after_commit: Callable[[], object] | None = None
 
     def flush(self) -> FlushResult:
         with self._lock:
@@ -138,12 +140,23 @@ class Flusher:
             return compact.compact_due(
                 self.rt.engine,
                 self.archive,
-                self.rt.manifest_changed,
+                self._changed,
                 threshold,
                 namespaces,
                 files=self.rt.archive_files,
                 step=_step,
             )
+
+    def _changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
+        """A compaction committed: caches first, then (before it deletes its sources) the
+        Iceberg tables."""
+        self.rt.manifest_changed(added, removed)
+        self._published()
+
+    def _published(self) -> None:
+        if self.after_commit is not None:
+            self.after_commit()
+            _step("iceberg_published")
 
     # ------------------------------------------------------------------ steps
     def _read(self, conn: Connection) -> tuple[dict[str, int], dict[str, _NsPlan]]:
@@ -182,9 +195,10 @@ class Flusher:
                 plans[ns] = plan
         return counters, plans
 
-    def _fold(self, conn: Connection, plan: _NsPlan) -> list[tuple[Event, str | None, str | None]]:
-        """Apply the events to the touched entities' states; each state is JSON-encoded once
-        and that text serves the events file and the entities file.
+    def _fold(self, conn: Connection, plan: _NsPlan) -> list[parquet.EventRow]:
+        """Apply the events to the touched entities' states; each state is encoded once
+        (plain JSON + typed paths) and serves the events file and the entities file; an
+        UPDATE also gets its changes (old and new value of each field it changed).
 
         The state an entity had before its first flushed event comes from the engine's
         memory when it knows it (its own commits: `tail_bases`), else from the archive's
@@ -209,29 +223,30 @@ class Flusher:
             for eid in missing:
                 hit = found.get(eid)
                 current[eid] = (0, None) if hit is None else (hit[0], hit[2])
-        encoded: dict[str, str | None] = {}
-        rows: list[tuple[Event, str | None, str | None]] = []
+        encoded: dict[str, parquet.Encoded | None] = {}
+        rows: list[parquet.EventRow] = []
         for ev in plan.events:
             _version, before = current[ev.id]
             after = apply_event(ns, before, ev)
             current[ev.id] = (ev.version, after)
-            before_json = encoded[ev.id] if ev.id in encoded else (None if before is None else codec.dumps(before))
-            after_json = None if after is None else codec.dumps(after)
+            before_json = encoded[ev.id] if ev.id in encoded else parquet.encode(before)
+            after_json = parquet.encode(after)
             encoded[ev.id] = after_json
-            rows.append((ev, before_json, after_json))
+            changed = parquet.encode(parquet.changes(before, after)) if ev.op == UPDATE else None
+            rows.append((ev, before_json, after_json, changed))
         for eid, (version, state) in current.items():
             plan.latest[eid] = (version, plan.ev_last, state)
             plan.latest_json[eid] = encoded[eid]
             plan.numbers[eid] = chunk_number(eid)
         return rows
 
-    def _write_files(self, plan: _NsPlan, rows: list[tuple[Event, str | None, str | None]]) -> list[manifest.Entry]:
+    def _write_files(self, plan: _NsPlan, rows: list[parquet.EventRow]) -> list[manifest.Entry]:
         entries = []
         ns = plan.ns
         if plan.events:
             first, last = plan.events[0].seq, plan.ev_last
             path = Archive.file_name("events", ns, first, last)
-            size = self.archive.write_table(path, parquet.events_table(rows), row_group_rows=parquet.PIECE_ROWS)
+            size = self.archive.write_table(path, parquet.events_table(ns, rows), row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("events", ns, first, last, path, len(rows), size))
             _step("events_file_written")
             order = sorted(plan.latest, key=lambda eid: plan.numbers.get(eid, 0))
@@ -240,13 +255,13 @@ class Flusher:
                 for eid in order
             ]
             path = Archive.file_name(manifest.DELTA_FOLDER, ns, first, last)
-            table = parquet.entities_table(ent_rows, [plan.latest_json[eid] for eid in order])
+            table = parquet.entities_table(ns, ent_rows, [plan.latest_json[eid] for eid in order])
             size = self.archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), size))
         if plan.rels:
             first, last = plan.rels[0].seq, plan.rel_last
             path = Archive.file_name("rels", ns, first, last)
-            size = self.archive.write_table(path, parquet.rels_table(plan.rels), row_group_rows=parquet.PIECE_ROWS)
+            size = self.archive.write_table(path, parquet.rels_table(ns, plan.rels), row_group_rows=parquet.PIECE_ROWS)
             entries.append(manifest.Entry("rels", ns, first, last, path, len(plan.rels), size))
         return entries
 
@@ -359,6 +374,7 @@ class Flusher:
             self.archive.publish_pending(entry.path)
         _step("published")
         self.rt.flushed(plans_summary(plans), entries)
+        self._published()
         result.files = len(entries)
         result.events = sum(len(p.events) for p in plans.values())
         result.rel_events = sum(len(p.rels) for p in plans.values())

@@ -1,8 +1,16 @@
 """Parquet schemas of the archive and conversions to and from events and states.
 
 Typed columns (int64 sequences, UTC microsecond timestamps, dictionary-encoded op),
-JSON text for the free-form parts (data, before, after, state). The namespace is not a
-column: it is the hive partition `ns=<ns>` of the file's path.
+Parquet JSON (logical type) for the free-form parts (data, before, after, changes, meta,
+state), written as plain JSON: values beyond JSON are written as their plain form
+(`codec.plain_dumps`) and the `types` column says, per row, where they are and what they
+were, so the store's reads give back the exact values. Files written before the plain
+format have string JSON columns with codec tags and no `types`/`changes`/`ns` columns: the
+readers here tell them by their schema (`load_json` with no types is the tagged decode,
+which is also exact for plain text without typed values). The namespace is a
+column `ns` of every file, equal to the hive partition `ns=<ns>` of the file's path (files
+written before the column existed have only the partition). docs/archive.md documents
+every column.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from itertools import repeat
 from typing import Any
 
@@ -34,9 +43,18 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "int": pa.int64(),
     "float": pa.float64(),
     "string": pa.string(),
+    "timestamp": pa.timestamp("us", tz="UTC"),  # aware datetimes only (naive ones are "mixed")
 }
 
 TS = pa.timestamp("us", tz="UTC")
+#: Parquet's JSON logical type (DuckDB reads it as JSON)
+JSON = pa.json_(pa.string())
+#: the JSON columns of each kind (the `types` sidecar covers them)
+EVENT_JSON = ("data", "before", "after", "changes", "meta")
+REL_JSON = ("data",)
+ENTITY_JSON = ("state",)
+#: plain JSON text and the typed paths in it (codec.plain_dumps)
+Encoded = tuple[str, list[codec.TypedPath] | None]
 OP = pa.dictionary(pa.int8(), pa.string())
 
 EVENTS_SCHEMA = pa.schema(
@@ -44,13 +62,16 @@ EVENTS_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("ts", TS),
         ("op", OP),
+        ("ns", pa.string()),  # the namespace: equals the file's hive partition `ns=<ns>`
         ("id", pa.string()),
         ("version", pa.int64()),
         ("actor", pa.string()),
-        ("data", pa.string()),
-        ("before", pa.string()),
-        ("after", pa.string()),
-        ("meta", pa.string()),  # request metadata (JSON), null for most events
+        ("data", JSON),  # CREATE: the fields given; UPDATE: the operator document; DELETE: {"hard": bool}
+        ("before", JSON),  # the entity's state before the event (null: it did not exist)
+        ("after", JSON),  # the state after it (null: hard-deleted)
+        ("changes", JSON),  # UPDATE: {field: {"old": v, "new": v}} of the fields it changed
+        ("meta", JSON),  # request metadata, null for most events
+        ("types", JSON),  # {column: [[path, tag(, name)], ...]} of non-JSON values; null: none
     ]
 )
 
@@ -59,12 +80,14 @@ RELS_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("ts", TS),
         ("op", OP),
+        ("ns", pa.string()),
         ("from_id", pa.string()),
         ("predicate", pa.string()),
         ("to", pa.string()),
         ("reverse", pa.string()),
         ("actor", pa.string()),
-        ("data", pa.string()),
+        ("data", JSON),
+        ("types", JSON),
     ]
 )
 
@@ -72,6 +95,7 @@ RELS_SCHEMA = pa.schema(
 ENTITIES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("ns", pa.string()),
         ("number", pa.int64()),  # the sqid's counter value: bulk files are looked up by it
         ("version", pa.int64()),
         ("seq", pa.int64()),  # sequence of the last event folded in (0: bulk create)
@@ -80,75 +104,140 @@ ENTITIES_SCHEMA = pa.schema(
         ("created_at", TS),
         ("updated_at", TS),
         ("deleted_at", TS),
-        ("state", pa.string()),  # the whole entity as JSON (null: hard-deleted)
+        ("state", JSON),  # the whole entity (null: hard-deleted)
+        ("types", JSON),
     ]
 )
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else codec.dumps(value)
+def encode(value: Any) -> Encoded | None:
+    """A value as the archive holds it (None stays None)."""
+    return None if value is None else codec.plain_dumps(value)
 
 
-def events_table(rows: list[tuple[Event, str | None, str | None]]) -> pa.Table:
-    """(event, JSON of the state before, JSON of the state after) rows -> an events table,
-    sorted by (id, seq) so one entity's events sit in one row group (history)."""
+def _texts(values: list[Encoded | None]) -> pa.Array:
+    return pa.array([None if v is None else v[0] for v in values], JSON)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(separators=) builds one per call
+
+
+def _types(columns: dict[str, list[Encoded | None]], n: int) -> pa.Array:
+    """The `types` column: per row, the typed paths of each JSON column that has some."""
+    out: list[str | None] = [None] * n
+    encode_row = _COMPACT.encode
+    items = list(columns.items())
+    for i in range(n):
+        row = {c: v[1] for c, values in items if (v := values[i]) is not None and v[1]}
+        if row:
+            out[i] = encode_row(row)
+    return pa.array(out, JSON)
+
+
+def _ns_column(ns: str, n: int) -> pa.Array:
+    return pa.array([ns] * n, pa.string())
+
+
+#: store-maintained keys every update moves; their values are the event's own columns
+_NOT_CHANGES = frozenset({"$id", "version", "updatedAt", "updatedBy"})
+
+
+def changes(before: State | None, after: State | None) -> dict[str, Any]:
+    """{field: {"old": v, "new": v}} for each top-level field whose value differs between
+    the two states (a missing field is null), the store's version/updatedAt/updatedBy aside.
+    Compared with their types: 1, 1.0 and True are different values."""
+    b = before or {}
+    a = after or {}
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys([*b, *a]):
+        if key in _NOT_CHANGES:
+            continue
+        old, new = b.get(key), a.get(key)
+        if type(old) is not type(new) or old != new:
+            out[key] = {"old": old, "new": new}
+    return out
+
+
+EventRow = tuple[Event, "Encoded | None", "Encoded | None", "Encoded | None"]
+
+
+def events_table(ns: str, rows: list[EventRow]) -> pa.Table:
+    """(event, state before, state after, changes) rows, each encoded (`encode`) -> an
+    events table, sorted by (id, seq) so one entity's events sit in one row group (history)."""
     rows = sorted(rows, key=lambda r: (r[0].id, r[0].seq))
+    n = len(rows)
+    json_cols: dict[str, list[Encoded | None]] = {
+        "data": [encode(r[0].data) for r in rows],
+        "before": [r[1] for r in rows],
+        "after": [r[2] for r in rows],
+        "changes": [r[3] for r in rows],
+        "meta": [encode(r[0].meta) for r in rows],
+    }
     return pa.table(
         {
-            "seq": [e.seq for e, _, _ in rows],
-            "ts": pa.array([e.ts for e, _, _ in rows], pa.int64()).cast(TS),
-            "op": pa.array([e.op for e, _, _ in rows], pa.string()).dictionary_encode().cast(OP),
-            "id": [e.id for e, _, _ in rows],
-            "version": [e.version for e, _, _ in rows],
-            "actor": [e.actor for e, _, _ in rows],
-            "data": [_json(e.data) for e, _, _ in rows],
-            "before": [b for _, b, _ in rows],
-            "after": [a for _, _, a in rows],
-            "meta": [_json(e.meta) for e, _, _ in rows],
+            "seq": [r[0].seq for r in rows],
+            "ts": pa.array([r[0].ts for r in rows], pa.int64()).cast(TS),
+            "op": pa.array([r[0].op for r in rows], pa.string()).dictionary_encode().cast(OP),
+            "ns": _ns_column(ns, n),
+            "id": [r[0].id for r in rows],
+            "version": [r[0].version for r in rows],
+            "actor": [r[0].actor for r in rows],
+            **{c: _texts(v) for c, v in json_cols.items()},
+            "types": _types(json_cols, n),
         },
         schema=EVENTS_SCHEMA,
     )
 
 
 def bulk_events_table(
-    ns: str, ids: list[str], states: list[tuple[str, State]], ts_us: int, jsons: list[str] | None = None
+    ns: str, ids: list[str], states: list[tuple[str, State]], ts_us: int, jsons: list[Encoded] | None = None
 ) -> pa.Table:
     """The CREATE events a bulk file stands for (seq 0, version 1, `data` = what the
-    CREATE carried, as `bulk_create_events` derives it; `after` = the state JSON, taken
-    from `jsons` when the caller already encoded it), sorted by id."""
+    CREATE carried, as `bulk_create_events` derives it; `after` = the state, taken from
+    `jsons` when the caller already encoded it), sorted by id."""
     order = sorted(range(len(ids)), key=ids.__getitem__)
     n = len(ids)
+    nulls: list[Encoded | None] = [None] * n
+    json_cols: dict[str, list[Encoded | None]] = {
+        "data": [codec.plain_dumps(_create_data(ns, states[i][1])) for i in order],
+        "before": nulls,
+        "after": [jsons[i] for i in order] if jsons is not None else [encode(states[i][1]) for i in order],
+        "changes": nulls,
+        "meta": nulls,
+    }
     return pa.table(
         {
             "seq": pa.array([0] * n, pa.int64()),
             "ts": pa.array([ts_us] * n, pa.int64()).cast(TS),
             "op": pa.array([CREATE] * n, pa.string()).dictionary_encode().cast(OP),
+            "ns": _ns_column(ns, n),
             "id": [ids[i] for i in order],
             "version": pa.array([1] * n, pa.int64()),
             "actor": [states[i][1].get("createdBy") for i in order],
-            "data": [codec.dumps(_create_data(ns, states[i][1])) for i in order],
-            "before": pa.nulls(n, pa.string()),
-            "after": [jsons[i] for i in order] if jsons is not None else [codec.dumps(states[i][1]) for i in order],
-            "meta": pa.nulls(n, pa.string()),
+            **{c: _texts(v) for c, v in json_cols.items()},
+            "types": _types(json_cols, n),
         },
         schema=EVENTS_SCHEMA,
     )
 
 
-def rels_table(rows: list[RelEvent]) -> pa.Table:
+def rels_table(ns: str, rows: list[RelEvent]) -> pa.Table:
     """Relationship events sorted by (from_id, seq): one entity's links sit together."""
     rows = sorted(rows, key=lambda r: (r.from_id, r.seq))
+    data = [encode(r.data) for r in rows]
     return pa.table(
         {
             "seq": [r.seq for r in rows],
             "ts": pa.array([r.ts for r in rows], pa.int64()).cast(TS),
             "op": pa.array([r.op for r in rows], pa.string()).dictionary_encode().cast(OP),
+            "ns": _ns_column(ns, len(rows)),
             "from_id": [r.from_id for r in rows],
             "predicate": [r.predicate for r in rows],
             "to": [r.to for r in rows],
             "reverse": [r.reverse for r in rows],
             "actor": [r.actor for r in rows],
-            "data": [_json(r.data) for r in rows],
+            "data": _texts(data),
+            "types": _types({"data": data}, len(rows)),
         },
         schema=RELS_SCHEMA,
     )
@@ -175,11 +264,14 @@ _KINDS: dict[frozenset[type], str] = {
     frozenset({float}): "float",
     frozenset({int, float}): "float",
     frozenset({str}): "string",
+    frozenset({datetime}): "timestamp",
 }
 
 
 def shred(states: Sequence[Mapping[str, Any] | str | None]) -> tuple[dict[str, str], dict[str, pa.Array]]:
-    """The `parquedb.fields` map of these states (in row order) and the typed columns.
+    """The `parquedb.fields` map of these states (in row order) and the typed columns
+    (states as dicts: a state given as JSON text is read as it is, so its typed values are
+    not seen as such).
 
     Every top-level key but `$id`/`$type` is in the map, first seen first, so a field a
     file does not list is one none of its rows has. A key gets a typed `f_<k>` column
@@ -207,6 +299,8 @@ def shred(states: Sequence[Mapping[str, Any] | str | None]) -> tuple[dict[str, s
         types = set(map(type, values))
         types.discard(_NONE)
         kind = _KINDS.get(frozenset(types), "mixed")
+        if kind == "timestamp" and any(v is not None and v.utcoffset() is None for v in values):
+            kind = "mixed"  # a naive datetime is no instant: only the JSON (and its tag) knows it
         if kind != "mixed" and int in types:
             ints = [v for v in values if type(v) is int]
             limit = _EXACT if kind == "float" else _INT64
@@ -229,7 +323,7 @@ def fields_of(source: pa.Schema | Any) -> dict[str, str] | None:
 
 
 def field_type(fields: dict[str, str] | None, key: str) -> str | None:
-    """How a file holds one field: "bool" | "int" | "float" | "string" (column `f_<key>`),
+    """How a file holds one field: "bool" | "int" | "float" | "string" | "timestamp" (column `f_<key>`),
     "mixed" (only the JSON state), or None: no row of the file has it."""
     if fields is None:
         return "mixed"
@@ -258,7 +352,7 @@ def _number(eid: str, number: int) -> int:
 
 
 def entities_table(
-    rows: list[tuple[str, int, int, State | None, int]], jsons: list[str | None] | None = None
+    ns: str, rows: list[tuple[str, int, int, State | None, int]], jsons: list[Encoded | None] | None = None
 ) -> pa.Table:
     """(id, number, version, state or None, seq) rows -> an entities table (`jsons`: the
     states already encoded, same order), sorted by (number, id), with the shredded
@@ -266,11 +360,11 @@ def entities_table(
     keyed = [(_number(r[0], r[1]), r[0], i) for i, r in enumerate(rows)]
     keyed.sort()
     rows = [(r[1], r[0], rows[r[2]][2], rows[r[2]][3], rows[r[2]][4]) for r in keyed]
-    if jsons is not None:
-        jsons = [jsons[r[2]] for r in keyed]
+    encoded = [jsons[r[2]] for r in keyed] if jsons is not None else [encode(r[3]) for r in rows]
     table = pa.table(
         {
             "id": [r[0] for r in rows],
+            "ns": _ns_column(ns, len(rows)),
             "number": [r[1] for r in rows],
             "version": [r[2] for r in rows],
             "seq": [r[4] for r in rows],
@@ -279,7 +373,8 @@ def entities_table(
             "created_at": pa.array([_us(r[3]["createdAt"]) if r[3] else None for r in rows], pa.int64()).cast(TS),
             "updated_at": pa.array([_us(r[3]["updatedAt"]) if r[3] else None for r in rows], pa.int64()).cast(TS),
             "deleted_at": pa.array([_us(r[3].get("deletedAt")) if r[3] else None for r in rows], pa.int64()).cast(TS),
-            "state": jsons if jsons is not None else [_json(r[3]) for r in rows],
+            "state": _texts(encoded),
+            "types": _types({"state": encoded}, len(rows)),
         },
         schema=ENTITIES_SCHEMA,
     )
@@ -287,7 +382,7 @@ def entities_table(
 
 
 def bulk_entities_table(
-    ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[str], ts_us: int
+    ns: str, ids: list[str], numbers: list[int], states: list[tuple[str, State]], jsons: list[Encoded], ts_us: int
 ) -> pa.Table:
     """Entities table of a bulk create: all version 1, one shared timestamp; sorted by
     (number, id) (an id block is ascending already), shredded like `entities_table`."""
@@ -301,6 +396,7 @@ def bulk_entities_table(
     table = pa.table(
         {
             "id": ids,
+            "ns": _ns_column(ns, n),
             "number": numbers,
             "version": pa.array([1] * n, pa.int64()),
             "seq": pa.array([0] * n, pa.int64()),
@@ -309,7 +405,8 @@ def bulk_entities_table(
             "created_at": ts,
             "updated_at": ts,
             "deleted_at": pa.nulls(n, TS),
-            "state": jsons,
+            "state": _texts(list(jsons)),
+            "types": _types({"state": list(jsons)}, n),
         },
         schema=ENTITIES_SCHEMA,
     )
@@ -320,10 +417,38 @@ def _micros(col: pa.ChunkedArray) -> list[int]:
     return col.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
 
 
+def load_json(text: str | None, types: str | dict[str, Any] | None, column: str) -> Any:
+    """One JSON cell decoded exactly: `types` is the row's `types` cell (text or parsed;
+    None for rows without typed values and for files written before the column, whose
+    tagged JSON `codec.loads` reads)."""
+    if text is None:
+        return None
+    if types is None:
+        return codec.loads(text)
+    parsed = json.loads(types) if isinstance(types, str) else types
+    return codec.plain_loads(text, parsed.get(column))
+
+
+def json_columns(table: pa.Table, names: Sequence[str]) -> dict[str, list[Any]]:
+    """The decoded values of these JSON columns (a column the file lacks reads as None)."""
+    n = table.num_rows
+    have = set(table.column_names)
+    texts = {c: table.column(c).to_pylist() if c in have else [None] * n for c in names}
+    types = table.column("types").to_pylist() if "types" in have else [None] * n
+    out: dict[str, list[Any]] = {c: [None] * n for c in names}
+    for i, t in enumerate(types):
+        parsed = None if t is None else json.loads(t)
+        for c in names:
+            text = texts[c][i]
+            if text is not None:
+                out[c][i] = codec.loads(text) if parsed is None else codec.plain_loads(text, parsed.get(c))
+    return out
+
+
 def table_events(table: pa.Table) -> list[Event]:
-    cols = table.to_pydict()
+    cols = table.select(["seq", "op", "id", "actor", "version"]).to_pydict()
     ts = _micros(table.column("ts"))
-    metas = cols.get("meta") or [None] * table.num_rows  # files written before the column existed
+    values = json_columns(table, ("data", "meta"))  # meta: null in files written before the column
     return [
         Event(
             cols["seq"][i],
@@ -331,17 +456,18 @@ def table_events(table: pa.Table) -> list[Event]:
             str(cols["op"][i]),
             cols["id"][i],
             cols["actor"][i],
-            None if cols["data"][i] is None else codec.loads(cols["data"][i]),
+            values["data"][i],
             cols["version"][i],
-            None if metas[i] is None else codec.loads(metas[i]),
+            values["meta"][i],
         )
         for i in range(table.num_rows)
     ]
 
 
 def table_rel_events(table: pa.Table) -> list[RelEvent]:
-    cols = table.to_pydict()
+    cols = table.select(["seq", "op", "from_id", "predicate", "to", "reverse", "actor"]).to_pydict()
     ts = _micros(table.column("ts"))
+    data = json_columns(table, ("data",))["data"]
     return [
         RelEvent(
             cols["seq"][i],
@@ -352,7 +478,7 @@ def table_rel_events(table: pa.Table) -> list[RelEvent]:
             cols["to"][i],
             cols["reverse"][i],
             cols["actor"][i],
-            None if cols["data"][i] is None else codec.loads(cols["data"][i]),
+            data[i],
         )
         for i in range(table.num_rows)
     ]
@@ -360,27 +486,70 @@ def table_rel_events(table: pa.Table) -> list[RelEvent]:
 
 def table_states(table: pa.Table) -> dict[str, tuple[int, int, State | None]]:
     """id -> (version, seq, state) keeping the highest version of each id."""
-    cols = table.select(["id", "version", "seq", "state"]).to_pydict()
-    out: dict[str, tuple[int, int, State | None]] = {}
-    for eid, version, seq, state in zip(cols["id"], cols["version"], cols["seq"], cols["state"], strict=True):
-        old = out.get(eid)
-        if old is None or old[0] <= version:
-            out[eid] = (version, seq, None if state is None else codec.loads(state))
-    return out
+    cols = table.select(["id", "version", "seq"]).to_pydict()
+    texts = table.column("state").to_pylist()
+    types = table.column("types").to_pylist() if "types" in table.column_names else [None] * table.num_rows
+    best: dict[str, int] = {}
+    for i, (eid, version) in enumerate(zip(cols["id"], cols["version"], strict=True)):
+        old = best.get(eid)
+        if old is None or cols["version"][old] <= version:
+            best[eid] = i
+    return {
+        eid: (cols["version"][i], cols["seq"][i], load_json(texts[i], types[i], "state")) for eid, i in best.items()
+    }
 
 
 def bulk_create_events(ns: str, table: pa.Table) -> list[Event]:
     """A bulk file read back as the CREATE events it stands for (history, as_of, replay)."""
-    cols = table.select(["id", "state"]).to_pydict()
+    ids = table.column("id").to_pylist()
+    states = json_columns(table, ("state",))["state"]
     out = []
     from parquedb_orm.core.events import dt_to_us
 
-    for eid, text in zip(cols["id"], cols["state"], strict=True):
-        state = codec.loads(text)
+    for eid, state in zip(ids, states, strict=True):
         out.append(
             Event(0, dt_to_us(state["createdAt"]), CREATE, eid, state.get("createdBy"), _create_data(ns, state), 1)
         )
     return out
+
+
+_TAG = r'"\$(?:date|day|decimal|uuid|time|interval|bytes|enum|ext)"'
+
+
+def upgrade(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """Rows of files written before the plain format (their `types` is null and their JSON
+    columns hold codec tags) rewritten as plain JSON with their `types` (compaction's
+    output is in the current format). Rows already plain pass unchanged; a batch with no
+    tag anywhere is returned as it is, without a row loop."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0 or "types" not in table.column_names:
+        return table
+    tagged = None
+    for c in names:
+        hit = pc.fill_null(pc.match_substring_regex(table.column(c).cast(pa.string()), _TAG), False)
+        tagged = hit if tagged is None else pc.or_(tagged, hit)
+    assert tagged is not None
+    mask = pc.and_(pc.is_null(table.column("types")), tagged)
+    if not pc.any(mask).as_py():
+        return table
+    rows = mask.to_pylist()
+    texts = {c: table.column(c).cast(pa.string()).to_pylist() for c in names}
+    types = table.column("types").cast(pa.string()).to_pylist()
+    for i, redo in enumerate(rows):
+        if not redo:
+            continue
+        found: dict[str, list[codec.TypedPath]] = {}
+        for c in names:
+            text = texts[c][i]
+            if text is not None:
+                texts[c][i], paths = codec.untag(text)
+                if paths:
+                    found[c] = paths
+        types[i] = json.dumps(found, separators=(",", ":")) if found else None
+    for c in names:
+        table = table.set_column(table.schema.get_field_index(c), c, pa.array(texts[c], JSON))
+    return table.set_column(table.schema.get_field_index("types"), "types", pa.array(types, JSON))
 
 
 def _create_data(ns: str, state: State) -> dict[str, Any]:
@@ -398,6 +567,7 @@ __all__ = [
     "ENTITIES_SCHEMA",
     "ENTITY_ROW_GROUP_ROWS",
     "EVENTS_SCHEMA",
+    "JSON",
     "PIECE_ROWS",
     "RELS_SCHEMA",
     "field_type",

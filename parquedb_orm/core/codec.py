@@ -467,6 +467,161 @@ def loads(text: str | bytes | bytearray | memoryview) -> Any:
     return _TAGGED_DECODER.decode(text)
 
 
+# ------------------------------------------------------------------ plain JSON + a types sidecar
+#: one typed value of a plain document: [path, tag] or, for enums and custom types,
+#: [path, tag, class key or type name]; the path is a list of keys and list indexes
+TypedPath = list[Any]
+
+
+def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
+    """`value` as plain JSON (no tags: datetimes as ISO-8601 text, dates 'YYYY-MM-DD',
+    Decimal/UUID/time as text, timedelta as integer microseconds, bytes as base64, enum
+    members and custom types as their plain value) and the paths of its typed values
+    (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
+    paths: list[TypedPath] = []
+    try:
+        return _ENCODER.encode(_plain(value, [], paths)), paths or None
+    except SerializationError:
+        raise
+    except RecursionError:
+        raise SerializationError("value cannot be stored: nested too deeply (or it contains itself)") from None
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"value cannot be stored: {exc}") from None
+
+
+def untag(text: str) -> tuple[str, list[TypedPath] | None]:
+    """`dumps` output as (plain JSON, typed paths or None). Text without a tag is already
+    plain and is returned as it is (the fast path: no walk)."""
+    if _TAG_TEXT.search(text) is None:
+        return text, None
+    paths: list[TypedPath] = []
+    out = _untag(_DECODER.decode(text), [], paths)
+    if not paths:
+        return text, None
+    return _ENCODER.encode(out), paths
+
+
+def _plain(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    """`_conv` (non-strict) giving each typed value's plain form and recording its path and
+    tag in `paths`: one walk, `path` a stack of the keys above `value`."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return value
+    if t is dict or t is list or t is tuple:
+        return _plain_container(value, path, paths)
+    enc = _encoder_for(t)
+    if enc is _conv_dict_nonstrict or enc is _conv_list_nonstrict:
+        return _plain_container(value, path, paths)
+    # floats (finite check), typed values, refusals: as dumps does them, then untagged
+    return _untag(_conv(value, ".".join(map(str, path)), False), path, paths)
+
+
+def _plain_container(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            t = type(item)
+            scalar = t is str or t is int or t is bool or item is None or (t is float and item - item == 0.0)
+            if scalar and type(key) is str:
+                continue
+            if not isinstance(key, str):
+                where = _where(".".join(map(str, path)))
+                raise SerializationError(f"{where}dict key {key!r} cannot be stored: keys must be strings")
+            path.append(key)
+            new = _plain(item, path, paths)
+            path.pop()
+            if new is not item:
+                if out is None:
+                    out = dict(value)  # copy only when something changes
+                out[key] = new
+        return value if out is None else out
+    items: list[Any] | None = None
+    for i, item in enumerate(value):
+        t = type(item)
+        if t is str or t is int or t is bool or item is None or (t is float and item - item == 0.0):
+            continue
+        path.append(i)
+        new = _plain(item, path, paths)
+        path.pop()
+        if new is not item:
+            if items is None:
+                items = list(value)
+            items[i] = new
+    return value if items is None else items
+
+
+def _untag(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    t = type(value)
+    if t is dict:
+        if len(value) == 1:
+            for key, raw in value.items():
+                if key in _DECODERS:
+                    if key in ("$enum", "$ext"):
+                        # [name, value]: the value may hold tags itself, restored first
+                        inner = _untag(raw[1], path, paths)
+                        paths.append([list(path), key, raw[0]])
+                        return inner
+                    paths.append([list(path), key])
+                    return raw
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            tv = type(v)
+            if tv is dict or tv is list:  # scalars hold no tag: skipped without a call
+                new = _untag(v, [*path, k], paths)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)  # copied only when a tag inside changes it
+                    out[k] = new
+        return value if out is None else out
+    if t is list:
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            tv = type(v)
+            if tv is dict or tv is list:
+                new = _untag(v, [*path, i], paths)
+                if new is not v:
+                    if items is None:
+                        items = list(value)
+                    items[i] = new
+        return value if items is None else items
+    return value
+
+
+def plain_loads(text: str | bytes | bytearray | memoryview, paths: list[TypedPath] | None) -> Any:
+    """Decode `plain_dumps` output: the JSON, then each typed path's value restored (in
+    the order given: an enum's own typed parts come before it)."""
+    if not isinstance(text, str):
+        text = bytes(text).decode("utf-8")
+    value = _DECODER.decode(text)
+    if not paths:
+        return value
+    for entry in paths:
+        if type(entry) is not list or len(entry) < 2 or type(entry[0]) is not list:
+            raise SerializationError(f"stored type entry {entry!r} is not [path, tag(, name)]")
+        path, tag = entry[0], entry[1]
+        tagged = {tag: [entry[2], None] if tag in ("$enum", "$ext") else None}
+        try:
+            if not path:
+                tagged[tag] = _retag(tagged[tag], value)
+                value = _hook(tagged)
+                continue
+            parent = value
+            for step in path[:-1]:
+                parent = parent[step]
+            tagged[tag] = _retag(tagged[tag], parent[path[-1]])
+            parent[path[-1]] = _hook(tagged)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SerializationError(f"stored type entry {entry!r} does not match its document: {exc!r}") from None
+    return value
+
+
+def _retag(slot: Any, raw: Any) -> Any:
+    if type(slot) is list:
+        slot[1] = raw
+        return slot
+    return raw
+
+
 def clone(value: Any) -> Any:
     """Deep copy of stored data (dicts, lists; datetimes, Decimals, UUIDs, enum members...
     are immutable and shared): ~10x faster than copy.deepcopy, which matters on the

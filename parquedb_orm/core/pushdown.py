@@ -13,11 +13,19 @@ exactly where Python's comparison is certain (a str never equals an int...) and 
 (TRUE) otherwise; `sort_column` says when DuckDB can order by such a column as
 `filters.sort_docs` would.
 
-Stored values beyond JSON are tagged objects (`codec`): a field holding a Decimal is
-`{"$decimal": "1.10"}`, a datetime `{"$date": iso}`... so each predicate looks at the
-plain JSON value and at the tag the filter value can equal or be ordered with. Enum
-members and custom types (`$enum`, `$ext`) may compare equal to plain values (an IntEnum
-equals its int, a StrEnum its str), so a field holding one always passes to Python.
+Files written before the plain format (tagged JSON, no `types` column) hold values beyond
+JSON as tagged objects (`codec`): a field holding a Decimal is `{"$decimal": "1.10"}`, a
+datetime `{"$date": iso}`... so each predicate looks at the plain JSON value and at the
+tag the filter value can equal or be ordered with. Plain files (`plain=True`) hold the
+value's plain form at the field's own path (a Decimal as "1.10", a datetime as its ISO
+text...), so the predicate compares that text or number directly, which also lets
+strings of that shape through (a superset: Python decides). Enum members and custom
+types (`$enum`, `$ext`) may compare equal to plain values (an IntEnum equals its int, a
+StrEnum its str), so a row holding one always passes to Python: in plain files, any row
+whose `types` names such a tag.
+
+A "timestamp" field (aware datetimes in every row: `f_<k>` is TIMESTAMPTZ) is compared
+exactly with an aware datetime; any other filter value against it is lenient.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ _SHREDDED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 MAX_FIELDS = 64
 #: a typed column: (SQL expression, kind), kind one of bool int float string null (no row has it)
 Typed = tuple[str, str]
-_KINDS = frozenset({"bool", "int", "float", "string"})
+_KINDS = frozenset({"bool", "int", "float", "string", "timestamp"})
 _SQL_OP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
@@ -56,12 +64,17 @@ def _path(field: str, tag: str | None = None) -> str:
     return _lit("$." + field + ("" if tag is None else f'."{tag}"'))
 
 
-def _tagged(field: str, tag: str) -> str:
+def _tagged(field: str, tag: str, plain: bool) -> str:
+    if plain:
+        return f"json_extract_string(state, {_path(field)})"
     return f"json_extract_string(state, {_path(field, tag)})"
 
 
-def _opaque(field: str) -> str:
+def _opaque(field: str, plain: bool) -> str:
     """The field holds an enum member or a custom type: only Python can compare it."""
+    if plain:  # the row's types sidecar names the tag (any field: lenient, never loses a row)
+        text = "CAST(types AS VARCHAR)"
+        return f"(types IS NOT NULL AND (contains({text}, '\"$enum\"') OR contains({text}, '\"$ext\"')))"
     return f"json_exists(state, {_path(field, '$enum')}) OR json_exists(state, {_path(field, '$ext')})"
 
 
@@ -81,14 +94,22 @@ def _double(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _number_sql(field: str, op: str, value: float) -> str:
+def _number_sql(field: str, op: str, value: float, plain: bool) -> str:
     """Numbers (plain JSON or `$decimal`) compared as DOUBLE. Both sides are rounded to a
     double (2**53 + 1 > 2**53, but not as doubles): rounding is monotonic, so inclusive
     bounds lose no exact match; they are also widened by one ulp in case DuckDB's parsing
     and Python's round a value differently. Python re-checks every candidate exactly."""
     num = (
+        # a plain Decimal is a string: its text casts too, in rows whose types name one (a
+        # JSON true casts to 1, as True == 1 in Python)
         f"COALESCE(TRY_CAST(json_extract(state, {_path(field)}) AS DOUBLE), "
-        f"TRY_CAST({_tagged(field, '$decimal')} AS DOUBLE))"
+        f"CASE WHEN contains(CAST(types AS VARCHAR), '\"$decimal\"') "
+        f"THEN TRY_CAST(json_extract_string(state, {_path(field)}) AS DOUBLE) END)"
+        if plain
+        else (
+            f"COALESCE(TRY_CAST(json_extract(state, {_path(field)}) AS DOUBLE), "
+            f"TRY_CAST({_tagged(field, '$decimal', False)} AS DOUBLE))"
+        )
     )
     low, high = math.nextafter(value, -math.inf), math.nextafter(value, math.inf)
     if op == "$eq":
@@ -98,13 +119,13 @@ def _number_sql(field: str, op: str, value: float) -> str:
     return f"{num} <= {high!r}::DOUBLE"
 
 
-def _typed(field: str, op: str, value: Any) -> str | None:
+def _typed(field: str, op: str, value: Any, plain: bool) -> str | None:
     """The predicate on the plain JSON value or the one tag `value` compares with, or None
     when there is no safe one. `op` is `$eq` or an ordering operator."""
     sql_op = "=" if op == "$eq" else _SQL_OP[op]
     f = _double(value)
     if f is not None:
-        return _number_sql(field, op, f)
+        return _number_sql(field, op, f, plain)
     if isinstance(value, str):
         return f"json_extract_string(state, {_path(field)}) {sql_op} {_lit(value)}"
     if isinstance(value, datetime):
@@ -115,19 +136,20 @@ def _typed(field: str, op: str, value: Any) -> str | None:
             text = datetime.isoformat(value if kind == "TIMESTAMP" else datetime.astimezone(value, UTC))
         except OverflowError:  # near datetime.min/max
             return None
-        stored = f"TRY_CAST({_tagged(field, '$date')} AS {kind})"
+        stored = f"TRY_CAST({_tagged(field, '$date', plain)} AS {kind})"
         # a text DuckDB cannot parse gives NULL, which passes (IS NOT FALSE): Python decides
         return (
-            f"(json_exists(state, {_path(field, '$date')}) AND "
+            f"(json_exists(state, {_path(field, None if plain else '$date')}) AND "
             f"({stored} {sql_op} TRY_CAST({_lit(text)} AS {kind})) IS NOT FALSE)"
         )
     if isinstance(value, date):
-        return f"{_tagged(field, '$day')} {sql_op} {_lit(date.isoformat(value))}"  # ISO dates sort as text
+        day = _lit(date.isoformat(value))
+        return f"{_tagged(field, '$day', plain)} {sql_op} {day}"  # ISO dates sort as text
     if isinstance(value, uuid.UUID):
         # str(UUID) is fixed-width lowercase hex: text order is UUID order
-        return f"{_tagged(field, '$uuid')} {sql_op} {_lit(uuid.UUID.__str__(value))}"
+        return f"{_tagged(field, '$uuid', plain)} {sql_op} {_lit(uuid.UUID.__str__(value))}"
     if isinstance(value, (bytes, bytearray, memoryview)) and op == "$eq":
-        return f"{_tagged(field, '$bytes')} = {_lit(base64.b64encode(bytes(value)).decode('ascii'))}"
+        return f"{_tagged(field, '$bytes', plain)} = {_lit(base64.b64encode(bytes(value)).decode('ascii'))}"
     return None  # bool, None, time, timedelta, enum, custom, list, dict: Python only
 
 
@@ -177,9 +199,32 @@ def _typed_number(col: str, kind: str, op: str, value: Any) -> str:
     return f"{num} <= {high!r}::DOUBLE"
 
 
+def _instant(value: Any) -> str | None:
+    """An aware datetime as a TIMESTAMPTZ literal (None: not one, or out of range)."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        return None
+    try:
+        return f"CAST({_lit(datetime.isoformat(datetime.astimezone(value, UTC)))} AS TIMESTAMPTZ)"
+    except OverflowError:
+        return None
+
+
+def _typed_time(col: str, op: str, value: Any) -> str:
+    """A timestamp column (aware datetimes only) against a filter value: exact for an aware
+    datetime; a missing field never equals or orders with one; anything else: Python."""
+    if value is None:
+        return f"{col} IS NULL" if op == "$eq" else FALSE
+    lit = _instant(value)
+    if lit is None:
+        return TRUE
+    return f"{col} {'=' if op == '$eq' else _SQL_OP[op]} {lit}"
+
+
 def _typed_eq(typed: Typed, value: Any) -> str:
     """Python's `stored == value` (filters._eq) on a typed column: a scalar, never a list."""
     col, kind = typed
+    if kind == "timestamp":
+        return _typed_time(col, "$eq", value)
     vk = _value_kind(value)
     if vk is None:
         return TRUE  # enums, custom types, dates...: Python decides
@@ -203,6 +248,8 @@ def _typed_cmp(typed: Typed, op: str, value: Any) -> str:
     """Python's ordering (filters._cmp) on a typed column: missing/None, a bool against a
     non-bool and kinds Python cannot order never match."""
     col, kind = typed
+    if kind == "timestamp":
+        return _typed_time(col, op, value)
     vk = _value_kind(value)
     if vk is None:
         return TRUE
@@ -238,25 +285,25 @@ _META_COLUMNS: dict[str, Typed] = {
 }
 
 
-def _eq(field: str, value: Any) -> str:
-    pred = _typed(field, "$eq", value)
+def _eq(field: str, value: Any, plain: bool) -> str:
+    pred = _typed(field, "$eq", value, plain)
     if pred is None:
         return TRUE
-    return f"({pred} OR {_array(field)} OR {_opaque(field)})"
+    return f"({pred} OR {_array(field)} OR {_opaque(field, plain)})"
 
 
-def _cmp(field: str, op: str, value: Any) -> str:
-    pred = _typed(field, op, value)
+def _cmp(field: str, op: str, value: Any, plain: bool) -> str:
+    pred = _typed(field, op, value, plain)
     if pred is None:
         return TRUE
-    return f"({pred} OR {_opaque(field)})"
+    return f"({pred} OR {_opaque(field, plain)})"
 
 
-def _cond(field: str, cond: Any, fields: Mapping[str, str] | None) -> str:
+def _cond(field: str, cond: Any, fields: Mapping[str, str] | None, plain: bool) -> str:
     typed = column(field, fields)
 
     def eq(value: Any) -> str:
-        return _eq(field, value) if typed is None else _typed_eq(typed, value)
+        return _eq(field, value, plain) if typed is None else _typed_eq(typed, value)
 
     if not (isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)):
         return eq(cond)
@@ -265,7 +312,7 @@ def _cond(field: str, cond: Any, fields: Mapping[str, str] | None) -> str:
         if op == "$eq":
             parts.append(eq(arg))
         elif op in _SQL_OP:
-            parts.append(_cmp(field, op, arg) if typed is None else _typed_cmp(typed, op, arg))
+            parts.append(_cmp(field, op, arg, plain) if typed is None else _typed_cmp(typed, op, arg))
         elif op == "$in" and isinstance(arg, (list, tuple)) and arg:
             parts.append(_or([eq(v) for v in arg]))
         else:
@@ -287,19 +334,20 @@ def _or(alts: list[str]) -> str:
     return "(" + " OR ".join(kept) + ")" if kept else FALSE
 
 
-def to_sql(flt: dict[str, Any], fields: Mapping[str, str] | None = None) -> str:
+def to_sql(flt: dict[str, Any], fields: Mapping[str, str] | None = None, *, plain: bool = False) -> str:
     """A DuckDB boolean expression over `state` (and, given a file's field types, its
-    typed `f_<k>` columns) accepting at least what `flt` accepts."""
+    typed `f_<k>` columns) accepting at least what `flt` accepts. `plain`: the file holds
+    plain JSON and a `types` column (else tagged JSON, as files written before)."""
     parts = []
     for key, cond in flt.items():
         if key == "$and":
-            parts.append(_and([to_sql(sub, fields) for sub in cond]))
+            parts.append(_and([to_sql(sub, fields, plain=plain) for sub in cond]))
         elif key == "$or":
-            parts.append(_or([to_sql(sub, fields) for sub in cond]))
+            parts.append(_or([to_sql(sub, fields, plain=plain) for sub in cond]))
         elif key == "$type" and isinstance(cond, str):
             parts.append(f"type = {_lit(cond)}")
         elif key.startswith("$") or not _FIELD.match(key):
             parts.append(TRUE)
         else:
-            parts.append(_cond(key, cond, fields))
+            parts.append(_cond(key, cond, fields, plain))
     return _and(parts)

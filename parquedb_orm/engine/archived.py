@@ -5,7 +5,7 @@ The latest archived state of an id (`lookup`): the entities layers probed newest
 stopping at the first file that holds it: deltas (every entities-kind file whose name
 does not start with `base-`) by `last_seq` descending, then base files (compaction), then
 the bulk file whose id-number range holds it. Inside a file only the row groups whose
-`number` min/max covers the id are read, and of them only id/version/seq/state.
+`number` min/max covers the id are read, and of them only id/version/seq/state/types.
 
 Caches hold no states: per file, the min/max of its key column per row group (bounded
 by `max_footers` files), its parsed footer (bounded by `max_footer_bytes`), and for
@@ -27,7 +27,6 @@ from sqlalchemy import Connection
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.archive.pieces import KEY_COLUMN, IdSet, Ranges
-from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent, State, Versioned
 from parquedb_orm.core.ids import chunk_number, decode_id
 from parquedb_orm.engine.state import Known
@@ -36,7 +35,7 @@ from parquedb_orm.sql import manifest
 #: manifest kind of the CREATE events of a bulk file (events/ns=<ns>/bulk-*.parquet)
 BULK_EVENTS = "bulk_events"
 #: the columns a point read takes from an entities file
-_POINT_COLUMNS = ["id", "version", "seq", "state"]
+_POINT_COLUMNS = ["id", "version", "seq", "state", "types"]  # `types`: only newer files have it
 #: what an Event needs of an events row: not the before/after states, most of its bytes
 _EVENT_COLUMNS = ["seq", "ts", "op", "id", "version", "actor", "data", "meta", "types"]
 
@@ -304,14 +303,8 @@ class ArchivedReads:
 
         table = self._pieces(entry, sorted(groups), _POINT_COLUMNS, metadata)
         table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(probe, pa.string())))
-        hits: dict[str, tuple[int, int, str | None]] = {}
-        cols = table.to_pydict()
-        for eid, version, seq, text in zip(cols["id"], cols["version"], cols["seq"], cols["state"], strict=True):
-            old = hits.get(eid)
-            if old is None or old[0] <= version:
-                hits[eid] = (version, seq, text)
-        for eid, (version, seq, text) in hits.items():
-            found[eid] = (version, seq, None if text is None else codec.loads(text))
+        for eid, value in parquet.table_states(table).items():
+            found[eid] = value
             left.pop(eid, None)
 
     def bulk_base(self, conn: Connection, ns: str, entity_id: str) -> Versioned:
@@ -399,7 +392,9 @@ class ArchivedReads:
             return hit
         merged: dict[str, Latest] = {}
         for entry in [*self.files(conn, manifest.BULK, ns), *self.files(conn, "entities", ns)]:
-            table = self.archive.read_table(entry.path, columns=_POINT_COLUMNS)
+            metadata = self._footer(entry)[1] or self.archive.footer(entry.path)
+            names = set(metadata.schema.to_arrow_schema().names)
+            table = self.archive.read_table(entry.path, columns=[c for c in _POINT_COLUMNS if c in names])
             for eid, value in parquet.table_states(table).items():
                 old = merged.get(eid)
                 if old is None or old[0] <= value[0]:

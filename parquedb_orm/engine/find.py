@@ -29,9 +29,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from parquedb_orm.archive import parquet
 from parquedb_orm.archive.compact import scan_path
 from parquedb_orm.archive.files import Archive
-from parquedb_orm.core import codec, pushdown
+from parquedb_orm.core import pushdown
 from parquedb_orm.core.events import State, Versioned
 from parquedb_orm.core.filters import matches
 from parquedb_orm.core.ids import chunk_number
@@ -51,7 +52,7 @@ _SHADOW = 1 << 62  # the version a tail/overlay id is shadowed with: above any s
 
 _lock = threading.Lock()
 _db: Any = None
-_fields_cache: OrderedDict[tuple[str, str], dict[str, str] | None] = OrderedDict()
+_fields_cache: OrderedDict[tuple[str, str], tuple[dict[str, str] | None, bool]] = OrderedDict()
 _scan_cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
 
 
@@ -71,6 +72,7 @@ class _Source:
     rank: int  # delta tie order (manifest last_seq)
     path: str
     bulk: bool = False  # create_many: every row a live version 1, never deleted
+    plain: bool = True  # plain JSON + `types` (False: a file written before, with tagged JSON)
     scan: str | None = None  # a base's scan file (archive/compact.py) for phase one, if it has one
     entry: manifest.Entry | None = None
 
@@ -95,6 +97,12 @@ def _duckdb() -> Any:
 def file_fields(archive: Archive, rel: str) -> dict[str, str] | None:
     """A file's `parquedb.fields` (field -> type), None for files written without it;
     fields whose typed column is missing count as mixed. Cached: files never change."""
+    return file_info(archive, rel)[0]
+
+
+def file_info(archive: Archive, rel: str) -> tuple[dict[str, str] | None, bool]:
+    """`file_fields` and whether the file is plain JSON with a `types` column (by its
+    schema; older files hold tagged JSON). Cached: files never change."""
     key = (archive.uri, rel)
     with _lock:
         if key in _fields_cache:
@@ -121,11 +129,12 @@ def file_fields(archive: Archive, rel: str) -> dict[str, str] | None:
             raise ArchiveError(f"corrupt parquedb.fields metadata in {target}: {raw[:200]!r}")
         names = set(schema.names)
         fields = {k: (v if v == "mixed" or f"f_{k}" in names else "mixed") for k, v in loaded.items()}
+    info = (fields, "types" in schema.names)
     with _lock:
-        _fields_cache[key] = fields
+        _fields_cache[key] = info
         while len(_fields_cache) > FIELDS_CACHE:
             _fields_cache.popitem(last=False)
-    return fields
+    return info
 
 
 def _lit(text: str) -> str:
@@ -140,7 +149,7 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
     deltas: list[_Source] = []
     entries = [*rt.archived.files(conn, manifest.BULK, ns), *rt.archived.files(conn, "entities", ns)]
     for entry in entries:
-        fields = file_fields(archive, entry.path)
+        fields, plain = file_info(archive, entry.path)
         sql = _table(archive, entry.path, cur, names)
         is_base = entry.kind != manifest.BULK and entry.path.rsplit("/", 1)[-1].startswith("base-")
         scan = None
@@ -149,7 +158,7 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
             if _has_scan(archive, scan_rel):
                 scan = _table(archive, scan_rel, cur, names)
         (big if is_base or entry.kind == manifest.BULK else deltas).append(
-            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK, scan, entry)
+            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK, plain, scan, entry)
         )
     return big, deltas
 
@@ -200,7 +209,7 @@ def _order(order: list[tuple[str, int]], sources: list[_Source]) -> list[tuple[s
 
 
 def _select(src: _Source, pred: str, keys: list[tuple[str, int]], *, full: bool, with_id: bool, where: str) -> str:
-    """One file's candidate rows: src, number, version, r, created_at, k0.., id[, seq, state]."""
+    """One file's candidate rows: src, number, version, r, created_at, k0.., id[, seq, state, types]."""
     cols = [f"{_lit(src.path)} AS src", "number", "version", f"{src.rank} AS r", "created_at"]
     for i, (key, _d) in enumerate(keys):
         typed = pushdown.sort_column(key, src.fields)
@@ -208,7 +217,7 @@ def _select(src: _Source, pred: str, keys: list[tuple[str, int]], *, full: bool,
         cols.append(f"{typed[0]} AS k{i}")
     cols.append("id" if with_id or full else "NULL::VARCHAR AS id")
     if full:
-        cols += ["seq", "state"]
+        cols += ["seq", "state", _types(src)]
     # the scan file has every column but the JSON texts: a predicate or sort key that
     # reads `state` (an untyped field) scans the base itself (a crude test, never wrong)
     narrow = src.scan is not None and not full and "state" not in pred and not any("state" in c for c in cols)
@@ -219,7 +228,7 @@ def _select(src: _Source, pred: str, keys: list[tuple[str, int]], *, full: bool,
 def _branches(
     src: _Source, flt: dict[str, Any], keys: list[tuple[str, int]], full: bool, deleted: str, big: bool
 ) -> list[str]:
-    pred = pushdown.to_sql(flt, src.fields)
+    pred = pushdown.to_sql(flt, src.fields, plain=src.plain)
     if pred == pushdown.FALSE:
         return []
     # created_at is NULL exactly for hard deletes; a bulk file has neither kind of delete
@@ -304,7 +313,7 @@ def find_candidates(
         body = f"{with_sql}SELECT * FROM ({' UNION ALL '.join(selects)}) c"
         if not limited:
             rows = cur.execute(body).fetchall()
-            found.states = _checked(ns, [(r[5], r[2], r[7]) for r in rows], flt, include_deleted)
+            found.states = _checked(ns, [(r[5], r[2], r[7], r[8]) for r in rows], flt, include_deleted)
             return found
         assert want is not None and keys is not None
         ordering = []
@@ -325,48 +334,54 @@ def find_candidates(
         cur.close()
 
 
-def _fetch(
-    rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Source]
-) -> list[tuple[str, int, str | None]]:
-    """(id, version, state JSON) of the rows phase one picked (src, number, version, ...,
-    id), read from their files by number: only the pieces that can hold them (the engine's
-    cached footers), a few ms for a page of results at any size."""
+def _types(src: _Source) -> str:
+    return "types" if src.plain else "NULL::VARCHAR AS types"
+
+
+#: (id, version, state JSON, its `types` cell)
+_Row = tuple[str, int, str | None, str | None]
+
+
+def _fetch(rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Source]) -> list[_Row]:
+    """(id, version, state JSON, types) of the rows phase one picked (src, number, version,
+    ..., id), read from their files by number: only the pieces that can hold them (the
+    engine's cached footers), a few ms for a page of results at any size."""
     by_src: dict[str, set[int]] = {}
     for row in rows:
         by_src.setdefault(row[0], set()).add(row[1])
-    entry_of = {s.path: s.entry for s in [*big, *deltas]}
-    got: dict[tuple[int, str | None, int], tuple[str, str | None]] = {}
+    source_of = {s.path: s for s in [*big, *deltas]}
+    got: dict[tuple[int, str | None, int], tuple[str, str | None, str | None]] = {}
     for path, numbers in by_src.items():
-        entry = entry_of[path]
-        assert entry is not None
-        table = rt.archived.rows_by_number(entry, numbers, ["number", "id", "version", "state"]).to_pydict()
-        for number, eid, version, state in zip(
-            table["number"], table["id"], table["version"], table["state"], strict=True
+        src = source_of[path]
+        assert src.entry is not None
+        columns = ["number", "id", "version", "state", *(["types"] if src.plain else [])]
+        table = rt.archived.rows_by_number(src.entry, numbers, columns).to_pydict()
+        types = table.get("types") or [None] * len(table["number"])  # files before the column: none
+        for number, eid, version, state, typed in zip(
+            table["number"], table["id"], table["version"], table["state"], types, strict=True
         ):
-            got[(number, eid if number >= KEY_BASE else None, version)] = (eid, state)
+            got[(number, eid if number >= KEY_BASE else None, version)] = (eid, state, typed)
     out = []
     for row in rows:
         number, version, eid = row[1], row[2], row[-1]
         hit = got.get((number, eid if number >= KEY_BASE else None, version))
         if hit is not None:
-            out.append((hit[0], version, hit[1]))
+            out.append((hit[0], version, hit[1], hit[2]))
     return out
 
 
-def _checked(
-    ns: str, rows: list[tuple[str, int, str | None]], flt: dict[str, Any], include_deleted: bool
-) -> dict[str, Versioned]:
+def _checked(ns: str, rows: list[_Row], flt: dict[str, Any], include_deleted: bool) -> dict[str, Versioned]:
     """Decode, keep the highest version of each id, and the documents Python accepts."""
-    latest: dict[str, tuple[int, str | None]] = {}
-    for eid, version, text in rows:
+    latest: dict[str, tuple[int, str | None, str | None]] = {}
+    for eid, version, text, types in rows:
         old = latest.get(eid)
         if old is None or old[0] < version:
-            latest[eid] = (version, text)
+            latest[eid] = (version, text, types)
     out: dict[str, Versioned] = {}
-    for eid, (version, text) in latest.items():
+    for eid, (version, text, types) in latest.items():
         if text is None:
             continue
-        state: State = codec.loads(text)
+        state: State = parquet.load_json(text, types, "state")
         if ("deletedAt" in state and not include_deleted) or not matches(state, flt):
             continue
         out[eid] = (version, state)

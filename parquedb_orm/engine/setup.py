@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from parquedb_orm.archive.files import Archive
 from parquedb_orm.archive.flush import Flusher
+from parquedb_orm.archive.iceberg import Iceberg, open_publisher
 from parquedb_orm.archive.policy import FlushPolicy, Scheduler
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import ConfigurationError
@@ -170,6 +171,7 @@ def prepare(
     archive_options: dict[str, Any] | None = None,
     durability: Durability | None = None,
     cache_entries: int | None = None,
+    iceberg: Iceberg | None = None,
 ) -> Runtime:
     """The runtime of `engine` in this process, with its archive and flush policy set up;
     the caller holds a reference to it (`release_runtime`).
@@ -179,7 +181,14 @@ def prepare(
 
     `durability`: what the engine's settings must give (docs/durability.md); they are read
     back, never changed, and a ConfigurationError says how to get it if they give less.
-    Once per engine the logger "parquedb_orm" says what they give."""
+    Once per engine the logger "parquedb_orm" says what they give.
+
+    `iceberg`: publish the archive as Iceberg tables (archive/iceberg.py, docs/iceberg.md),
+    reconciled here once, then after every flush and compaction."""
+    if iceberg is not None and not isinstance(iceberg, Iceberg):
+        raise ConfigurationError(f"iceberg must be a parquedb_orm.Iceberg, got {type(iceberg).__name__}")
+    if iceberg is not None and archive is None:
+        raise ConfigurationError("iceberg=pq.Iceberg(...) publishes the archive: pass archive= too")
     if policy is not None and not isinstance(policy, FlushPolicy):
         raise ConfigurationError(f"policy must be a parquedb_orm.FlushPolicy, got {type(policy).__name__}")
     if migrate not in MIGRATE_MODES or (isinstance(migrate, int) and migrate is not False):
@@ -210,12 +219,19 @@ def prepare(
         flusher = Flusher(rt, rt.archive)
         try:
             # what a crash left in the folders (a listed file not yet published, an unlisted
-            # one) is dealt with before the app or a glob reader looks; it also proves the
-            # archive readable (an object store's credentials and bucket) at open
+            # one) is dealt with before the app or a glob reader looks
             flusher.sweep()
         except BaseException:
             release_runtime(rt)
             raise
+        if iceberg is not None:
+            try:
+                publisher = open_publisher(iceberg, engine, rt.archive)
+                publisher.publish()  # what a crash after a manifest commit left unpublished
+            except BaseException:
+                release_runtime(rt)
+                raise
+            flusher.after_commit = publisher.publish
         scheduler = Scheduler(rt.committer, flusher, policy or FlushPolicy(), serial=rt.memory)
         with _runtimes_lock:
             _flushing[id(rt)] = Flushing(flusher, scheduler)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from parquedb_orm.archive.iceberg import Iceberg
 from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.db import ParqueDB, acquire_sync_engine, check_sync_engine
 from parquedb_orm.engine.runtime import Runtime
@@ -91,6 +92,7 @@ def enable(
     sync_engine: Engine | None = None,
     durability: Durability | None = None,
     cache_entries: int | None = None,
+    iceberg: Iceberg | None = None,
 ) -> ParqueDB:
     """Let sessions of `target` (a sessionmaker or scoped_session, or an async_sessionmaker
     or async_scoped_session) carry store operations (`store(session)`), committed with
@@ -105,6 +107,7 @@ def enable(
     engine's settings must give; they are read back and never changed (a ConfigurationError
     says how to get it), and the logger "parquedb_orm" says once per engine what they give.
     `cache_entries`: the bound of the entity cache, in entities (docs/scaling.md).
+    `iceberg`: `pq.Iceberg(...)` publishes the archive as Iceberg tables (docs/iceberg.md).
 
     Async makers (docs/async.md): the store runs on a sync engine of the sessions'
     database, derived from the AsyncEngine's URL unless `sync_engine` is given, and
@@ -123,6 +126,7 @@ def enable(
             sync_engine=sync_engine,
             durability=durability,
             cache_entries=cache_entries,
+            iceberg=iceberg,
         )
     if sync_engine is not None:
         raise ConfigurationError("enable(sync_engine=...) is for async_sessionmakers; use engine= here")
@@ -143,6 +147,7 @@ def enable(
         migrate=migrate,
         durability=durability,
         cache_entries=cache_entries,
+        iceberg=iceberg,
     )
     bridge = bridge_for(rt)
     attach(maker, bridge, listen_on=maker)
@@ -161,6 +166,7 @@ def _enable_async(
     sync_engine: Engine | None,
     durability: Durability | None,
     cache_entries: int | None = None,
+    iceberg: Iceberg | None = None,
 ) -> ParqueDB:
     """`enable()` of an async maker: the runtime on a sync engine of the sessions' database;
     the session listeners on a Session subclass of the maker's own, the `commit` listener
@@ -182,6 +188,7 @@ def _enable_async(
             migrate=migrate,
             durability=durability,
             cache_entries=cache_entries,
+            iceberg=iceberg,
         )
     except BaseException:
         if release is not None:
