@@ -169,10 +169,13 @@ def duck_rows(db: pq.ParqueDB, name: str, where: str = "") -> Counter[tuple[Any,
 
 def glob_rows(archive: Path, name: str) -> Counter[tuple[Any, ...]]:
     """DuckDB read_parquet of a folder, as a user types it (ns from the hive key)."""
+    # the entities table holds the files of both entity folders (bases and bulk; deltas)
+    folders = [name, *(["entity_deltas"] if name == "entities" else [])]
+    globs = [f"'{archive}/{f}/**/*.parquet'" for f in folders if any((archive / f).glob("*/*.parquet"))]
     con = duckdb.connect()
     try:
         table = con.sql(
-            f"SELECT * FROM read_parquet('{archive}/{name}/**/*.parquet', hive_partitioning=true, union_by_name=true)"
+            f"SELECT * FROM read_parquet([{', '.join(globs)}], hive_partitioning=true, union_by_name=true)"
         ).to_arrow_table()
     finally:
         con.close()

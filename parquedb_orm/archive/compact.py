@@ -122,7 +122,7 @@ BASE_PREFIX = "base-"
 #: 16 large row groups. Not listed in the manifest: it lives and dies with its base.
 SCAN_FOLDER = "_scan"
 SCAN_ROWS = 65_536
-_SCAN_DROP = frozenset({"state"})
+_SCAN_DROP = frozenset({"state", "types"})  # the JSON texts
 DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
 MEMORY_LIMIT = "1GB"

@@ -523,7 +523,7 @@ def upgrade(table: pa.Table, names: Sequence[str]) -> pa.Table:
     tag anywhere is returned as it is, without a row loop."""
     import pyarrow.compute as pc
 
-    if table.num_rows == 0 or "types" not in table.column_names:
+    if table.num_rows == 0 or not names or "types" not in table.column_names:
         return table
     tagged = None
     for c in names:
