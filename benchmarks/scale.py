@@ -451,7 +451,7 @@ def render(results: dict[int, dict[str, Any]], variant: dict[str, Any] | None, c
             f"| *cold get p99, µs* | {_cell(variant, METRICS[11])} |",
             f"| *fresh process: open, seconds* | {_cell(variant, METRICS[23])} |",
             f"| *building process: RSS at end, MiB* | {_cell(variant, METRICS[0])} |",
-            f"| *archive: files after the build (its flushes compacted the bulk files)* | {_cell(variant, METRICS[29])} |",
+            f"| *archive: files after the build (its flushes compact)* | {_cell(variant, METRICS[29])} |",
         ]
     ids = ", ".join(f"{n:,}: {results[n]['build']['ids_mib']:,.1f} MiB" for n in ns)
     out += [
