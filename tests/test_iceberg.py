@@ -576,14 +576,14 @@ COST_OFF = [
     {"statements": 12, "rows_read": 22, "rows_written": 9, "data_objects": 2, "metadata_objects": 0},
     {"statements": 12, "rows_read": 22, "rows_written": 9, "data_objects": 2, "metadata_objects": 0},
 ]
-#: + the manifest read (1 statement, a row per file: 4, 6, 8 here) and, per table the flush
-#: changed (events and entities), the catalog's SELECT of its row and its compare-and-swap
-#: UPDATE (2 statements, 4 rows read, 1 written) and 3 objects (metadata JSON, manifest
-#: list, manifest); the data files are the flush's own, not copied
+#: + per table the flush changed (events and entities), the catalog's SELECT of its row and
+#: its compare-and-swap UPDATE (2 statements, 4 rows read, 1 written) and 3 objects
+#: (metadata JSON, manifest list, manifest); the data files are the flush's own, not
+#: copied. A single owner publishes from its copy of the manifest: no manifest read.
 COST_ADDED = [
-    {"statements": 5, "rows_read": 12, "rows_written": 2, "data_objects": 0, "metadata_objects": 6},
-    {"statements": 5, "rows_read": 14, "rows_written": 2, "data_objects": 0, "metadata_objects": 6},
-    {"statements": 5, "rows_read": 16, "rows_written": 2, "data_objects": 0, "metadata_objects": 6},
+    {"statements": 4, "rows_read": 8, "rows_written": 2, "data_objects": 0, "metadata_objects": 6},
+    {"statements": 4, "rows_read": 8, "rows_written": 2, "data_objects": 0, "metadata_objects": 6},
+    {"statements": 4, "rows_read": 8, "rows_written": 2, "data_objects": 0, "metadata_objects": 6},
 ]
 
 

@@ -111,6 +111,15 @@ class ArchivedReads:
                 self._manifest[key] = sorted(found, key=lambda x: x.first_seq)
         return len(entries)
 
+    def all_files(self) -> list[manifest.Entry] | None:
+        """The whole manifest as a single owner knows it (read at open, kept current by its
+        own commits, flushes and compactions), or None where it must be read afresh
+        (shared mode, or not preloaded)."""
+        with self.lock:
+            if not self._complete or self.known.shared:
+                return None
+            return [e for entries in self._manifest.values() for e in entries]
+
     def changed(self, added: list[manifest.Entry], removed: list[manifest.Entry]) -> None:
         with self.lock:
             for e in removed:

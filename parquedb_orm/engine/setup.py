@@ -231,7 +231,8 @@ def prepare(
             except BaseException:
                 release_runtime(rt)
                 raise
-            flusher.after_commit = publisher.publish
+            # a single owner's copy of the manifest is exact: no re-read of it per flush
+            flusher.after_commit = lambda: publisher.publish(rt.archived.all_files())
         scheduler = Scheduler(rt.committer, flusher, policy or FlushPolicy(), serial=rt.memory)
         with _runtimes_lock:
             _flushing[id(rt)] = Flushing(flusher, scheduler)
