@@ -222,6 +222,11 @@ class Archive:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        Archive._fsync_dir(target)
+
+    @staticmethod
+    def _fsync_dir(target: str) -> None:
+        """Make a rename into `target`'s folder survive a crash."""
         dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -261,11 +266,7 @@ class Archive:
         try:
             if self.local:
                 os.replace(source, target)
-                dir_fd = os.open(os.path.dirname(target), os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                self._fsync_dir(target)
             else:
                 self.fs.move(source, target)
         except FileNotFoundError:

@@ -446,8 +446,14 @@ _TAGGED_DECODER = json.JSONDecoder(object_hook=_hook)
 def dumps(value: object) -> str:
     """Compact JSON with the non-JSON types tagged; raises SerializationError (naming the
     path inside `value`) on anything else."""
+    return _encode(lambda: _conv(value, "", False))
+
+
+def _encode(build: Callable[[], object]) -> str:
+    """Encode what `build` converts; what either raises becomes the SerializationError a
+    caller can act on."""
     try:
-        return _ENCODER.encode(_conv(value, "", False))
+        return _ENCODER.encode(build())
     except SerializationError:
         raise
     except RecursionError:
@@ -479,14 +485,8 @@ def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
     members and custom types as their plain value) and the paths of its typed values
     (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
     paths: list[TypedPath] = []
-    try:
-        return _ENCODER.encode(_plain(value, [], paths)), paths or None
-    except SerializationError:
-        raise
-    except RecursionError:
-        raise SerializationError("value cannot be stored: nested too deeply (or it contains itself)") from None
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(f"value cannot be stored: {exc}") from None
+    text = _encode(lambda: _plain(value, [], paths))
+    return text, paths or None
 
 
 def untag(text: str) -> tuple[str, list[TypedPath] | None]:
