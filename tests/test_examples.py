@@ -34,3 +34,29 @@ def test_audit_log(tmp_path: Path) -> None:
     assert "card_token" not in out and "tok_secret" not in out  # the excluded column stays out
     # runs again from scratch in the same folder
     assert run("audit_log.py", tmp_path).count("History of order 1") == 1
+
+
+def test_blog(tmp_path: Path) -> None:
+    out = run("blog.py", tmp_path)
+    assert "  author of 'Events all the way down' (outbound 'author'): ['Ann']" in out
+    by_ann = "['Hello, world', 'Events all the way down']"
+    assert f"  posts by Ann (inbound, reverse name 'posts'): {by_ann}" in out
+    assert f"  posts by Ann (inbound, predicate 'author'): {by_ann}" in out
+    assert (
+        "  comments on 'Events all the way down': ['Great read', 'What about snapshots?', "
+        "'Snapshots are the entities files']" in out
+    )
+    assert "  who commented on it: ['Ann', 'Bob', 'Cid']" in out
+    assert "  likes of 'Events all the way down': [('Bob', 5), ('Cid', 4)]" in out
+    assert "  comments on the events post: 2 shown, 3 with the deleted one" in out
+    assert "  posts Bob likes: ['Events all the way down']" in out
+    assert "    'Bob' -likes-> (reverse 'liked_by') data={'stars': 5}" in out
+    assert "[7] flushed 12 events and 18 link events to blog-archive/" in out
+    # the reopened store answers from the archive: the deleted comment stays hidden, the unlike holds
+    after = out.split("[8]", 1)[1]
+    assert "  comments on 'Events all the way down': ['Great read', 'Snapshots are the entities files']" in after
+    assert "  who commented on it: ['Ann', 'Bob']" in after
+    assert "  posts Bob likes (outbound 'likes'): ['Events all the way down']" in after
+    for line in ("author  LINK    3", "by      LINK    5", "likes   LINK    4", "likes   UNLINK  1", "on      LINK    5"):
+        assert f"    {line}\n" in after
+    assert any((tmp_path / "blog-archive" / "rels").rglob("*.parquet"))
