@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,30 @@ def test_blog(tmp_path: Path) -> None:
     for line in ("author  LINK    3", "by      LINK    5", "likes   LINK    4", "likes   UNLINK  1", "on      LINK    5"):
         assert f"    {line}\n" in after
     assert any((tmp_path / "blog-archive" / "rels").rglob("*.parquet"))
+
+
+def test_bulk_import(tmp_path: Path) -> None:
+    out = run("bulk_import.py", tmp_path, "--rows", "5000", "--chunk", "1000")
+    assert "wrote customers.csv (5,000 rows)" in out
+    assert "      5,000 / 5,000\n" in out  # not a terminal: one plain line per chunk, no progress bar
+    assert "\x1b[" not in out
+    assert re.search(r"^imported 5,000 rows in [0-9.]+ s: [0-9,]+ rows/s$", out, re.M)
+    # one INSERT of two manifest rows per chunk; the entities and their events go to Parquet
+    assert "SQL: 5 statements, 10 rows written for 5,000 entities" in out
+    assert "archive: 10 Parquet files (5 in entities/, 5 of their CREATE events in events/)" in out
+    # the data comes from a fixed seed: the find gives the same customers every run
+    assert "find {'country': 'NZ', 'plan': 'team', 'score': {'$gte': 99}}: 4 customers, top 5 by balance" in out
+    assert re.search(r"^  C0004115  Dee Patel      score=100 balance= 322.25  customers/\w+$", out, re.M)
+    assert "  free    1,665  49.88\n  pro     1,657  50.52\n  team    1,678  48.82\n" in out
+    assert (tmp_path / "customers.csv").stat().st_size > 0
+    # a file of the user's own, with a last chunk smaller than the others
+    own = tmp_path / "own.csv"
+    own.write_text("ref,name,score\n" + "".join(f"R{i},n{i},{i}\n" for i in range(12)))
+    out = run("bulk_import.py", tmp_path, "--csv", str(own), "--chunk", "5", "--db", "own.db", "--archive", "own")
+    assert "imported 12 rows" in out and "wrote" not in out
+    # two chunks of 5 are bulk files (an INSERT of 2 manifest rows each); the last 2 rows are
+    # fewer than create_many's bulk threshold (5): one WAL row, after its 3 reads
+    assert "SQL: 6 statements, 5 rows written for 12 entities" in out
+    assert "archive: 4 Parquet files (2 in entities/, 2 of their CREATE events in events/)" in out
+    assert "  ref='R0', name='n0', score=0\n" in out
+    assert "DuckDB over the archive: 12 entities" in out
