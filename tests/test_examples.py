@@ -58,8 +58,8 @@ def test_blog(tmp_path: Path) -> None:
     assert "  comments on 'Events all the way down': ['Great read', 'Snapshots are the entities files']" in after
     assert "  who commented on it: ['Ann', 'Bob']" in after
     assert "  posts Bob likes (outbound 'likes'): ['Events all the way down']" in after
-    for line in ("author  LINK    3", "by      LINK    5", "likes   LINK    4", "likes   UNLINK  1", "on      LINK    5"):
-        assert f"    {line}\n" in after
+    counts = ["author  LINK    3", "by      LINK    5", "likes   LINK    4", "likes   UNLINK  1", "on      LINK    5"]
+    assert "\n".join(f"    {line}" for line in counts) + "\n" in after
     assert any((tmp_path / "blog-archive" / "rels").rglob("*.parquet"))
 
 
@@ -88,3 +88,64 @@ def test_bulk_import(tmp_path: Path) -> None:
     assert "archive: 4 Parquet files (2 in entities/, 2 of their CREATE events in events/)" in out
     assert "  ref='R0', name='n0', score=0\n" in out
     assert "DuckDB over the archive: 12 entities" in out
+
+
+ANALYTICS_TABLES = """
+events per namespace and operation
+  ns        op      events
+  comments  CREATE  24
+  posts     CREATE  12
+  posts     UPDATE  12
+  users     CREATE  4
+
+most active actors (entity and link events)
+  actor    events
+  Dee      25
+  Bob      21
+  Ann      19
+  Cid      18
+  counter  8
+
+fields changed by updates (the flush's `changes` column)
+  field  updates
+  draft  2
+  views  8
+
+most viewed posts (entities: the current state)
+  title          views  draft
+  On parquet #1  50     false
+  On duckdb #7   49     true
+  On iceberg #2  48     true
+
+comments and likes per post (link events)
+  title          comments  likes
+  On iceberg #2  5         3
+  On sql #3      4         2
+  On sql #5      6         0
+"""
+
+
+def check_png(path: Path) -> None:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    # 8 x 4.5 inches at 100 dpi
+    assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == (800, 450)
+
+
+def test_analytics(tmp_path: Path) -> None:
+    # the seeded workload's counts do not depend on the rounds' timing
+    out4 = run("analytics.py", tmp_path, "--pause", "0.4")
+    assert "; flushed 52 events and 43 link events to analytics-archive/ (9 Parquet files)" in out4
+    assert ANALYTICS_TABLES in out4
+    png = tmp_path / "events_per_second.png"
+    check_png(png)
+    # 4 rounds 0.4 s apart span 2 or 3 whole seconds, so 2 to 4 one-second bars
+    m = re.search(r"chart: events_per_second.png \(([0-9,]+) bytes\): (\d) bars? of seconds, 52 events in 3 namespaces",
+                  out4)
+    assert m and int(m[1].replace(",", "")) == png.stat().st_size and 2 <= int(m[2]) <= 4
+    bars = re.findall(r"^  \d\d:\d\d:\d\d  comments=(\d+)  posts=(\d+)  users=(\d+)$", out4, re.M)
+    assert len(bars) == int(m[2]) and [sum(int(b[i]) for b in bars) for i in range(3)] == [24, 24, 4]
+    # per day: one bar, today's (the API has no settable event time)
+    out = run("analytics.py", tmp_path, "--rounds", "1", "--pause", "0", "--bucket", "day")
+    check_png(tmp_path / "events_per_day.png")
+    assert re.search(r"\): 1 bar of days, \d+ events in 3 namespaces\n  \d{4}-\d\d-\d\d  comments=6  posts=", out)
