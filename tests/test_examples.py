@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from parquedb_orm.sql.models import EventsWal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,3 +156,96 @@ def test_analytics(tmp_path: Path) -> None:
     out = run("analytics.py", tmp_path, "--rounds", "1", "--pause", "0", "--bucket", "day")
     check_png(tmp_path / "events_per_day.png")
     assert re.search(r"\): 1 bar of days, \d+ events in 3 namespaces\n  \d{4}-\d\d-\d\d  comments=6  posts=", out)
+
+
+def test_fastapi_walkthrough(tmp_path: Path) -> None:
+    out = run("fastapi_app.py", tmp_path)
+    assert "POST /posts -> 201\n  created posts/" in out
+    assert "PATCH /posts/Uk -> 409 (a stale expected_version)\n  posts/Uk is at version 2, not the expected 1" in out
+    assert "POST /posts/Uk/publish -> 409 (raises after writing)\n  a post needs at least one tag" in out
+    assert "POST /posts/Uk/comments -> 500 (async, raises after writing)\n" in out
+    assert "  comments: ['Welcome!']\n" in out
+    assert "  published posts: ['Hello, FastAPI']\n" in out
+    assert "GET /posts/nosuch0 -> 404 (no such post)\n" in out
+    history = "    CREATE v1 by ann\n    UPDATE v2 by ann\n    UPDATE v3 by ann\n    UPDATE v4 by ann\n"
+    assert f"  history of posts/Uk, oldest first (4 events):\n{history}" in out
+    assert "  notifications (the app's own table): [\"ann drafted 'Hello'\", \"ann published 'Hello, FastAPI'\"]" in out
+    assert "flushed 5 events and 1 link events to app-archive/" in out
+
+
+@pytest.fixture(scope="module")
+def fastapi_app() -> ModuleType:
+    pytest.importorskip("fastapi")
+    spec = importlib.util.spec_from_file_location("example_fastapi_app", REPO / "examples" / "fastapi_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the models' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def wal_rows(db_file: Path) -> int:
+    engine = create_engine(f"sqlite:///{db_file}")
+    with engine.connect() as conn:
+        n = conn.scalar(select(func.count()).select_from(EventsWal))
+    engine.dispose()
+    return int(n or 0)
+
+
+def test_fastapi_routes_sync_and_async_sessions(tmp_path: Path, fastapi_app: ModuleType) -> None:
+    from fastapi.testclient import TestClient
+
+    db_file = tmp_path / "app.db"
+    app = fastapi_app.create_app(db_file, tmp_path / "archive")
+    ann, bob = {"X-User": "ann"}, {"X-User": "bob"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/posts", json={"title": "First", "tags": ["a"]}, headers=ann)
+        assert r.status_code == 201, r.text
+        sqid = r.json()["$id"].split("/")[1]
+        assert client.post("/posts", json={"title": "Second"}, headers=bob).status_code == 201
+        r = client.patch(f"/posts/{sqid}", json={"title": "First!", "expected_version": 1}, headers=bob)
+        assert r.status_code == 200 and r.json()["version"] == 2 and r.json()["updatedBy"] == "bob"
+        # typed errors as statuses
+        stale = client.patch(f"/posts/{sqid}", json={"title": "x", "expected_version": 1}, headers=ann)
+        assert stale.status_code == 409 and "not the expected 1" in stale.json()["detail"]
+        assert client.get("/posts/not-an-id!").status_code == 422  # InvalidIdError, a ValidationError
+        assert client.patch("/posts/zzzz", json={"title": "x"}, headers=ann).status_code == 404
+        assert client.post("/posts", json={"title": "x"}, headers={"X-User": "Not A User"}).status_code == 422
+        assert client.get(f"/posts/{sqid}").json()["title"] == "First!"
+
+        # async routes: a comment and its link commit with the AsyncSession
+        r = client.post(f"/posts/{sqid}/comments", json={"body": "nice"}, headers=bob)
+        assert r.status_code == 201, r.text
+        assert [c["body"] for c in client.get(f"/posts/{sqid}/comments").json()] == ["nice"]
+        # the sync and the async sessions share one store: the async find sees the sync writes
+        assert [p["title"] for p in client.get("/posts").json()] == ["First!", "Second"]
+
+        # requests that raise after writing commit nothing: no WAL row, no app row, no event
+        before = wal_rows(db_file)
+        r = client.post(f"/posts/{sqid}/publish", headers=bob)
+        assert r.status_code == 200 and r.json()["published"] is True  # this one has a tag
+        assert wal_rows(db_file) == before + 1
+        second = next(p for p in client.get("/posts").json() if p["title"] == "Second")
+        second_id = second["$id"].split("/")[1]
+        assert client.post(f"/posts/{second_id}/publish", headers=bob).status_code == 409  # HTTPException
+        assert client.post(f"/posts/{sqid}/comments", json={"body": "http://spam"}, headers=bob).status_code == 500
+        assert wal_rows(db_file) == before + 1
+        assert client.get(f"/posts/{second_id}").json()["published"] is False
+        assert [c["body"] for c in client.get(f"/posts/{sqid}/comments").json()] == ["nice"]
+        # the store's handle outside any request: one comment in the namespace, not two
+        assert [c["body"] for c in app.state.handle.find("comments")] == ["nice"]
+        assert client.get("/notifications").json() == [
+            "ann drafted 'First'", "bob drafted 'Second'", "bob published 'First!'"
+        ]  # fmt: skip
+        assert [p["title"] for p in client.get("/posts", params={"published": True}).json()] == ["First!"]
+
+        # history through a route: the post's events, oldest first, with their actors
+        history = client.get(f"/posts/{sqid}/history").json()
+        assert [(h["op"], h["version"], h["actor"]) for h in history] == [
+            ("CREATE", 1, "ann"), ("UPDATE", 2, "bob"), ("UPDATE", 3, "bob")
+        ]  # fmt: skip
+        assert history[2]["data"] == {"$set": {"published": True}}
+    # closed at shutdown (the lifespan): a new app on the same file reads it all back
+    with TestClient(fastapi_app.create_app(db_file, tmp_path / "archive")) as client:
+        assert len(client.get(f"/posts/{sqid}/history").json()) == 3
+        assert [c["body"] for c in client.get(f"/posts/{sqid}/comments").json()] == ["nice"]
