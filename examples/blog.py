@@ -120,8 +120,9 @@ def main() -> None:
     print(f"  {len(comments)} comments")
 
     print("[4] likes: links with data")
-    for user, post, stars in (("bob", "events", 5), ("cid", "events", 4), ("cid", "hello", 3), ("bob", "parquet", 2)):
-        db.link(users[user]["$id"], "likes", posts[post]["$id"], reverse="liked_by", data={"stars": stars})
+    for user_key, post_key, stars in (("bob", "events", 5), ("cid", "events", 4), ("cid", "hello", 3),
+                                      ("bob", "parquet", 2)):  # fmt: skip
+        db.link(users[user_key]["$id"], "likes", posts[post_key]["$id"], reverse="liked_by", data={"stars": stars})
     print("  4 likes")
 
     print("[5] queries through the links")

@@ -16,8 +16,8 @@ write-ahead log: it writes a Parquet file of the entities and one of their CREAT
 and commits the two manifest rows that list them (one INSERT statement). So 100,000 rows
 in chunks of 10,000 cost 20 SQL rows, not 100,000.
 
-The progress bar (rich) is drawn only on a terminal; piped or redirected, the example
-prints one plain line per chunk instead. The SQL counts come from the row meter of this
+The progress bar (rich, on stderr) is drawn only on a terminal; piped or redirected, the
+example prints only its results. The SQL counts come from the row meter of this
 source checkout (`tools/meter`, a development tool, not part of the package).
 """
 
@@ -93,7 +93,7 @@ def count_rows(path: Path) -> int:
 def rows_written(m: Meter) -> int:
     """Rows INSERTed plus rows changed by UPDATE/DELETE: what a per-row-billed database counts as written."""
     inserted = sum(r.inserted_rows for r in m.records)
-    return inserted + sum(max(r.rows_affected, 0) for r in m.records if r.kind in ("UPDATE", "DELETE"))
+    return int(inserted) + sum(int(max(r.rows_affected, 0)) for r in m.records if r.kind in ("UPDATE", "DELETE"))
 
 
 def query_customers(db: pq.ParqueDB) -> None:
@@ -158,8 +158,6 @@ def main() -> int:
             db.create_many("customers", chunk, actor="import")
             imported += len(chunk)
             bar.advance(task, len(chunk))
-            if not console.is_terminal:
-                print(f"  {imported:>9,} / {total:,}")
     seconds = time.perf_counter() - started
     print(f"imported {imported:,} rows in {seconds:.2f} s: {imported / seconds:,.0f} rows/s")
     print(f"SQL: {m.statements} statements, {rows_written(m)} rows written for {imported:,} entities")
