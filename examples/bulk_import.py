@@ -155,7 +155,12 @@ def main() -> int:
     ):  # fmt: skip
         task = bar.add_task("import", total=total)
         for chunk in read_chunks(path, args.chunk):
-            db.create_many("customers", chunk, actor="import")
+            try:
+                db.create_many("customers", chunk, actor="import")
+            except pq.ValidationError as exc:  # e.g. a column named like a field the store keeps ("version")
+                db.close()
+                rows = f"rows {imported + 1:,}-{imported + len(chunk):,}"
+                raise SystemExit(f"{path}: {rows} not imported ({imported:,} before them are): {exc}") from None
             imported += len(chunk)
             bar.advance(task, len(chunk))
     seconds = time.perf_counter() - started

@@ -98,6 +98,15 @@ def test_bulk_import(tmp_path: Path) -> None:
     assert "archive: 4 Parquet files (2 in entities/, 2 of their CREATE events in events/)" in out
     assert "  ref='R0', name='n0', score=0\n" in out
     assert "DuckDB over the archive: 12 entities" in out
+    # a column the store keeps itself: a clear message and exit status, no traceback
+    (tmp_path / "bad.csv").write_text("name,version\na,1\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "bulk_import.py"), "--csv", "bad.csv", "--db", "bad.db"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    said = "bad.csv: rows 1-1 not imported (0 before them are): field 'version' is maintained by the store"
+    assert said in proc.stderr
 
 
 ANALYTICS_TABLES = """
