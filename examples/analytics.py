@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    raise SystemExit('analytics.py draws its chart with matplotlib: pip install -e ".[examples]"') from None
 
 matplotlib.use("Agg")  # no display needed: the chart goes to a PNG file
 import matplotlib.pyplot as plt

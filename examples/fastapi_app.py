@@ -32,8 +32,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+try:
+    from fastapi import Depends, FastAPI, Header, HTTPException, Request
+    from fastapi.responses import JSONResponse
+except ImportError:
+    raise SystemExit('fastapi_app.py needs FastAPI: pip install -e ".[examples]"') from None
 from pydantic import BaseModel, Field
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine

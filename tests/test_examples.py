@@ -257,6 +257,14 @@ def test_fastapi_routes_sync_and_async_sessions(tmp_path: Path, fastapi_app: Mod
             ("CREATE", 1, "ann"), ("UPDATE", 2, "bob"), ("UPDATE", 3, "bob")
         ]  # fmt: skip
         assert history[2]["data"] == {"$set": {"published": True}}
+        # flushed, the archive holds the committed events only
+        app.state.handle.flush()
+        con = app.state.handle.duckdb()
+        by_ns = con.execute("SELECT ns, op, count(*) FROM events GROUP BY ns, op ORDER BY ns, op").fetchall()
+        links = con.execute("SELECT predicate, count(*) FROM rels GROUP BY predicate").fetchall()
+        con.close()
+        assert by_ns == [("comments", "CREATE", 1), ("posts", "CREATE", 2), ("posts", "UPDATE", 2)]
+        assert links == [("on", 1)]
     # closed at shutdown (the lifespan): a new app on the same file reads it all back
     with TestClient(fastapi_app.create_app(db_file, tmp_path / "archive")) as client:
         assert len(client.get(f"/posts/{sqid}/history").json()) == 3
