@@ -87,6 +87,7 @@ The engine is seen only through an Engine, the Archive and the runtime's
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -126,6 +127,8 @@ _SCAN_DROP = frozenset({"state", "types"})  # the JSON texts
 DELTA_PREFIX = "d-"
 #: DuckDB's memory for one merge; beyond it, it spills to a temporary directory
 MEMORY_LIMIT = "1GB"
+#: rows of one key range of a merge (`_windows`)
+WINDOW_ROWS = 65_536
 #: JSON text columns: their min/max prune nothing (as archive/files.py writes them)
 _NO_STATISTICS = frozenset({"state", "data", "before", "after", "changes", "meta", "types"})
 #: the JSON columns of each kind: rows of older (tagged) sources are rewritten plain
@@ -387,10 +390,52 @@ def _merge_log(
     archive.path(path)  # the same checks as every archive path
     schema = _SCHEMA[kind]
     cols = _columns(schema, ns)
+    key = _ORDER[kind].split(",")[0]
+    queries = [f"SELECT {cols} FROM src{where} ORDER BY {_ORDER[kind]}" for where in _windows(archive, sources, key)]
     with _duck() as con:
         con.register("src", _dataset(archive, sources, schema))
-        rows, size = _write(archive, path, con, f"SELECT {cols} FROM src ORDER BY {_ORDER[kind]}", schema, _JSON[kind])
+        rows, size = _write(archive, path, con, queries, schema, _JSON[kind])
     return manifest.Entry(kind, ns, first, last, path, rows, size)
+
+
+def _windows(archive: Archive, sources: list[manifest.Entry], column: str) -> list[str]:
+    """WHERE clauses cutting the sources' `column` (each source is sorted by it) into key
+    ranges of about WINDOW_ROWS rows, from the row groups' statistics: a merge sorts and
+    deduplicates one range at a time, so its memory follows the range, not the namespace
+    (one global sort of 1M entity rows needed ~1 GB; DuckDB's window function does not
+    spill well). Sources without statistics on the column: one range, the whole."""
+    starts: list[tuple[Any, int]] = []
+    for e in sources:
+        md = archive.footer(e.path)
+        paths = [md.schema.column(i).path for i in range(md.num_columns)]
+        if column not in paths:
+            return [""]
+        idx = paths.index(column)
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            st = rg.column(idx).statistics
+            if st is None or not st.has_min_max:
+                return [""]
+            starts.append((st.min, rg.num_rows))
+    starts.sort(key=lambda s: s[0])
+    bounds: list[Any] = []
+    held = 0
+    for low, rows in starts:
+        if held >= WINDOW_ROWS and (not bounds or low > bounds[-1]):
+            bounds.append(low)
+            held = 0
+        held += rows
+
+    def lit(v: Any) -> str:
+        return str(int(v)) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'"
+
+    edges: list[Any] = [None, *bounds, None]
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        conds = [*([f'"{column}" >= {lit(lo)}'] if lo is not None else []),
+                 *([f'"{column}" < {lit(hi)}'] if hi is not None else [])]  # fmt: skip
+        out.append(" WHERE " + " AND ".join(conds) if conds else "")
+    return out
 
 
 def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> manifest.Entry | None:
@@ -428,13 +473,15 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
         )
         con.register("src", _dataset(archive, sources, schema))
         cols = _columns(schema, ns)
-        sql = (
-            f"SELECT {cols} FROM src"
+        # an entity's rows share its number, so each number range dedups on its own
+        queries = [
+            f"SELECT {cols} FROM src{where}"
             " QUALIFY row_number() OVER (PARTITION BY id ORDER BY version DESC, seq DESC) = 1"
             f" ORDER BY {_ORDER['entities']}"
-        )
+            for where in _windows(archive, sources, "number")
+        ]
         meta = {parquet.FIELDS_KEY: json.dumps(fields, separators=(",", ":")).encode()}
-        rows, size = _write(archive, path, con, sql, schema.with_metadata(meta), _JSON["entities"])
+        rows, size = _write(archive, path, con, queries, schema.with_metadata(meta), _JSON["entities"])
         if mode != "deltas":
             _write_scan(archive, con, path, schema.with_metadata(meta))
     return manifest.Entry("entities", ns, first, last, path, rows, size)
@@ -561,7 +608,7 @@ def _write(
     archive: Archive,
     rel: str,
     con: Any,
-    sql: str,
+    sql: str | list[str],
     schema: pa.Schema,
     json_columns: tuple[str, ...],
     *,
@@ -574,7 +621,10 @@ def _write(
     tmp, scratch = archive.staging_path(rel)
     rows = 0
     try:
-        reader = con.sql(sql).to_arrow_reader(max(row_group_rows, parquet.PIECE_ROWS * 16))
+        queries = [sql] if isinstance(sql, str) else sql
+        batch_rows = max(row_group_rows, parquet.PIECE_ROWS * 16)
+        # the queries run one after the other, each streamed: their results are in key order
+        reader = (b for q in queries for b in con.sql(q).to_arrow_reader(batch_rows))
         stats = [f.name for f in schema if f.name not in _NO_STATISTICS]
         compression: str = "zstd"
         dictionary: bool | list[str] = True

@@ -23,7 +23,7 @@ from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.ids import IdBlocks
 from parquedb_orm.engine.reads import Reads
 from parquedb_orm.engine.rels import Relationships
-from parquedb_orm.engine.state import Known, NsState
+from parquedb_orm.engine.state import TAIL_BASE_ENTRIES, Known, NsState
 from parquedb_orm.engine.tail import WalTail
 from parquedb_orm.errors import ArchiveError, TransactionError, VersionConflictError
 from parquedb_orm.sql import dialects, manifest, wal
@@ -298,7 +298,7 @@ class Committer:
                 st.tail_base[ev.id] = (0, None)
                 continue
             old = before.get((st.name, ev.id))
-            if old is not None and old[0] == ev.version - 1:
+            if old is not None and old[0] == ev.version - 1 and len(st.tail_base) < TAIL_BASE_ENTRIES:
                 st.tail_base[ev.id] = old
 
     def _register(self, conn: Connection, names: list[str]) -> None:

@@ -23,6 +23,12 @@ from parquedb_orm.sql.counters import load_all, namespace_of
 #: default bound of the entity cache, in entities across all namespaces of a store
 #: (configurable: `ParqueDB(cache_entries=...)`); a committed state is ~1-2 KB in memory
 DEFAULT_CACHE_ENTRIES = 50_000
+#: states of updated entities remembered per namespace as the base of their unflushed
+#: events (NsState.tail_base), so a flush folds them without an archive read; beyond
+#: it, the flush reads the base from the archive (one piece per entity, batched). The
+#: bound keeps a large unflushed tail from holding a full copy of every entity it touched
+#: (~1-2 KB each); the events themselves stay until the flush.
+TAIL_BASE_ENTRIES = 10_000
 
 _generations = itertools.count(1)
 
