@@ -304,6 +304,16 @@ def read(kind: str, workdir: Path) -> dict[str, Any]:
         lat.sort()
         out["gets_p50_us"] = lat[len(lat) // 2] / 1000
         out["gets_p99_us"] = lat[min(len(lat) - 1, int(0.99 * len(lat)))] / 1000
+    elif kind == "all":
+        # the done-when's process: 200 gets, a find, a related and a history, one after the other
+        before = rss()
+        for sqid in [picks["first"], *picks["gets"]]:
+            assert db.get(NS, sqid) is not None
+        out["after_gets_rss"] = rss() - before
+        assert db.find(NS, {"group": 7}, sort={"score": -1}, limit=20)
+        assert db.related(f"{NS}/{picks['related']}", "refs")
+        assert db.history(f"{NS}/{picks['history']}")
+        out["all_rss"] = rss() - before
     else:
         ref = f"{NS}/{picks[kind]}" if kind in ("history", "related") else ""
 
@@ -347,7 +357,7 @@ def measure(n: int, root: Path, quick: bool, timeout: float) -> dict[str, Any]:
     t = time.perf_counter()
     res: dict[str, Any] = {"build": _worker(["--worker", "build", "--n", str(n), "--dir", str(workdir),
                                              *(["--quick"] if quick else [])], root / f"build{n}.json", timeout)}
-    for kind in ("gets", "find", "history", "related"):
+    for kind in ("gets", "find", "history", "related", "all"):
         _log(f"N={n:,}: fresh process, cold {kind}")
         res[kind] = _worker(["--worker", kind, "--dir", str(workdir)], root / f"{kind}{n}.json", timeout)
     res["seconds"] = time.perf_counter() - t
@@ -387,6 +397,7 @@ METRICS = [
     Metric("related (5 links), cold: seconds", ("related", "cold_s"), "{:,.3f}"),
     Metric("related, cold: RSS growth, MiB", ("related", "cold_rss"), "{:,.1f}"),
     Metric("related, cold: rows read", ("related", "cold_read"), "{:,}", False),
+    Metric("one cold process: 200 gets + find + related + history, RSS growth, MiB", ("all", "all_rss"), "{:,.1f}"),
     Metric("fresh process: open, seconds", ("gets", "open_s"), "{:,.2f}", False),
     Metric("fresh process: RSS after open, MiB", ("gets", "rss_open"), "{:,.0f}", False),
     Metric("build: create_many, seconds", ("build", "create_s"), "{:,.1f}", False),
@@ -487,7 +498,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-variant", action="store_true", help="skip the chunks-of-100 variant")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per worker process")
     ap.add_argument("--keep", type=Path, default=None, help="keep the stores in this folder")
-    ap.add_argument("--worker", choices=("build", "gets", "find", "history", "related"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("build", "gets", "find", "history", "related", "all"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=BULK_CHUNK, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)

@@ -82,6 +82,11 @@ class _RichProgress:
         self._bar.stop()
 
 
+class _Silent:
+    def advance(self, rows: int) -> None:
+        return None
+
+
 def _is_tty() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
@@ -90,6 +95,9 @@ def _is_tty() -> bool:
 @contextmanager
 def progress(description: str, total: int | None, *, unit: str = "rows") -> Iterator[Progress]:
     """Report `advance(n)` calls as rows done out of `total` (None: unknown total)."""
+    if total == 0:  # nothing to do (a fresh database): no bar, no log line
+        yield _Silent()
+        return
     reporter: _LogProgress | _RichProgress
     reporter = _RichProgress(description, total, unit) if _is_tty() else _LogProgress(description, total, unit)
     try:
