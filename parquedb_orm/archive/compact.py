@@ -577,6 +577,11 @@ class _duck:
                 "temp_directory": self._tmp,
                 "threads": 2,
                 "preserve_insertion_order": False,
+                # hand freed memory back after each task instead of keeping up to 128 MiB
+                # (and 512 MiB after bulk frees) cached: a merge's peak would otherwise stay
+                # in the process's RSS after the merge
+                "allocator_flush_threshold": "8MB",
+                "allocator_bulk_deallocation_flush_threshold": "8MB",
             }
         )
         self._con.execute("SET TimeZone = 'UTC'")
