@@ -120,19 +120,49 @@ def _links(page: Path) -> list[str]:
     return LINK.findall(prose) + REF_DEF.findall(prose)
 
 
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: the text without its markup, lower case,
+    without punctuation, spaces as hyphens; a repeated one gets -1, -2, ..."""
+    found: set[str] = set()
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line.strip()):
+            fenced = not fenced
+            continue
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if fenced or heading is None:
+            continue
+        text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))
+        slug = re.sub(r"[^\w\- ]", "", text.replace("`", "").lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in found:
+            n += 1
+            anchor = f"{slug}-{n}"
+        found.add(anchor)
+    return found
+
+
 @pytest.mark.parametrize("page", PAGES, ids=_rel)
 def test_relative_links_reach_files_of_the_repository(page: Path) -> None:
     broken = []
     for target in _links(page):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
-            continue  # a web address or an anchor of this page
-        path = target.split("#", 1)[0].split("?", 1)[0]
-        resolved = (page.parent / path).resolve()
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):
+            continue  # a web address
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path.split("?", 1)[0]).resolve() if path else page
         if not resolved.is_relative_to(REPO):
             broken.append(f"{target} (outside the repository)")
         elif not resolved.exists():
             broken.append(f"{target} (no such file)")
+        elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            broken.append(f"{target} (no such heading in {_rel(resolved)})")
     assert not broken, f"{_rel(page)}: {broken}"
+
+
+def test_anchors_follow_github(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text("# A `Thing(...)`: its use\n## Inside the app's session\n## Notes\n## Notes\n```\n# not\n```\n")
+    assert _anchors(page) == {"a-thing-its-use", "inside-the-apps-session", "notes", "notes-1"}
 
 
 def test_link_extraction_sees_the_forms_the_pages_use() -> None:
