@@ -204,3 +204,14 @@ def test_python_blocks_run(name: str, tmp_path: Path) -> None:
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.returncode == 0, f"{name}: its python blocks failed:\n{proc.stderr[-4000:]}"
+
+
+def test_the_readme_quick_start_is_two_commands_in_a_fresh_venv() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line.strip() for line in quick.splitlines() if line.strip().startswith(("python -m venv", "pip "))]
+    assert commands == [
+        "python -m venv .venv && source .venv/bin/activate",
+        "pip install -e . && parquedb demo",
+        'pip install -e ".[test]" && pytest',
+    ], commands
