@@ -8,9 +8,9 @@ It creates `quickstart.db` and an `archive/` folder in the current directory (th
 database is recreated on every run), then walks through the API and prints, for each
 step, what it cost in SQL: statements sent and rows written (rows inserted plus rows
 changed by UPDATE/DELETE), counted by the row meter of this source checkout
-(`tools/meter`). When Python runs on the row-counting SQLite library (see README, "Row
-meter"), it also prints the rows read and written exactly as Cloudflare D1 / Durable
-Objects and Turso bill them.
+(`tools/meter`). When Python runs on the row-counting SQLite library (see
+docs/development.md, "Row meter"), it also prints the rows read and written exactly as
+Cloudflare D1 / Durable Objects and Turso bill them.
 """
 
 from __future__ import annotations

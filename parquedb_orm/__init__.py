@@ -36,6 +36,14 @@ from parquedb_orm.orm.history import Version, as_of, history, revert
 from parquedb_orm.orm.tracked import Tracked, ref, track, untrack
 from parquedb_orm.sql.models import metadata
 
+# re-bound here so that the API reference (pdoc) shows these two imported values' docstrings
+NAMESPACE_PATTERN = NAMESPACE_PATTERN
+"""The regular expression every namespace matches (`^[A-Za-z][A-Za-z0-9_-]{0,63}$`): a
+namespace becomes a directory name in the archive."""
+metadata = metadata
+"""The SQLAlchemy `MetaData` of the store's own tables (WAL, counters, manifest): the tables
+the packaged migrations create (docs/migrations.md)."""
+
 __all__ = [
     "NAMESPACE_PATTERN",
     "ArchiveError",

@@ -3,7 +3,7 @@ scoped_session) enabled once at start-up, 16 threads serving 200 requests, some 
 raise. The store must end up with exactly the committed app rows, no more, no less.
 
 Runs on a SQLite file, PostgreSQL and MariaDB. Not on in-memory SQLite: that database is one
-connection, which 16 threads cannot share transaction by transaction (README).
+connection, which 16 threads cannot share transaction by transaction (docs/concepts.md).
 """
 
 from __future__ import annotations
