@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `parquedb ... | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"{prefix} interrupted", file=sys.stderr)
         return 130
@@ -90,7 +95,7 @@ def _describe(exc: BaseException, raw: str | None) -> str:
     try:
         from alembic.util import CommandError as AlembicError
     except ImportError:  # pragma: no cover - alembic is a dependency
-        AlembicError = ()  # type: ignore[assignment,misc]  # noqa: N806
+        AlembicError = ()  # type: ignore[assignment,misc]
     if isinstance(exc, AlembicError):
         return " ".join(str(exc).split())
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

@@ -56,9 +56,13 @@ class Output:
             print(text)
 
     def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        numeric = [
+            i > 0 and all((isinstance(r[i], (int, float)) and not isinstance(r[i], bool)) or r[i] is None for r in rows)
+            for i in range(len(columns))
+        ]
         table = Table(title=title, title_justify="left")
         for i, col in enumerate(columns):
-            table.add_column(col, justify="left" if i == 0 else "right")
+            table.add_column(col, justify="right" if numeric[i] else "left")
         for row in rows:
             table.add_row(*(_cell(v) for v in row))
         if self.terminal:
@@ -69,7 +73,9 @@ class Output:
             texts = [list(columns), *[[_cell(v) for v in row] for row in rows]]
             widths = [max(len(r[i]) for r in texts) for i in range(len(columns))]
             for n, r in enumerate(texts):
-                print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+                pairs = enumerate(zip(r, widths, strict=True))
+                cells = (c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in pairs)
+                print("  ".join(cells).rstrip())
                 if n == 0:
                     print("  ".join("-" * w for w in widths))
 

@@ -92,11 +92,11 @@ def run(path: str, scale: int) -> dict[str, Any]:
                 s.commit()
                 ids[key] = obj.id  # type: ignore[attr-defined]
             elif kind in ("update", "order_update"):
-                obj = s.get(MODELS[ns], ids[key])
+                found = s.get(MODELS[ns], ids[key])
                 changes = payload if kind == "update" else {"$set": payload}
                 for op, fields in changes.items():
                     for name, value in fields.items():
-                        setattr(obj, name, getattr(obj, name) + value if op == "$inc" else value)
+                        setattr(found, name, getattr(found, name) + value if op == "$inc" else value)
                 s.commit()
             else:
                 predicate, to_ns, to_key = payload

@@ -156,11 +156,11 @@ def collect_stats(url: URL) -> dict[str, Any]:
                     entry["flushed_to_seq"] = counters.get(f"{mark}{ns}", 0)
                 wal[label] = dict(sorted(per_ns.items()))
             files: dict[str, dict[str, int]] = {}
-            for entry in manifest.load_all(conn):
-                kind = files.setdefault(entry.kind, {"files": 0, "rows": 0, "bytes": 0})
+            for listed in manifest.load_all(conn):
+                kind = files.setdefault(listed.kind, {"files": 0, "rows": 0, "bytes": 0})
                 kind["files"] += 1
-                kind["rows"] += entry.row_count
-                kind["bytes"] += entry.bytes
+                kind["rows"] += listed.row_count
+                kind["bytes"] += listed.bytes
     finally:
         engine.dispose()
     namespaces = sorted({*wal["events"], *wal["rels"], *(n.split(":", 1)[1] for n in counters if n.startswith("id:"))})
@@ -283,25 +283,24 @@ def export(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"--to {target}: exists and is not an empty folder")
     if args.format == "iceberg":
         _require_iceberg()
-    with open_store(args, need_archive=True) as db:
-        with out.progress() as bar:
-            task = bar.add_task("flushing", total=1 + len(VIEWS))
-            db.flush()
-            bar.update(task, advance=1, description="exporting")
-            target.mkdir(parents=True, exist_ok=True)
-            counts: dict[str, int] = {}
-            con = db.duckdb()
-            try:
-                for view in VIEWS:
-                    table = con.execute(f"SELECT * FROM {view}").fetch_arrow_table()  # noqa: S608 - our view names
-                    counts[view] = table.num_rows
-                    if args.format == "parquet":
-                        _write_parquet(table, target / f"{view}.parquet")
-                    else:
-                        _write_iceberg(table, target, view)
-                    bar.update(task, advance=1)
-            finally:
-                con.close()
+    with open_store(args, need_archive=True) as db, out.progress() as bar:
+        task = bar.add_task("flushing", total=1 + len(VIEWS))
+        db.flush()
+        bar.update(task, advance=1, description="exporting")
+        target.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        con = db.duckdb()
+        try:
+            for view in VIEWS:
+                table = con.sql(f"SELECT * FROM {view}").to_arrow_table()  # our own view names
+                counts[view] = table.num_rows
+                if args.format == "parquet":
+                    _write_parquet(table, target / f"{view}.parquet")
+                else:
+                    _write_iceberg(table, target, view)
+                bar.update(task, advance=1)
+        finally:
+            con.close()
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     data = {"to": str(target), "format": args.format, "rows": counts, "files": len(files)}
     if out.json:
