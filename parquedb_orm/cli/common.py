@@ -193,7 +193,12 @@ def readonly_engine(url: URL) -> Engine:
     if path is None:
         return create_engine(url, poolclass=NullPool)
     require_existing(url)
-    uri = path.resolve().as_uri() + "?mode=ro"
+    # mode=ro still creates the -wal and -shm files of a WAL database when they are not
+    # there. They are missing only when no connection is open (the last one to close
+    # checkpoints and removes them): the file alone is then the whole database, read as
+    # immutable. A writer that opens meanwhile appends to its WAL, not to this file.
+    wal = Path(f"{path}-wal")
+    uri = path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
     return create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=NullPool)
 
 

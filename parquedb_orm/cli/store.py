@@ -109,7 +109,8 @@ def open_store(args: argparse.Namespace, *, need_archive: bool) -> Iterator[Parq
 
 def flush(args: argparse.Namespace, out: Output) -> int:
     with open_store(args, need_archive=True) as db:
-        pending = db.runtime.unflushed
+        wal = collect_stats(parse_url(args.resolved_url))  # a new process knows no tail yet: ask SQL
+        pending = wal["unflushed_events"] + wal["unflushed_rel_events"]
         with out.progress() as bar:
             task = bar.add_task("flushing the WAL to Parquet", total=1)
             result = db.flush()
