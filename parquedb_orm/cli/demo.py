@@ -349,7 +349,7 @@ def _print_report(report: dict[str, Any], out: Output, url: str | None, archive:
             row.append(res.metrics.get(key) if isinstance(res, Measured) else res)
         rows.append(row)
     rows.append(["seconds (this machine)", *(
-        f"{r.seconds:.2f}" if isinstance(r, Measured) else "" for r in (results[n] for n in SYSTEMS))])
+        round(r.seconds, 2) if isinstance(r, Measured) else None for r in (results[n] for n in SYSTEMS))])
     out.table("what it cost (measured in this run, each system on its own SQLite file)",
               ["", *(LABELS[n] for n in SYSTEMS)], rows)
     if not exact:
