@@ -57,7 +57,7 @@ class Output:
 
     def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         numeric = [
-            i > 0 and all((isinstance(r[i], (int, float)) and not isinstance(r[i], bool)) or r[i] is None for r in rows)
+            i > 0 and all(_number(r[i]) or r[i] is None for r in rows) and any(_number(r[i]) for r in rows)
             for i in range(len(columns))
         ]
         table = Table(title=title, title_justify="left")
@@ -93,6 +93,10 @@ class Output:
         )
         with progress:
             yield progress
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _cell(value: Any) -> str:
