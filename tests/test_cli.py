@@ -328,3 +328,21 @@ def test_export_parquet_and_iceberg(
                          warehouse=(tmp_path / "ice").as_uri())
     scanned = {name: catalog.load_table(("parquedb", name)).scan().to_arrow().num_rows for name in counts}
     assert scanned == counts
+
+
+def test_bench_in_process_and_heads(capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench` is the demo's workload in a temporary folder: the same deterministic figures
+    for the row-per-change layout, at the scale asked."""
+    code, out, err = in_process(capsys, "bench", "--scale", "1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["archive"] is None and data["scale"] == 1 and data["commits_per_system"] == 250
+    assert (data["systems"]["row_per_change"]["statements"], data["systems"]["row_per_change"]["rows_stored"]) == (
+        570, 430)
+    assert data["systems"]["parquedb"]["flush"]["events"] == 150
+    code, out, _err = in_process(capsys, "heads")
+    assert (code, out.split()) == (0, list(pq.migrate.heads()))
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--scale", "0"])
+    assert stop.value.code == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
