@@ -266,6 +266,15 @@ def test_demo_refuses_a_foreign_database(tmp_path: Path, capsys: pytest.CaptureF
     code, _out, err = in_process(capsys, "demo", "--url", f"sqlite:///{tmp_path / 'parquedb-demo.db'}",
                                  "--archive", str(tmp_path / "a"))
     assert code == 2 and "not a parquedb demo database (tables: precious)" in err
+    store = tmp_path / "store.db"  # a store of the app's: its tables alone do not make it the demo's
+    pq.ParqueDB(f"sqlite:///{store}").close()
+    code, _out, err = in_process(capsys, "demo", "--url", f"sqlite:///{store}", "--archive", str(tmp_path / "a"))
+    assert code == 2 and "is not a parquedb demo database" in err and store.stat().st_size > 0
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "events").mkdir()
+    code, _out, err = in_process(capsys, "demo", "--url", f"sqlite:///{tmp_path / 'new.db'}",
+                                 "--archive", str(tmp_path / "archive"))
+    assert code == 2 and "is not a parquedb demo archive" in err and (tmp_path / "archive" / "events").is_dir()
     assert (tmp_path / "parquedb-demo.db").exists()
 
 

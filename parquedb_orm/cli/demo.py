@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -31,10 +30,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.cli import workload
 from parquedb_orm.cli.audit import AuditStore
-from parquedb_orm.cli.common import Output, UsageError, add_url, parse_url, sqlite_path
+from parquedb_orm.cli.common import Output, UsageError, parse_url, sqlite_path
 from parquedb_orm.orm.install import enable
 from parquedb_orm.orm.tracked import Tracked
-from parquedb_orm.sql.manifest import FOLDERS
 
 DEFAULT_URL = "sqlite:///parquedb-demo.db"
 DEFAULT_ARCHIVE = "parquedb-demo-archive"
@@ -67,7 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
         "links, updates, a tracked ORM model), flush it to Parquet, and print what it cost in SQL next to a "
         "one-row-per-change layout and SQLAlchemy-Continuum, measured in the same run.",
     )
-    add_url(demo)
+    demo.add_argument("--url", help=f"a SQLite file URL (default: {DEFAULT_URL}; not $PARQUEDB_URL: the demo "
+                      "deletes and recreates its database on each run)")
     demo.add_argument("--archive", default=DEFAULT_ARCHIVE, help=f"the archive folder (default: ./{DEFAULT_ARCHIVE})")
     demo.add_argument("--scale", type=_positive, default=1, help="workload size: 1 = 250 commits (default 1)")
     demo.set_defaults(func=run_demo)
@@ -127,7 +126,7 @@ def _stored(path: Path) -> tuple[int, int]:
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                           "AND name NOT LIKE 'sqlite_%'")]
+                                           f"AND name NOT LIKE 'sqlite_%' AND name != '{DEMO_TABLE}'")]
         rows = sum(int(con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names)
         pages = int(con.execute("PRAGMA page_count").fetchone()[0]) - int(con.execute("PRAGMA freelist_count")
                                                                           .fetchone()[0])
@@ -250,8 +249,14 @@ def run_continuum(db_path: Path, scale: int, bar: Any) -> Measured | str:
 # --------------------------------------------------------------------------- the commands
 
 
+#: what marks a database and an archive folder as the demo's own: only those are deleted
+DEMO_TABLE = "parquedb_demo"
+DEMO_MARK = ".parquedb-demo"
+
+
 def _recreate(db_path: Path, archive: Path) -> list[str]:
-    """Delete the previous demo's files, refusing anything that is not one."""
+    """Delete the previous demo's files, refusing anything the demo did not make (its
+    marker table / file missing): a store of yours is never deleted."""
     removed: list[str] = []
     if db_path.exists():
         con = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
@@ -261,7 +266,7 @@ def _recreate(db_path: Path, archive: Path) -> list[str]:
             tables = {"(not a SQLite database)"}
         finally:
             con.close()
-        if "counters" not in tables and tables:
+        if DEMO_TABLE not in tables and (tables or db_path.stat().st_size):
             raise UsageError(f"{db_path} is not a parquedb demo database (tables: {', '.join(sorted(tables))}): "
                              "give another --url")
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -270,18 +275,29 @@ def _recreate(db_path: Path, archive: Path) -> list[str]:
                 extra.unlink()
         removed.append(str(db_path))
     if archive.exists():
-        strange = [p.name for p in archive.iterdir() if p.name not in FOLDERS and p.name not in ("_scan", "_iceberg")
-                   and not p.name.startswith(".")]
-        if strange or not archive.is_dir():
-            raise UsageError(f"{archive} is not a parquedb archive folder (holds {', '.join(strange[:3])}): "
+        if not archive.is_dir() or (any(archive.iterdir()) and not (archive / DEMO_MARK).is_file()):
+            raise UsageError(f"{archive} is not a parquedb demo archive (no {DEMO_MARK} file in it): "
                              "give another --archive")
         shutil.rmtree(archive)
         removed.append(f"{archive}/")
     return removed
 
 
+def _mark(db_path: Path, archive: Path) -> None:
+    con = sqlite3.connect(db_path)
+    try:
+        con.execute(f"CREATE TABLE {DEMO_TABLE} (created_by TEXT)")
+        con.execute(f"INSERT INTO {DEMO_TABLE} VALUES ('parquedb demo')")
+        con.commit()
+    finally:
+        con.close()
+    archive.mkdir(parents=True, exist_ok=True)
+    (archive / DEMO_MARK).write_text("made by `parquedb demo`, which deletes this folder on its next run\n")
+
+
 def run_demo(args: argparse.Namespace, out: Output) -> int:
-    raw = args.url or os.environ.get("PARQUEDB_URL") or DEFAULT_URL
+    # not $PARQUEDB_URL: the demo deletes its database on each run, never the app's store
+    raw = args.url or DEFAULT_URL
     args.resolved_url = raw
     url = parse_url(raw)
     db_path = sqlite_path(url)
@@ -289,6 +305,8 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"the demo runs on a SQLite file (it deletes and recreates it): got {raw}")
     archive = Path(args.archive)
     removed = _recreate(db_path, archive)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    _mark(db_path, archive)
     if not out.json:
         out.line(f"demo: {'recreated' if removed else 'created'} {db_path} and {archive}/ "
                  f"({'previous run deleted' if removed else 'new'})")
