@@ -355,3 +355,19 @@ def test_bench_in_process_and_heads(capsys: pytest.CaptureFixture[str]) -> None:
         main(["bench", "--scale", "0"])
     assert stop.value.code == 2
     assert "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_commands_on_a_database_without_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "other.db")
+    con.execute("CREATE TABLE t (x)")
+    con.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for words in (["stats"], ["sql", "SELECT 1"], ["inspect", "a/b"]):
+        code, out, err = in_process(capsys, *words, "--url", f"sqlite:///{tmp_path / 'other.db'}")
+        assert (code, out) == (1, "")
+        assert err.startswith(f"parquedb {words[0]}: error: no parquedb store in sqlite:///{tmp_path / 'other.db'} "
+                              "(missing tables: archive_manifest, counters"), err
+        assert err.strip().endswith("run `parquedb upgrade --url URL`")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # read-only: no -wal / -shm either

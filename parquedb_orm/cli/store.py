@@ -26,6 +26,7 @@ from parquedb_orm.cli.common import (
 )
 from parquedb_orm.db import ParqueDB
 from parquedb_orm.sql import manifest
+from parquedb_orm.sql.migrations import schema_status
 from parquedb_orm.sql.models import ArchiveFile, Counter, EventsWal, RelsWal
 
 #: the DuckDB views of db.duckdb() (archive/analytics.py), exported one file each
@@ -82,12 +83,28 @@ def _archive_files(url: URL) -> int:
         engine.dispose()
 
 
+def require_store(url: URL) -> None:
+    """The database holds the store's tables (read-only check), else say what to run."""
+    engine = readonly_engine(url)
+    try:
+        status = schema_status(engine)
+    finally:
+        engine.dispose()
+    if status.missing_tables:
+        where = url.render_as_string(hide_password=True)
+        missing = ", ".join(sorted(status.missing_tables))
+        raise CommandError(
+            f"no parquedb store in {where} (missing tables: {missing}): run `parquedb upgrade --url URL`"
+        )
+
+
 @contextlib.contextmanager
 def open_store(args: argparse.Namespace, *, need_archive: bool) -> Iterator[ParqueDB]:
     """The store, its schema checked (never created or upgraded here), flushing manual (a
     command flushes only when asked). A SQLite file must exist."""
     url = parse_url(url_of(args))
     require_existing(url)
+    require_store(url)
     archive = archive_of(args)
     if archive is None:
         if need_archive:
@@ -181,6 +198,7 @@ def collect_stats(url: URL) -> dict[str, Any]:
 
 def stats(args: argparse.Namespace, out: Output) -> int:
     url = parse_url(url_of(args))
+    require_store(url)
     data = collect_stats(url)
     if out.json:
         out.emit_json(data)
