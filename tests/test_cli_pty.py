@@ -4,6 +4,7 @@ without one ANSI escape and without progress."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -48,6 +49,8 @@ def test_demo_on_a_terminal_renders_rich_tables(tmp_path: Path) -> None:
     assert "what it cost" in plain and "parquedb-orm" in plain and "SQLAlchemy-Continuum" in plain
     assert "parquedb-orm: flush to Parquet" in plain  # the progress bar's last description
     assert "row per change (audit table)" in plain
+    if importlib.util.find_spec("sqlalchemy_continuum") is None:  # values are text, never rich markup
+        assert "not installed (pip install parquedb-orm[demo])" in plain
     assert (tmp_path / "parquedb-demo.db").is_file()
 
 

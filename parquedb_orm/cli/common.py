@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.pool import NullPool
 
@@ -51,7 +52,7 @@ class Output:
 
     def line(self, text: str = "") -> None:
         if self.terminal:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, markup=False)  # "[demo]" is text, not a style
         else:
             print(text)
 
@@ -60,11 +61,11 @@ class Output:
             i > 0 and all(_number(r[i]) or r[i] is None for r in rows) and any(_number(r[i]) for r in rows)
             for i in range(len(columns))
         ]
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title) if title else None, title_justify="left")
         for i, col in enumerate(columns):
-            table.add_column(col, justify="right" if numeric[i] else "left")
+            table.add_column(Text(col), justify="right" if numeric[i] else "left")
         for row in rows:
-            table.add_row(*(_cell(v) for v in row))
+            table.add_row(*(Text(_cell(v)) for v in row))  # Text: no markup in values
         if self.terminal:
             self.console.print(table)
         else:  # plain columns: easy to grep, no box drawing for a log file
