@@ -79,24 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe(exc: BaseException, raw: str | None) -> str:
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    """One line for a failure: driver errors name the database (password hidden); our typed
+    errors and Alembic's (e.g. an unknown revision) are already worded for the user."""
+    from alembic.util import CommandError as AlembicError
+    from sqlalchemy.exc import DBAPIError
 
     from parquedb_orm.errors import ParqueDBError
 
-    if isinstance(exc, (DBAPIError, OperationalError)):
+    if isinstance(exc, DBAPIError):
         if raw:
             try:
                 return describe_db_error(exc, parse_url(raw))
             except UsageError:
                 pass
-        return " ".join(str(getattr(exc, "orig", None) or exc).split())
-    if isinstance(exc, ParqueDBError):
-        return " ".join(str(exc).split())
-    try:
-        from alembic.util import CommandError as AlembicError
-    except ImportError:  # pragma: no cover - alembic is a dependency
-        AlembicError = ()  # type: ignore[assignment,misc]
-    if isinstance(exc, AlembicError):
+        return " ".join(str(exc.orig or exc).split())
+    if isinstance(exc, (ParqueDBError, AlembicError)):
         return " ".join(str(exc).split())
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 

@@ -289,8 +289,10 @@ def _plain(value: Any) -> Any:
 
 
 def _plain_text(value: Any) -> Any:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else ("-" if value is None else
-                                                                                         str(value))
+    """Numbers stay numbers (right-aligned, with separators); None shows as "-"."""
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or value is None:
+        return value
+    return str(value)
 
 
 # --------------------------------------------------------------------------- export
