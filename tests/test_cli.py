@@ -161,6 +161,16 @@ def test_db_stats_counts_manual_flushes(tmp_path: Path) -> None:
         assert stats["flushes"] == 3
         assert stats["last_flush"]["events"] == 1 and stats["last_flush"]["files"] == 2
         assert stats["last_flush_error"] is None
+        db.create("users", {"n": 3})
+        (tmp_path / "a" / "events" / "ns=users").rename(tmp_path / "moved")
+        (tmp_path / "a" / "events" / "ns=users").write_text("not a folder")  # the next file cannot be written
+        with pytest.raises(pq.ArchiveError, match="cannot write"):
+            db.flush()
+        stats = db.stats()
+        assert stats["flushes"] == 3 and "ArchiveError" in stats["last_flush_error"]
+        (tmp_path / "a" / "events" / "ns=users").unlink()
+        (tmp_path / "moved").rename(tmp_path / "a" / "events" / "ns=users")
+        assert db.flush().events == 1 and db.stats()["flushes"] == 4
     finally:
         db.close()
 
