@@ -321,6 +321,9 @@ def test_inspect_an_entity(demo: tuple[Path, dict[str, Any]], capsys: pytest.Cap
     code, out, err = in_process(capsys, "inspect", ref, env=_store_env(demo))
     assert code == 0 and out.startswith(f"{ref}  version {data['version']}\nstate\n"), out
     assert "history (oldest first)" in out and out.count("UPDATE") == updates
+    no_archive = {"PARQUEDB_URL": _store_env(demo)["PARQUEDB_URL"]}
+    code, _out, err = in_process(capsys, "inspect", ref, env=no_archive)
+    assert code == 2 and "this store has 10 archive files: pass --archive PATH or set $PARQUEDB_ARCHIVE" in err
     code, _out, err = in_process(capsys, "inspect", "nonsense", env=_store_env(demo))
     assert code == 2 and err.strip() == "parquedb inspect: error: expected NS/ID (e.g. users/Uk), got 'nonsense'"
 
