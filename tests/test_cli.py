@@ -69,7 +69,9 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 
 def test_console_script_help_lists_every_command() -> None:
-    script = Path(sys.executable).parent / "parquedb"
+    import sysconfig
+
+    script = Path(sysconfig.get_path("scripts")) / "parquedb"
     assert script.exists(), "the console script parquedb = parquedb_orm.cli:main is installed with the package"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
