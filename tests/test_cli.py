@@ -43,6 +43,19 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     )
 
 
+def run_all(*commands: list[str], env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands, started together (each process spends about a second on imports)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("PARQUEDB_URL", "PARQUEDB_ARCHIVE")}
+    full.update(env or {})
+    procs = [subprocess.Popen([sys.executable, "-m", "parquedb_orm.cli", *args], env=full, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
+    done = []
+    for args, proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return done
+
+
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
@@ -80,11 +93,17 @@ def test_console_script_help_lists_every_command() -> None:
 
 
 def test_bad_urls_and_missing_url_give_one_line(tmp_path: Path) -> None:
-    one_line_error(run("current", "--url", "nonsense"), 2, "invalid database URL 'nonsense'")
-    one_line_error(run("stats"), 2, "--url URL", "$PARQUEDB_URL")
-    line = one_line_error(run("upgrade", "--url", "sqlite:////missing/dir/s.db"), 1, "unable to open database file")
+    nonsense, no_url, missing_dir, refused = run_all(
+        ["current", "--url", "nonsense"],
+        ["stats"],
+        ["upgrade", "--url", "sqlite:////missing/dir/s.db"],
+        ["current", "--url", "postgresql://127.0.0.1:1/x"],
+    )
+    one_line_error(nonsense, 2, "invalid database URL 'nonsense'")
+    one_line_error(no_url, 2, "--url URL", "$PARQUEDB_URL")
+    line = one_line_error(missing_dir, 1, "unable to open database file")
     assert "sqlite:////missing/dir/s.db" in line
-    one_line_error(run("current", "--url", "postgresql://127.0.0.1:1/x"), 1, "127.0.0.1", "refused")
+    one_line_error(refused, 1, "127.0.0.1", "refused")
     assert not Path("/missing").exists()
 
 
@@ -334,7 +353,10 @@ def test_export_parquet_and_iceberg(
     demo: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = _store_env(demo)
-    proc = run("export", "--to", str(tmp_path / "out"), "--json", env=env)
+    iceberg = importlib.util.find_spec("pyiceberg") is not None
+    proc, *ice_run = run_all(["export", "--to", str(tmp_path / "out"), "--json"],
+                             *([["export", "--to", str(tmp_path / "ice"), "--format", "iceberg", "--json"]]
+                               if iceberg else []), env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     counts = {name: papq.read_table(tmp_path / "out" / f"{name}.parquet").num_rows for name in ("events", "rels",
@@ -342,12 +364,11 @@ def test_export_parquet_and_iceberg(
     assert counts == result["rows"] == {"events": 150, "rels": 100, "entities": 80}
     code, _out, err = in_process(capsys, "export", "--to", str(tmp_path / "out"), env=env)
     assert code == 2 and err.strip().endswith("exists and is not an empty folder")
-    if importlib.util.find_spec("pyiceberg") is None:
+    if not iceberg:
         return
     from pyiceberg.catalog.sql import SqlCatalog
 
-    ice = run("export", "--to", str(tmp_path / "ice"), "--format", "iceberg", "--json", env=env)
-    assert ice.returncode == 0, ice.stderr
+    assert ice_run[0].returncode == 0, ice_run[0].stderr
     catalog = SqlCatalog("export", uri=f"sqlite:///{tmp_path / 'ice' / 'catalog.db'}",
                          warehouse=(tmp_path / "ice").as_uri())
     scanned = {name: catalog.load_table(("parquedb", name)).scan().to_arrow().num_rows for name in counts}
