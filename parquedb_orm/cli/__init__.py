@@ -50,10 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr
     )
+    quieted = {name: logging.getLogger(name).level for name in ("alembic", "parquedb_orm")}
     if not args.verbose:  # the library's one-line note of the engine's durability, Alembic's steps
-        for name in ("alembic", "parquedb_orm"):
+        for name in quieted:
             logging.getLogger(name).setLevel(logging.ERROR)
-    out = Output(Console(), json=args.json, verbose=args.verbose)
+    try:
+        return _run(args, Output(Console(), json=args.json, verbose=args.verbose))
+    finally:  # main() called in a process that goes on (tests, an app) leaves its loggers as they were
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
     prefix = f"parquedb {args.command}: error:"
     try:
         code: int = args.func(args, out)
