@@ -533,9 +533,7 @@ class ParqueDB:
         running = flushing(self.runtime)
         if running is None:
             raise ConfigurationError("no archive configured: pass archive='./folder' (or a URI) to ParqueDB()")
-        result = running.flusher.flush()
-        running.flusher.compact_due(running.scheduler.policy.compact_after, result.namespaces)
-        return result
+        return running.scheduler.flush_now()  # counted in stats() like the policy's flushes
 
     def compact(self, threshold: int = 1) -> int:
         """Merge small archive files now (namespaces with more than `threshold` files of a kind)."""

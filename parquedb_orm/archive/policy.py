@@ -184,16 +184,30 @@ class Scheduler:
                 return None
             return self._run()
 
+    def flush_now(self) -> FlushResult:
+        """A caller's flush (`db.flush()`): counted in `flushes` / `last_result` /
+        `last_error` like the policy's, but its error is raised to that caller."""
+        with self._running:
+            try:
+                result = self._flush_and_compact()
+            except Exception as exc:
+                self.last_error = exc
+                raise
+            return result
+
+    def _flush_and_compact(self) -> FlushResult:
+        t0 = time.perf_counter()
+        result = self.flusher.flush()
+        self.flusher.compact_due(self.policy.compact_after, result.namespaces)
+        self.last_result = result
+        self.flushes += 1
+        self._backoff = 0.0
+        log.debug("flushed %d events in %.3fs", result.events + result.rel_events, time.perf_counter() - t0)
+        return result
+
     def _run(self) -> FlushResult | None:
         try:
-            t0 = time.perf_counter()
-            result = self.flusher.flush()
-            self.flusher.compact_due(self.policy.compact_after, result.namespaces)
-            self.last_result = result
-            self.flushes += 1
-            self._backoff = 0.0
-            log.debug("flushed %d events in %.3fs", result.events + result.rel_events, time.perf_counter() - t0)
-            return result
+            return self._flush_and_compact()
         except Exception as exc:  # a failed flush must not fail the caller's commit
             self.last_error = exc
             self._backoff = min(max(1.0, self._backoff * 2), self.policy.max_interval)
