@@ -410,16 +410,13 @@ def _check_operand(op: str, path: str, value: Any) -> None:
         if value is not True and value != {"$type": "date"}:
             raise ValidationError(f"$currentDate {path!r}: expected true or {{'$type': 'date'}}, got {value!r}")
         return
-    if op in ("$inc", "$mul"):
-        _number(value, op, path)
-        _finite(value, op, path)
-        return
     if op == "$rename":
         if not isinstance(value, str):
             raise ValidationError(f"$rename {path!r}: target must be a field path string, got {value!r}")
         return
     if op in ("$push", "$addToSet") and _is_condition(value):
-        check_serialisable(_each(value), path)
+        if "$each" in value:
+            check_serialisable(value["$each"], path)  # other modifiers are refused when applied
     elif op == "$pull" and _is_condition(value):
         from parquedb_orm.core.filters import validate_condition  # local: filters imports this module
 
