@@ -48,7 +48,7 @@ def _values(node: Any, parts: list[str]) -> list[Any]:
         for item in node:
             if isinstance(item, dict):
                 out += _values(item, parts)
-        return out  # an array of scalars has no `a.b`: nothing reached (not even "missing")
+        return out or [_MISSING]
     return [_MISSING]
 
 

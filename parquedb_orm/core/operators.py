@@ -340,7 +340,7 @@ def _is_condition(value: Any) -> bool:
 
 
 def _op_pull(state: State, path: str, value: Any, now: datetime) -> None:
-    from parquedb_orm.core.filters import match_value  # local: filters imports `same` from here
+    from parquedb_orm.core.filters import match_value, matches  # local: filters imports `same` from here
 
     parts = check_path(path, "$pull")
     cur = _get(state, parts)
@@ -350,10 +350,12 @@ def _op_pull(state: State, path: str, value: Any, now: datetime) -> None:
         raise ValidationError(f"$pull {path!r}: the field holds {_describe(cur)}, not an array")
     if _is_condition(value):
         kept = [item for item in cur if not match_value(item, value)]
+    elif isinstance(value, dict):
+        # MongoDB: a document is a query on the document elements, "as if each array element
+        # were a document in a collection" ({"k": 1} pulls {"k": 1, "j": 2} too)
+        kept = [item for item in cur if not (isinstance(item, dict) and matches(item, value))]
     else:
-        # MongoDB: an array value must match exactly, in order; a document value needs the
-        # same fields and values, in any order
-        kept = [item for item in cur if not same(item, value, ordered=not isinstance(value, dict))]
+        kept = [item for item in cur if not same(item, value, ordered=True)]  # an array: exactly, in order
     _set(state, parts, kept, "$pull")
 
 
@@ -417,10 +419,13 @@ def _check_operand(op: str, path: str, value: Any) -> None:
     if op in ("$push", "$addToSet") and _is_condition(value):
         if "$each" in value:
             check_serialisable(value["$each"], path)  # other modifiers are refused when applied
-    elif op == "$pull" and _is_condition(value):
-        from parquedb_orm.core.filters import validate_condition  # local: filters imports this module
+    elif op == "$pull" and isinstance(value, dict):
+        from parquedb_orm.core.filters import validate_condition, validate_filter  # local: filters imports this
 
-        validate_condition(value, f"$pull {path!r}")
+        if _is_condition(value):
+            validate_condition(value, f"$pull {path!r}")
+        else:
+            validate_filter(value)
     else:
         check_serialisable(value, path)
 
