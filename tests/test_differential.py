@@ -383,7 +383,10 @@ E2E_FILTERS: list[dict[str, Any]] = [
 
 
 def test_find_end_to_end_hot_flushed_cold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    want = {i: [f"#{j}" for j, d in enumerate(E2E_DOCS) if matches(d, validate_filter(f))] for i, f in enumerate(E2E_FILTERS)}
+    want = {
+        i: [f"#{j}" for j, d in enumerate(E2E_DOCS) if matches(d, validate_filter(f))]
+        for i, f in enumerate(E2E_FILTERS)
+    }
     url, archive = f"sqlite:///{tmp_path / 'p.db'}", str(tmp_path / "a")
 
     def check(db: pq.ParqueDB, names: dict[str, str], stage: str) -> None:

@@ -21,9 +21,11 @@ from enum import Enum
 from typing import Any
 
 from parquedb_orm.core.codec import check_serialisable
-from parquedb_orm.core.operators import MAX_DEPTH, same
 from parquedb_orm.errors import UnknownOperatorError, ValidationError
 
+#: how deep a filter, an update's paths and a filter's literals may nest (a deeper one is
+#: refused, never a RecursionError)
+MAX_DEPTH = 100
 _MISSING = object()
 FIELD_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not"})
 LOGICAL_OPERATORS = frozenset({"$and", "$or", "$nor", "$not"})
@@ -264,7 +266,9 @@ def _operand(value: Any, where: str, op: str, depth: int) -> None:
                     f"{where}: {op} operand {value!r} holds the unknown operator "
                     f"{next(k for k in dollar if k not in known)!r}; an operand is a plain value"
                 )
-            raise ValidationError(f"{where}: {op} operand {value!r} is an operator document; an operand is a plain value")
+            raise ValidationError(
+                f"{where}: {op} operand {value!r} is an operator document; an operand is a plain value"
+            )
     _check_depth(value, where, depth)
     check_serialisable(value, where)
 
@@ -278,6 +282,29 @@ def _check_depth(value: Any, where: str, depth: int) -> None:
                 raise ValidationError(f"{where}: value nested more than {MAX_DEPTH} levels deep")
             items = node.values() if isinstance(node, dict) else node
             stack.extend((item, level + 1) for item in items)
+
+
+def same(a: Any, b: Any, *, ordered: bool = False) -> bool:
+    """Equality as stored data sees it: a boolean is not the number 1 or 0 (1 == 1.0 ==
+    Decimal(1) as in MongoDB); a tuple is the list it is stored as. `ordered`: documents
+    are equal only with their fields in the same order (MongoDB's query and $addToSet
+    equality); otherwise field order is ignored."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y, ordered=ordered) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        if len(a) != len(b):
+            return False
+        if ordered:
+            return all(ka == kb and same(a[ka], b[kb], ordered=True) for ka, kb in zip(a, b, strict=True))
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple, dict)) or isinstance(b, (list, tuple, dict)):
+        return False
+    try:
+        return bool(a == b)
+    except (TypeError, ArithmeticError):  # a custom type's __eq__ refusing
+        return False
 
 
 def _sort_key(value: Any) -> tuple[Any, ...]:

@@ -7,6 +7,7 @@ UPDATE event reproduces exactly the state the live call returned.
 from __future__ import annotations
 
 import decimal
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from parquedb_orm.core.codec import check_serialisable, clone
+from parquedb_orm.core.filters import MAX_DEPTH, match_value, matches, same, validate_condition, validate_filter
 from parquedb_orm.errors import UnknownOperatorError, ValidationError
 
 #: Fields the store maintains; updates may not touch them.
@@ -23,12 +25,11 @@ META_FIELDS = frozenset(
     {"$id", "$type", "version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"}
 )
 LINK_OPERATORS = frozenset({"$link", "$unlink"})
+__all__ = ["LINK_OPERATORS", "MAX_DEPTH", "META_FIELDS", "OPERATORS", "apply_update", "same", "validate_update"]
 
 State = dict[str, Any]
 
 
-#: how deep an update's paths and a filter may nest (a deeper one is refused, never a RecursionError)
-MAX_DEPTH = 100
 #: how far past an array's end a numeric path segment may write (the gap is filled with nulls, as MongoDB does)
 MAX_PAD = 10_000
 _INDEX = re.compile(r"^[0-9]+$")
@@ -340,8 +341,6 @@ def _is_condition(value: Any) -> bool:
 
 
 def _op_pull(state: State, path: str, value: Any, now: datetime) -> None:
-    from parquedb_orm.core.filters import match_value, matches  # local: filters imports `same` from here
-
     parts = check_path(path, "$pull")
     cur = _get(state, parts)
     if cur is _MISSING:
@@ -420,8 +419,6 @@ def _check_operand(op: str, path: str, value: Any) -> None:
         if "$each" in value:
             check_serialisable(value["$each"], path)  # other modifiers are refused when applied
     elif op == "$pull" and isinstance(value, dict):
-        from parquedb_orm.core.filters import validate_condition, validate_filter  # local: filters imports this
-
         if _is_condition(value):
             validate_condition(value, f"$pull {path!r}")
         else:
@@ -436,29 +433,6 @@ def _finite(value: Any, op: str, path: str) -> Any:
     ):
         raise ValidationError(f"{op} {path!r}: the result {value!r} is not a finite number and cannot be stored")
     return value
-
-
-def same(a: Any, b: Any, *, ordered: bool = False) -> bool:
-    """Equality as stored data sees it: a boolean is not the number 1 or 0 (1 == 1.0 ==
-    Decimal(1) as in MongoDB); a tuple is the list it is stored as. `ordered`: documents
-    are equal only with their fields in the same order (MongoDB's query and $addToSet
-    equality); otherwise field order is ignored."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y, ordered=ordered) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        if len(a) != len(b):
-            return False
-        if ordered:
-            return all(ka == kb and same(a[ka], b[kb], ordered=True) for ka, kb in zip(a, b, strict=True))
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple, dict)) or isinstance(b, (list, tuple, dict)):
-        return False
-    try:
-        return bool(a == b)
-    except (TypeError, ArithmeticError):  # a custom type's __eq__ refusing
-        return False
 
 
 def _paths(update: dict[str, dict[str, Any]]) -> list[tuple[tuple[str, ...], str]]:
@@ -477,7 +451,7 @@ def _check_conflicts(update: dict[str, dict[str, Any]]) -> None:
     operators): the result would depend on the order they are applied in."""
     paths = sorted(_paths(update))
     # sorted, a path is followed by the paths under it: checking neighbours finds every overlap
-    for (a, op_a), (b, op_b) in zip(paths, paths[1:], strict=False):
+    for (a, op_a), (b, op_b) in itertools.pairwise(paths):
         if b[: len(a)] == a:
             where = ".".join(a) if a == b else f"{'.'.join(a)!r} and {'.'.join(b)!r}"
             raise ValidationError(
