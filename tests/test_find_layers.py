@@ -110,7 +110,8 @@ def _filters(fv: list[int]) -> list[dict[str, Any]]:
         {"t": v("t", b)},
         {"i": v("t", c)},  # a bool against ints: True == 1
         {"m": v("m", a)},
-        {"m": {"$lt": v("m", b)}},
+        # ordering against a document or an array is refused (docs/operators.md): equality then
+        {"m": v("m", b)} if isinstance(v("m", b), (list, dict)) else {"m": {"$lt": v("m", b)}},
         {"$or": [{"i": {"$in": [v("i", a), v("i", b)]}}, {"s": v("s", c)}]},
         {"m.x": v("i", c)},
         {"i": {"$ne": v("i", a)}},

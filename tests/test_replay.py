@@ -111,10 +111,10 @@ def _read(doc: State, parts: list[str]) -> Any:
 def _write(doc: State, parts: list[str], value: Any) -> None:
     node = doc
     for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:  # missing or null: a sub-document is made
-            child = node[part] = {}
-        elif not isinstance(child, dict):
+        if part not in node:  # missing: a sub-document is made
+            node[part] = {}
+        child = node[part]
+        if not isinstance(child, dict):  # null, a scalar, an array (no numeric segments drawn here)
             raise Invalid(f"cannot descend into {part!r}")
         node = child
     node[parts[-1]] = copy.deepcopy(value)
@@ -132,7 +132,7 @@ def _items(value: Any) -> list[Any]:
 
 def _list_at(doc: State, parts: list[str]) -> list[Any]:
     cur = _read(doc, parts)
-    if cur is _MISSING or cur is None:
+    if cur is _MISSING:
         return []
     if not isinstance(cur, list):
         raise Invalid("not a list")
@@ -163,15 +163,54 @@ def _cmp(item: Any, arg: Any, op: str) -> bool:
 
 def _pull_matches(item: Any, cond: dict[str, Any]) -> bool:
     for op, arg in cond.items():
-        ok = any(_eq(item, a) for a in arg) if op == "$in" else _cmp(item, arg, op)
+        if op == "$in":
+            ok = any(_eq(item, a) for a in arg)
+        else:
+            ok = _cmp(item, arg, op) or (isinstance(item, list) and any(_cmp(i, arg, op) for i in item))
         if not ok:
             return False
     return True
 
 
+def _bson_rank(value: Any) -> int:
+    """MongoDB's order of types, for the values drawn here: null, numbers, text, documents, arrays, dates."""
+    if value is None:
+        return 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return 1
+    if isinstance(value, str):
+        return 2
+    if isinstance(value, dict):
+        return 3
+    if isinstance(value, list):
+        return 4
+    if isinstance(value, bool):
+        return 5
+    return 6  # datetime
+
+
+def _overlapping(update: dict[str, dict[str, Any]]) -> bool:
+    paths = [p.split(".") for fields in update.values() for p in fields]
+    paths += [v.split(".") for v in update.get("$rename", {}).values()]
+    return any(i != j and a[: len(b)] == b for i, a in enumerate(paths) for j, b in enumerate(paths))
+
+
+def _crosses_array(doc: State, parts: list[str]) -> bool:
+    node: Any = doc
+    for part in parts:
+        if isinstance(node, list):
+            return True
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return False
+
+
 def model_update(data: State, update: dict[str, dict[str, Any]], now: datetime) -> State:
     """What the user's fields must be after `update` (raises Invalid where the store must refuse)."""
     doc = copy.deepcopy(data)
+    if _overlapping(update):
+        raise Invalid("two operators on one path (or a path and one under it)")
     for op, fields in update.items():
         for path, value in fields.items():
             parts = path.split(".")
@@ -185,7 +224,9 @@ def model_update(data: State, update: dict[str, dict[str, Any]], now: datetime) 
                 if not _is_number(value):
                     raise Invalid(f"{op} by {value!r}")
                 cur = _read(doc, parts)
-                if cur is _MISSING or cur is None:
+                if cur is None:
+                    raise Invalid(f"{op} on null")
+                if cur is _MISSING:
                     _write(doc, parts, value if op == "$inc" else 0 * value)
                 elif not _is_number(cur):
                     raise Invalid(f"{op} on {cur!r}")
@@ -193,13 +234,15 @@ def model_update(data: State, update: dict[str, dict[str, Any]], now: datetime) 
                     _write(doc, parts, cur + value if op == "$inc" else cur * value)
             elif op in ("$min", "$max"):
                 cur = _read(doc, parts)
-                if cur is _MISSING or cur is None:
+                if cur is _MISSING:
                     _write(doc, parts, value)
                     continue
-                try:
+                if _bson_rank(value) != _bson_rank(cur):
+                    better = (_bson_rank(value) < _bson_rank(cur)) == (op == "$min")
+                elif isinstance(cur, (dict, list)):
+                    raise Invalid(f"{op}: ordering documents or arrays")
+                else:
                     better = value < cur if op == "$min" else value > cur
-                except TypeError:
-                    raise Invalid(f"{op}: {value!r} vs {cur!r}") from None
                 if better:
                     _write(doc, parts, value)
             elif op == "$push":
@@ -212,10 +255,10 @@ def model_update(data: State, update: dict[str, dict[str, Any]], now: datetime) 
                 _write(doc, parts, items)
             elif op == "$pull":
                 cur = _read(doc, parts)
-                if cur is _MISSING or cur is None:
+                if cur is _MISSING:
                     continue
                 if not isinstance(cur, list):
-                    raise Invalid("$pull on a non-list")
+                    raise Invalid("$pull on a non-list (null included)")
                 if isinstance(value, dict) and value and all(k.startswith("$") for k in value):
                     _write(doc, parts, [i for i in cur if not _pull_matches(i, value)])
                 else:
@@ -224,6 +267,8 @@ def model_update(data: State, update: dict[str, dict[str, Any]], now: datetime) 
                 target = value.split(".")
                 if target == parts:
                     raise Invalid("rename onto itself")
+                if _crosses_array(doc, parts) or _crosses_array(doc, target):
+                    raise Invalid("rename through an array")
                 parent = _parent_for_read(doc, parts)
                 if parent is None or parts[-1] not in parent:
                     continue
@@ -312,6 +357,8 @@ class Run:
             return self.db.update(self.ns, t.sqid, update, expected_version=expected, actor=actor)
 
         cur = t.state
+        if _overlapping(update):  # the update's shape is checked before the entity is read
+            return self.refused(t, pq.ValidationError, call)
         if cur is None or "deletedAt" in cur:
             return self.refused(t, pq.EntityNotFoundError, call)
         if mode == "wrong":
@@ -552,8 +599,9 @@ EVERY_KIND_OF_OPERATION: list[tuple[Any, ...]] = [
     ("update", 0, {"$inc": {"s": 1}}, None, "none"),  # refused: not a number
     ("update", 0, {"$set": {"d": WHEN, "x.y": [1]}, "$unset": {"n": ""}}, "users/ann", "right"),
     ("update", 0, {"$pull": {"tags": {"$gt": 3}}, "$rename": {"s": "name"}, "$currentDate": {"t": True}}, None, "none"),
-    ("update", 0, {"$push": {"tags": {"$each": [7]}}, "$addToSet": {"tags": 1}, "$mul": {"m": 2}}, None, "wrong"),
-    ("update", 1, {"$min": {"n": 3}, "$max": {"n": 1}, "$inc": {"n": 1.5}}, None, "none"),
+    ("update", 0, {"$push": {"tags": {"$each": [7]}}, "$addToSet": {"x.tags": 1}, "$mul": {"m": 2}}, None, "wrong"),
+    ("update", 1, {"$min": {"n": 3}, "$max": {"m": 1}, "$inc": {"x.n": 1.5}}, None, "none"),
+    ("update", 1, {"$min": {"n": 3}, "$max": {"n": 1}}, None, "wrong"),  # refused: one path twice
     ("delete", 0, False, "users/bob", "none"),
     ("update", 0, {"$set": {"a": 1}}, None, "none"),  # refused: deleted
     ("delete", 0, False, None, "none"),  # already deleted: False, nothing written
@@ -698,10 +746,11 @@ def h(engine: Engine) -> Iterator[Harness]:
 
 def test_set_paths_and_datetimes(h: Harness) -> None:
     h.create({"x": {"a": 1}, "s": "str", "z": None, "l": [1]})
-    out = h.update({"$set": {"x.b.c": 2, "when": WHEN, "z.k": 1, "n": -0.0}})
+    out = h.update({"$set": {"x.b.c": 2, "when": WHEN, "n": -0.0}})
     h.refuse({"$set": {"l": {"$each": [2]}}}, pq.SerializationError)  # "$" keys are reserved in values
     assert out["x"] == {"a": 1, "b": {"c": 2}} and out["when"] == WHEN
-    assert out["z"] == {"k": 1}  # a null on the way is replaced by a sub-document
+    h.refuse({"$set": {"z.k": 1}})  # MongoDB: cannot create a field in a null
+    h.refuse({"$set": {"x.$date": 1}})  # a "$" segment would be read back as a tag
     h.refuse({"$set": {"s.k": 1}})  # cannot descend into a string
     h.refuse({"$set": {"version": 9}})
     h.refuse({"$set": {"bad": object()}}, pq.SerializationError)
@@ -732,8 +781,9 @@ def test_unset_missing_fields_is_a_noop_event(h: Harness) -> None:
 
 def test_inc(h: Harness) -> None:
     h.create({"n": 1, "f": 1.5, "s": "t", "flag": True, "none": None})
-    out = h.update({"$inc": {"n": 2, "f": 1, "new": 5, "none": 3, "x.y": -1, "g": 0.5}})
-    assert_same(body(out), {"n": 3, "f": 2.5, "s": "t", "flag": True, "none": 3, "new": 5, "x": {"y": -1}, "g": 0.5})
+    out = h.update({"$inc": {"n": 2, "f": 1, "new": 5, "x.y": -1, "g": 0.5}})
+    assert_same(body(out), {"n": 3, "f": 2.5, "s": "t", "flag": True, "none": None, "new": 5, "x": {"y": -1}, "g": 0.5})
+    h.refuse({"$inc": {"none": 3}})  # MongoDB refuses $inc on null
     h.refuse({"$inc": {"s": 1}})
     h.refuse({"$inc": {"flag": 1}})  # a boolean is not a number
     h.refuse({"$inc": {"n": "1"}})
@@ -759,9 +809,10 @@ def test_min_max(h: Harness) -> None:
     assert (out["lo"], out["hi"], out["absent2"], out["s"], out["when"]) == (4, 5, -1, "z", WHEN)
     out = h.update({"$max": {"lo": 4.5}, "$min": {"hi": 5.0}})  # equal value: unchanged, still an event
     assert_same([out["lo"], out["hi"]], [4.5, 5])
-    h.refuse({"$min": {"s": 1}})
-    h.refuse({"$max": {"when": 5}})
-    h.refuse({"$max": {"lo": "x"}})
+    # across types, BSON's order: numbers < strings < dates
+    out = h.update({"$min": {"s": 1}, "$max": {"when": 5, "lo": "x"}})
+    assert_same([out["s"], out["when"], out["lo"]], [1, WHEN, "x"])
+    h.refuse({"$min": {"when": datetime(2020, 1, 1)}})  # naive vs aware: no order
     h.replay()
 
 
@@ -800,11 +851,12 @@ def test_pull(h: Harness) -> None:
     out = h.update({"$pull": {"l": 5}})
     assert out["l"] == [1, 3, "x", {"k": 1}, [7, 8]]  # every occurrence
     out = h.update({"$pull": {"l": {"$gt": 2}}})
-    assert out["l"] == [1, "x", {"k": 1}, [7, 8]]  # a string, a document or a list is not > 2
+    # a string or a document is not > 2; an array is when an element is (MongoDB's matching)
+    assert out["l"] == [1, "x", {"k": 1}]
     out = h.update({"$pull": {"l": {"k": 1}}})  # a document without operators matches by equality
-    assert out["l"] == [1, "x", [7, 8]]
+    assert out["l"] == [1, "x"]
     out = h.update({"$pull": {"l": {"$in": [1, "x"]}}})
-    assert out["l"] == [[7, 8]]
+    assert out["l"] == []
     h.refuse({"$pull": {"s": 1}})
     h.replay()
 
@@ -848,10 +900,14 @@ def test_current_date(h: Harness) -> None:
     h.replay()
 
 
-def test_operators_apply_in_document_order(h: Harness) -> None:
+def test_conflicting_paths_are_refused(h: Harness) -> None:
     h.create({"n": 1})
-    out = h.update({"$set": {"n": 10}, "$inc": {"n": 1}, "$rename": {"n": "m"}, "$push": {"l": 1}, "$pull": {"l": 1}})
-    assert body(out) == {"m": 11, "l": []}
+    # MongoDB refuses two operators on one path, or on a path and one under it
+    h.refuse({"$set": {"n": 10}, "$inc": {"n": 1}})
+    h.refuse({"$set": {"b.c": 1}, "$unset": {"b": ""}})
+    h.refuse({"$rename": {"n": "m"}, "$set": {"m.x": 1}})
+    out = h.update({"$set": {"a": 10}, "$inc": {"k": 1}, "$rename": {"n": "m"}, "$push": {"l": 1}})
+    assert body(out) == {"m": 1, "a": 10, "k": 1, "l": [1]}
     h.refuse({"$setOnInsert": {"n": 1}}, pq.UnknownOperatorError)
     h.refuse({"$set": {"n": 1}, "$inc": {"n": "x"}})  # one bad operator refuses the whole document
     h.replay()

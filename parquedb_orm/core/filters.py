@@ -1,9 +1,15 @@
-"""`find` filters (`$eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not`) and sorting.
+"""`find` filters (`$eq $ne $gt $gte $lt $lte $in $nin $exists $not`, `$and $or $nor`,
+and a top-level `$not`) and sorting; docs/operators.md states the semantics.
 
-Comparisons are Python's: numbers (int, float, Decimal) with numbers, strings with
-strings, datetimes with datetimes of the same kind (naive or aware), dates, times,
-timedeltas, UUIDs, bytes with their own kind. A pair Python cannot order (str vs int,
-naive vs aware datetime, date vs datetime...) simply does not match.
+MongoDB's matching: a dotted path indexes arrays (`a.0`) and continues into their
+document elements; a condition on an array matches the array itself or any element;
+null matches a missing field. Equality is `operators.same` (a bool is not a number,
+documents compare field-order-sensitively). Ordering brackets by type: numbers (int,
+float, Decimal) with numbers, strings with strings, datetimes with datetimes of the same
+kind (naive or aware), dates, times, timedeltas, UUIDs, bytes with their own kind; a pair
+Python cannot order (str vs int, naive vs aware datetime...) simply does not match.
+Operands are checked up front (`validate_filter`): a typo or an operator document used as
+a value is refused with a typed error, never matched.
 """
 
 from __future__ import annotations
@@ -14,14 +20,42 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from parquedb_orm.core.codec import check_serialisable
 from parquedb_orm.errors import UnknownOperatorError, ValidationError
 
+#: how deep a filter, an update's paths and a filter's literals may nest (a deeper one is
+#: refused, never a RecursionError)
+MAX_DEPTH = 100
 _MISSING = object()
 FIELD_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not"})
-LOGICAL_OPERATORS = frozenset({"$and", "$or", "$not"})
+LOGICAL_OPERATORS = frozenset({"$and", "$or", "$nor", "$not"})
+_RANGE = frozenset({"$gt", "$gte", "$lt", "$lte"})
+#: keys of a stored state that start with `$` and can be filtered on
+_STATE_KEYS = frozenset({"$id", "$type"})
+
+
+def _values(node: Any, parts: list[str]) -> list[Any]:
+    """Every value a dotted path reaches, MongoDB's way: a numeric segment indexes an
+    array, and a path continues into each document element of an array it meets
+    (`tags.name` on `tags: [{"name": ...}, ...]`). `_MISSING` where the path ends early."""
+    if not parts:
+        return [node]
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, dict):
+        return _values(node[head], rest) if head in node else [_MISSING]
+    if isinstance(node, list):
+        out: list[Any] = []
+        if head.isascii() and head.isdigit() and int(head) < len(node):
+            out += _values(node[int(head)], rest)
+        for item in node:
+            if isinstance(item, dict):
+                out += _values(item, parts)
+        return out or [_MISSING]
+    return [_MISSING]
 
 
 def _resolve(doc: Any, path: str) -> Any:
+    """The one value at `path` without array traversal (sorting), `_MISSING` if none."""
     node = doc
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -31,9 +65,11 @@ def _resolve(doc: Any, path: str) -> Any:
 
 
 def _cmp(a: Any, b: Any, op: str) -> bool:
-    if a is _MISSING or a is None or b is None:
+    """One ordering comparison with MongoDB's type bracketing: a number orders only with
+    numbers (a bool is not one), a string with strings...; missing, null, documents and
+    arrays never order with a scalar."""
+    if a is _MISSING or a is None or isinstance(a, (dict, list, tuple)):
         return False
-    # numbers compare with numbers (bool is not a number here), strings with strings...
     if isinstance(a, bool) != isinstance(b, bool):
         return False
     try:
@@ -48,33 +84,49 @@ def _cmp(a: Any, b: Any, op: str) -> bool:
         return False
 
 
-def _eq(value: Any, target: Any) -> bool:
-    if value is _MISSING:
-        return target is None
-    if isinstance(value, list) and not isinstance(target, list):
-        return target in value
-    return bool(value == target)
+def _eq(values: list[Any], target: Any) -> bool:
+    """MongoDB equality: a value equal to the target (documents field-order-sensitive, a
+    bool never equals a number), or an array holding an element equal to it; null matches
+    a missing field too."""
+    for value in values:
+        if value is _MISSING:
+            if target is None:
+                return True
+        elif same(value, target, ordered=True) or (
+            isinstance(value, list) and any(same(item, target, ordered=True) for item in value)
+        ):
+            return True
+    return False
 
 
-def match_value(value: Any, cond: Any) -> bool:
-    """Does a field value satisfy a condition (a literal or a dict of operators)?"""
-    if not (isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)):
-        return _eq(value, cond)
+def _range(values: list[Any], target: Any, op: str) -> bool:
+    if target is None:
+        # MongoDB: $gte/$lte null match what equals null (null, missing); $gt/$lt nothing
+        return op in ("$gte", "$lte") and _eq(values, None)
+    for value in values:
+        if _cmp(value, target, op) or (isinstance(value, list) and any(_cmp(item, target, op) for item in value)):
+            return True
+    return False
+
+
+def _match(values: list[Any], cond: Any) -> bool:
+    if not _is_operators(cond):
+        return _eq(values, cond)
     for op, arg in cond.items():
         if op == "$eq":
-            ok = _eq(value, arg)
+            ok = _eq(values, arg)
         elif op == "$ne":
-            ok = not _eq(value, arg)
-        elif op in ("$gt", "$gte", "$lt", "$lte"):
-            ok = _cmp(value, arg, op)
+            ok = not _eq(values, arg)
+        elif op in _RANGE:
+            ok = _range(values, arg, op)
         elif op == "$in":
-            ok = any(_eq(value, item) for item in _as_list(arg, op))
+            ok = any(_eq(values, item) for item in arg)
         elif op == "$nin":
-            ok = not any(_eq(value, item) for item in _as_list(arg, op))
+            ok = not any(_eq(values, item) for item in arg)
         elif op == "$exists":
-            ok = (value is not _MISSING) == bool(arg)
+            ok = any(v is not _MISSING for v in values) == bool(arg)
         elif op == "$not":
-            ok = not match_value(value, arg)
+            ok = not _match(values, arg)
         else:
             raise UnknownOperatorError(f"unknown filter operator {op!r}; supported: {sorted(FIELD_OPERATORS)}")
         if not ok:
@@ -82,13 +134,18 @@ def match_value(value: Any, cond: Any) -> bool:
     return True
 
 
-def _as_list(arg: Any, op: str) -> list[Any]:
-    if not isinstance(arg, (list, tuple)):
-        raise ValidationError(f"{op} expects a list, got {arg!r}")
-    return list(arg)
+def match_value(value: Any, cond: Any) -> bool:
+    """Does one value (an array element for `$pull`) satisfy a condition (a literal or a
+    dict of operators)?"""
+    return _match([value], cond)
+
+
+def _is_operators(cond: Any) -> bool:
+    return isinstance(cond, dict) and bool(cond) and all(isinstance(k, str) and k.startswith("$") for k in cond)
 
 
 def matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
+    """Does a state satisfy a filter (checked by `validate_filter`)?"""
     for key, cond in flt.items():
         if key == "$and":
             if not all(matches(doc, sub) for sub in cond):
@@ -96,46 +153,158 @@ def matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
         elif key == "$or":
             if not any(matches(doc, sub) for sub in cond):
                 return False
+        elif key == "$nor":
+            if any(matches(doc, sub) for sub in cond):
+                return False
         elif key == "$not":
             if matches(doc, cond):
                 return False
-        elif not match_value(_resolve(doc, key), cond):
+        elif not _match(_values(doc, key.split(".")), cond):
             return False
     return True
 
 
-def validate_filter(flt: object) -> dict[str, Any]:
-    """Check a filter's shape up front so a typo fails loudly instead of matching nothing."""
-    if flt is None:
+def validate_filter(flt: object, _depth: int = 0) -> dict[str, Any]:
+    """Check a filter's shape and every operand up front, so a typo or an operand that
+    cannot mean anything fails loudly instead of matching nothing (or everything)."""
+    if flt is None and _depth == 0:
         return {}
+    if _depth > MAX_DEPTH:
+        raise ValidationError(f"filter nested more than {MAX_DEPTH} levels deep")
     if not isinstance(flt, dict):
         raise ValidationError(f"filter must be a dict, got {type(flt).__name__}")
     for key, cond in flt.items():
         if not isinstance(key, str) or not key:
             raise ValidationError(f"filter key {key!r} must be a non-empty string")
-        if key in ("$and", "$or"):
-            if not isinstance(cond, list) or not cond:
-                raise ValidationError(f"{key} expects a non-empty list of filters")
+        if key in ("$and", "$or", "$nor"):
+            if not isinstance(cond, (list, tuple)) or not cond:
+                raise ValidationError(f"{key} expects a non-empty list of filters, got {cond!r}")
             for sub in cond:
-                validate_filter(sub)
+                validate_filter(sub, _depth + 1)
         elif key == "$not":
-            validate_filter(cond)
-        elif key.startswith("$") and key not in ("$id", "$type"):
+            validate_filter(cond, _depth + 1)
+        elif key.startswith("$") and key not in _STATE_KEYS:
             raise UnknownOperatorError(f"unknown filter operator {key!r}; supported: {sorted(LOGICAL_OPERATORS)}")
         else:
-            _validate_cond(cond)
+            _check_field(key)
+            _validate_cond(cond, f"filter on {key!r}", _depth + 1)
     return flt
 
 
-def _validate_cond(cond: Any) -> None:
-    if isinstance(cond, dict) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond):
-        for op, arg in cond.items():
-            if op not in FIELD_OPERATORS:
-                raise UnknownOperatorError(f"unknown filter operator {op!r}; supported: {sorted(FIELD_OPERATORS)}")
-            if op in ("$in", "$nin"):
-                _as_list(arg, op)
-            if op == "$not":
-                _validate_cond(arg)
+def _check_field(key: str) -> None:
+    if key in _STATE_KEYS:
+        return
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ValidationError(f"filter field {key!r} has an empty segment (a leading, trailing or double dot)")
+    bad = next((p for p in parts if p.startswith("$")), None)
+    if bad is not None:
+        raise ValidationError(
+            f"filter field {key!r}: segment {bad!r} starts with '$' (stored keys never do; "
+            "positional operators are not supported)"
+        )
+    if len(parts) > MAX_DEPTH:
+        raise ValidationError(f"filter field {key!r} has {len(parts)} segments; at most {MAX_DEPTH}")
+
+
+def validate_condition(cond: object, where: str) -> None:
+    """Check one field's condition (a literal or a dict of operators), as `$pull` takes it."""
+    _validate_cond(cond, where, 1)
+
+
+def _validate_cond(cond: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValidationError(f"{where}: filter nested more than {MAX_DEPTH} levels deep")
+    if not (isinstance(cond, dict) and any(isinstance(k, str) and k.startswith("$") for k in cond)):
+        _operand(cond, where, "value", depth)
+        return
+    if not _is_operators(cond):
+        raise ValidationError(
+            f"{where}: {cond!r} mixes operators and field names; to match an embedded document "
+            "write it without '$' keys, to use operators write only operators"
+        )
+    for op, arg in cond.items():
+        if op not in FIELD_OPERATORS:
+            raise UnknownOperatorError(
+                f"{where}: unknown filter operator {op!r}; supported: {sorted(FIELD_OPERATORS)}"
+            )
+        if op in ("$eq", "$ne"):
+            _operand(arg, where, op, depth)
+        elif op in _RANGE:
+            if isinstance(arg, (dict, list, tuple)):
+                raise ValidationError(
+                    f"{where}: {op} needs a scalar (number, string, date...) or null, got {type(arg).__name__} "
+                    f"{arg!r}: ordering documents and arrays is not supported"
+                )
+            _operand(arg, where, op, depth)
+        elif op in ("$in", "$nin"):
+            if not isinstance(arg, (list, tuple)):
+                raise ValidationError(f"{where}: {op} expects a list, got {type(arg).__name__} {arg!r}")
+            for item in arg:
+                _operand(item, where, op, depth)
+        elif op == "$exists":
+            if not isinstance(arg, bool):
+                raise ValidationError(f"{where}: $exists expects true or false, got {arg!r}")
+        else:  # $not
+            if not _is_operators(arg):
+                raise ValidationError(
+                    f"{where}: $not expects a dict of operators (e.g. {{'$not': {{'$gt': 5}}}}), got {arg!r}; "
+                    "for 'not equal' use $ne"
+                )
+            _validate_cond(arg, where, depth + 1)
+
+
+def _operand(value: Any, where: str, op: str, depth: int) -> None:
+    """A literal a filter compares with: a value that could be stored (no `$` keys, no
+    NaN, a supported type), nested at most MAX_DEPTH levels."""
+    if isinstance(value, dict):
+        dollar = [k for k in value if isinstance(k, str) and k.startswith("$")]
+        if dollar:
+            known = FIELD_OPERATORS | LOGICAL_OPERATORS
+            if any(k not in known for k in dollar):
+                raise UnknownOperatorError(
+                    f"{where}: {op} operand {value!r} holds the unknown operator "
+                    f"{next(k for k in dollar if k not in known)!r}; an operand is a plain value"
+                )
+            raise ValidationError(
+                f"{where}: {op} operand {value!r} is an operator document; an operand is a plain value"
+            )
+    _check_depth(value, where, depth)
+    check_serialisable(value, where)
+
+
+def _check_depth(value: Any, where: str, depth: int) -> None:
+    stack = [(value, depth)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list, tuple)):
+            if level > MAX_DEPTH:
+                raise ValidationError(f"{where}: value nested more than {MAX_DEPTH} levels deep")
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((item, level + 1) for item in items)
+
+
+def same(a: Any, b: Any, *, ordered: bool = False) -> bool:
+    """Equality as stored data sees it: a boolean is not the number 1 or 0 (1 == 1.0 ==
+    Decimal(1) as in MongoDB); a tuple is the list it is stored as. `ordered`: documents
+    are equal only with their fields in the same order (MongoDB's query and $addToSet
+    equality); otherwise field order is ignored."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y, ordered=ordered) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        if len(a) != len(b):
+            return False
+        if ordered:
+            return all(ka == kb and same(a[ka], b[kb], ordered=True) for ka, kb in zip(a, b, strict=True))
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple, dict)) or isinstance(b, (list, tuple, dict)):
+        return False
+    try:
+        return bool(a == b)
+    except (TypeError, ArithmeticError):  # a custom type's __eq__ refusing
+        return False
 
 
 def _sort_key(value: Any) -> tuple[Any, ...]:

@@ -79,8 +79,12 @@ def _opaque(field: str, plain: bool) -> str:
 
 
 def _array(field: str) -> str:
-    # a field holding a list matches when the list contains the value: keep arrays
-    return f"json_type(state, {_path(field)}) = 'ARRAY'"
+    """Rows where `field` or a path above it holds an array: a condition on an array
+    matches any element, and a path continues into an array's documents (`a.b` on
+    `a: [{"b": ...}]`), which `$.a.b` does not reach: such rows pass to Python."""
+    parts = field.split(".")
+    checks = [f"json_type(state, {_path('.'.join(parts[: i + 1]))}) = 'ARRAY'" for i in range(len(parts))]
+    return checks[0] if len(checks) == 1 else "(" + " OR ".join(checks) + ")"
 
 
 def _double(value: Any) -> float | None:
@@ -101,7 +105,7 @@ def _number_sql(field: str, op: str, value: float, plain: bool) -> str:
     and Python's round a value differently. Python re-checks every candidate exactly."""
     num = (
         # a plain Decimal is a string: its text casts too, in rows whose types name one (a
-        # JSON true casts to 1, as True == 1 in Python)
+        # JSON true casts to 1 too: a superset, Python refuses a bool for a number)
         f"COALESCE(TRY_CAST(json_extract(state, {_path(field)}) AS DOUBLE), "
         f"CASE WHEN contains(CAST(types AS VARCHAR), '\"$decimal\"') "
         f"THEN TRY_CAST(json_extract_string(state, {_path(field)}) AS DOUBLE) END)"
@@ -237,23 +241,26 @@ def _typed_eq(typed: Typed, value: Any) -> str:
     if kind == "string":
         return FALSE
     if kind == "bool":
-        if vk == "bool":
-            return f"{col} = {'TRUE' if value else 'FALSE'}"
-        # True == 1 and False == 0 in Python
-        return f"{col} = TRUE" if value == 1 else f"{col} = FALSE" if value == 0 else FALSE
-    return _typed_number(col, kind, "$eq", int(value) if vk == "bool" else value)
+        # a bool is not a number (filters: operators.same): true never equals 1
+        return f"{col} = {'TRUE' if value else 'FALSE'}" if vk == "bool" else FALSE
+    if vk == "bool":
+        return FALSE
+    return _typed_number(col, kind, "$eq", value)
 
 
 def _typed_cmp(typed: Typed, op: str, value: Any) -> str:
-    """Python's ordering (filters._cmp) on a typed column: missing/None, a bool against a
-    non-bool and kinds Python cannot order never match."""
+    """Python's ordering (filters._range) on a typed column: a bool against a non-bool and
+    kinds Python cannot order never match; a null operand as MongoDB has it."""
     col, kind = typed
     if kind == "timestamp":
         return _typed_time(col, op, value)
     vk = _value_kind(value)
     if vk is None:
         return TRUE
-    if vk == "none" or kind == "null":
+    if vk == "none":
+        # MongoDB: $gte/$lte null match a null or missing field, $gt/$lt null nothing
+        return f"{col} IS NULL" if op in ("$gte", "$lte") else FALSE
+    if kind == "null":
         return FALSE
     if vk == "bool":
         return f"{col} {_SQL_OP[op]} {'TRUE' if value else 'FALSE'}" if kind == "bool" else FALSE
@@ -296,7 +303,7 @@ def _cmp(field: str, op: str, value: Any, plain: bool) -> str:
     pred = _typed(field, op, value, plain)
     if pred is None:
         return TRUE
-    return f"({pred} OR {_opaque(field, plain)})"
+    return f"({pred} OR {_array(field)} OR {_opaque(field, plain)})"
 
 
 def _cond(field: str, cond: Any, fields: Mapping[str, str] | None, plain: bool) -> str:
