@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from parquedb_orm.archive import bulk, parquet
+from parquedb_orm.archive.files import Check
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import manifest, wal
 
@@ -57,23 +58,24 @@ _ENTITY_COLUMNS = pa.schema([f for f in parquet.ENTITIES_SCHEMA])
 def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Schema) -> Any:
     """The files as one lazily read dataset; `ns` is a column of newer files and the hive
     partition of all (files written before the column existed get it from their path);
-    a column an older file lacks reads as NULL."""
+    a column an older file lacks reads as NULL. Each file's size and footer are checked
+    against its manifest row first (one ranged read each), and its pages are verified
+    against their CRCs as DuckDB's queries read them (archive/files.py)."""
     if not entries:
         return schema.empty_table()
     assert archive is not None
     by_folder: dict[str, list[str]] = {}
     for e in entries:  # entities files live in two folders (bases and deltas)
-        by_folder.setdefault(e.path.split("/", 1)[0], []).append(archive.path(e.path))
+        archive.verify(e.path, Check.of(e))
+        by_folder.setdefault(e.path.split("/", 1)[0], []).append(e.path)
     parts = [
-        ds.dataset(
-            paths,
+        archive.dataset(
+            rels,
             schema=schema,
-            format="parquet",
-            filesystem=archive.fs,
             partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
             partition_base_dir=archive.path(folder),
         )
-        for folder, paths in by_folder.items()
+        for folder, rels in by_folder.items()
     ]
     return parts[0] if len(parts) == 1 else ds.dataset(parts)
 
