@@ -58,15 +58,17 @@ _ENTITY_COLUMNS = pa.schema([f for f in parquet.ENTITIES_SCHEMA])
 def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Schema) -> Any:
     """The files as one lazily read dataset; `ns` is a column of newer files and the hive
     partition of all (files written before the column existed get it from their path);
-    a column an older file lacks reads as NULL. Each file's size and footer are checked
-    against its manifest row first (one ranged read each), and its pages are verified
-    against their CRCs as DuckDB's queries read them (archive/files.py)."""
+    a column an older file lacks reads as NULL. Each file is checked against its manifest
+    row first: a local file whole (once per process: a damaged file is an ArchiveError
+    naming it here, not a DuckDB error without a name in a later query), a file on an
+    object store by its size and footer; pages are also verified against their CRCs as
+    the queries read them (archive/files.py)."""
     if not entries:
         return schema.empty_table()
     assert archive is not None
     by_folder: dict[str, list[str]] = {}
     for e in entries:  # entities files live in two folders (bases and deltas)
-        archive.verify(e.path, Check.of(e))
+        archive.verify(e.path, Check.of(e), whole=archive.local)
         by_folder.setdefault(e.path.split("/", 1)[0], []).append(e.path)
     parts = [
         archive.dataset(

@@ -155,6 +155,12 @@ def check_of_local(path: str) -> Check:
     return Check(size, zlib.crc32(tail[-(length + 8) :]), whole)
 
 
+#: files checked whole in this process, by (archive uri, path, checksum text): a listed
+#: file never changes, so DuckDB may scan it directly afterwards (bounded)
+_WHOLE_CHECKED: dict[tuple[str, str, str], None] = {}
+_WHOLE_CHECKED_MAX = 65_536
+
+
 def _mismatch(target: str, what: str) -> ArchiveError:
     return ArchiveError(
         f"archive file {target} failed its integrity check: {what}. It was damaged, truncated or "
@@ -534,16 +540,23 @@ class Archive:
     def verify(self, rel: str, check: Check | None, *, whole: bool = False) -> pq.FileMetaData:
         """Check a file before something other than this module reads it: its size and
         footer (cheap), and with `whole` every byte against the whole-file CRC (for DuckDB's
-        own reader, which checks no page CRC). Returns its footer."""
+        own reader, which checks no page CRC; once per process and file). Returns its footer."""
         with self.reading(rel) as target, self._open(rel) as fh:
             metadata = self._footer_of(fh, target, check)
-            if whole and check is not None:
-                fh.seek(0)
-                crc = 0
-                while chunk := fh.read(_CHUNK):
-                    crc = zlib.crc32(chunk, crc)
-                if crc != check.whole:
-                    raise _mismatch(target, f"its CRC-32 is {crc:08x}, its manifest row says {check.whole:08x}")
+            if not whole or check is None:
+                return metadata
+            key = (self.uri, rel, check.text())
+            if key in _WHOLE_CHECKED:
+                return metadata
+            fh.seek(0)
+            crc = 0
+            while chunk := fh.read(_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            if crc != check.whole:
+                raise _mismatch(target, f"its CRC-32 is {crc:08x}, its manifest row says {check.whole:08x}")
+            _WHOLE_CHECKED[key] = None
+            while len(_WHOLE_CHECKED) > _WHOLE_CHECKED_MAX:
+                del _WHOLE_CHECKED[next(iter(_WHOLE_CHECKED))]
             return metadata
 
     def dataset(self, rels: list[str], **options: Any) -> ds.Dataset:
