@@ -62,7 +62,7 @@ PENDING_SUFFIX = ".pending"
 #: only when the footer is longer), as pyarrow itself does
 _TAIL_READ = 64 << 10
 #: whole-file checksums stream the file in pieces of this size
-_CHUNK = 8 << 20
+_CHUNK = 1 << 20
 _MAGIC = b"PAR1"
 #: decoding a stored cell can fail these ways when its bytes are not what was written
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
