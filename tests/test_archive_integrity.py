@@ -94,7 +94,9 @@ def _reads(ids: dict[str, str]) -> dict[str, Callable[[pq.ParqueDB], Any]]:
     out["as_of updated"] = lambda db: db.get(NS, ids["updated"], as_of=1)
     for how in ("memory", "duckdb"):
         out[f"find all {how}"] = pushed(how, lambda db: db.find(NS, {"age": {"$gte": 0}}))
-        out[f"find sorted {how}"] = pushed(how, lambda db: db.find(NS, {"age": {"$gte": 10}}, sort={"age": -1}, limit=5))
+        out[f"find sorted {how}"] = pushed(
+            how, lambda db: db.find(NS, {"age": {"$gte": 10}}, sort={"age": -1}, limit=5)
+        )
         out[f"find by name {how}"] = pushed(how, lambda db: db.find(NS, {"name": "u05"}))
     out["related out"] = lambda db: db.related(ref["linker"])
     out["related in"] = lambda db: db.related(ref["linked"], direction="inbound")
@@ -152,7 +154,11 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Golden:
     finally:
         fresh.close()
     assert expected["get updated"]["age"] == 200 and expected["as_of updated"]["age"] == 3
-    assert len(expected["find all memory"]) == 34 and expected["find all duckdb"] == expected["find all memory"] and len(expected["related in"]) == 2
+    assert (
+        len(expected["find all memory"]) == 34
+        and expected["find all duckdb"] == expected["find all memory"]
+        and len(expected["related in"]) == 2
+    )
     assert expected["history bulk"][0]["op"] == "CREATE"
     return Golden(root, roles, files, expected)
 
@@ -271,7 +277,9 @@ def test_a_damaged_json_cell_in_a_file_without_page_crcs_is_an_archive_error(
     table = papq.read_table(path, partitioning=None)
     states = table.column("state").cast(pa.string()).to_pylist()
     broken = [s[: len(s) // 2] for s in states]  # cut mid-document
-    table = table.set_column(table.column_names.index("state"), "state", pa.array(broken, table.schema.field("state").type))
+    table = table.set_column(
+        table.column_names.index("state"), "state", pa.array(broken, table.schema.field("state").type)
+    )
     papq.write_table(table, path, compression="zstd", store_schema=False)  # no page CRCs
     db = _open(root)
     with db.engine.begin() as conn:  # its row as an older version left it: no checksum
@@ -293,7 +301,11 @@ def test_compaction_over_a_damaged_source_fails_and_changes_nothing(
 ) -> None:
     """The merge that reads the damaged file fails with an ArchiveError naming it, and the
     files of its kind stay as they were (listed, present, nothing half-written left)."""
-    for kind, folders in (("delta", ("entities/", "entity_deltas/")), ("bulk", ("entities/",)), ("events", ("events/",))):
+    for kind, folders in (
+        ("delta", ("entities/", "entity_deltas/")),
+        ("bulk", ("entities/",)),
+        ("events", ("events/",)),
+    ):
         root = copy_of(f"compact-{kind}")
         rel = golden.files[kind]
         path = root / "archive" / rel

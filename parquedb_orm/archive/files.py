@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from parquedb_orm.core.ids import check_namespace
-from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError, SerializationError
+from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError, ParqueDBError
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -65,7 +65,7 @@ _TAIL_READ = 64 << 10
 _CHUNK = 1 << 20
 _MAGIC = b"PAR1"
 #: decoding a stored cell can fail these ways when its bytes are not what was written
-_DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -471,9 +471,9 @@ class Archive:
         ArchiveError naming it: the file does not hold what the store wrote."""
         try:
             yield
-        except (ArchiveError, SerializationError):
-            raise
-        except _DECODE_ERRORS as exc:
+        except ParqueDBError:
+            raise  # typed already (e.g. a value whose registered type is gone)
+        except DECODE_ERRORS as exc:
             raise ArchiveError(
                 f"archive file {self.path(rel)} holds a value the store cannot decode ({type(exc).__name__}: "
                 f"{str(exc)[:200]}): the file is damaged; restore it from a backup"

@@ -31,13 +31,13 @@ from sqlalchemy import Connection
 
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.compact import scan_path
-from parquedb_orm.archive.files import Archive, Check, read_failure
+from parquedb_orm.archive.files import DECODE_ERRORS, Archive, Check, read_failure
 from parquedb_orm.core import pushdown
 from parquedb_orm.core.events import State, Versioned
 from parquedb_orm.core.filters import matches
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.engine.runtime import Runtime
-from parquedb_orm.errors import ArchiveError
+from parquedb_orm.errors import ArchiveError, ParqueDBError
 from parquedb_orm.sql import manifest
 
 #: DuckDB's memory for find scans (spills or fails beyond it, never grows the process further)
@@ -317,7 +317,7 @@ def find_candidates(
         body = f"{with_sql}SELECT * FROM ({' UNION ALL '.join(selects)}) c"
         if not limited:
             rows = cur.execute(body).fetchall()
-            found.states = _checked(ns, [(r[5], r[2], r[7], r[8]) for r in rows], flt, include_deleted)
+            found.states = _checked(ns, [(r[5], r[2], r[7], r[8], r[0]) for r in rows], flt, include_deleted)
             return found
         assert want is not None and keys is not None
         ordering = []
@@ -346,8 +346,8 @@ def _types(src: _Source) -> str:
     return "types" if src.plain else "NULL::VARCHAR AS types"
 
 
-#: (id, version, state JSON, its `types` cell)
-_Row = tuple[str, int, str | None, str | None]
+#: (id, version, state JSON, its `types` cell, the archive file it was read from)
+_Row = tuple[str, int, str | None, str | None, str]
 
 
 def _fetch(rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Source]) -> list[_Row]:
@@ -374,22 +374,30 @@ def _fetch(rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Sourc
         number, version, eid = row[1], row[2], row[-1]
         hit = got.get((number, eid if number >= KEY_BASE else None, version))
         if hit is not None:
-            out.append((hit[0], version, hit[1], hit[2]))
+            out.append((hit[0], version, hit[1], hit[2], path))
     return out
 
 
 def _checked(ns: str, rows: list[_Row], flt: dict[str, Any], include_deleted: bool) -> dict[str, Versioned]:
     """Decode, keep the highest version of each id, and the documents Python accepts."""
-    latest: dict[str, tuple[int, str | None, str | None]] = {}
-    for eid, version, text, types in rows:
+    latest: dict[str, tuple[int, str | None, str | None, str]] = {}
+    for eid, version, text, types, path in rows:
         old = latest.get(eid)
         if old is None or old[0] < version:
-            latest[eid] = (version, text, types)
+            latest[eid] = (version, text, types, path)
     out: dict[str, Versioned] = {}
-    for eid, (version, text, types) in latest.items():
+    for eid, (version, text, types, path) in latest.items():
         if text is None:
             continue
-        state: State = parquet.load_json(text, types, "state")
+        try:
+            state: State = parquet.load_json(text, types, "state")
+        except ParqueDBError:
+            raise  # typed already (e.g. a value whose registered type is gone)
+        except DECODE_ERRORS as exc:
+            raise ArchiveError(
+                f"archive file {path} holds a state the store cannot decode (id {eid!r}, {type(exc).__name__}: "
+                f"{str(exc)[:200]}): the file is damaged; restore it from a backup"
+            ) from None
         if ("deletedAt" in state and not include_deleted) or not matches(state, flt):
             continue
         out[eid] = (version, state)
