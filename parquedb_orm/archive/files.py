@@ -28,6 +28,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -159,6 +160,7 @@ def check_of_local(path: str) -> Check:
 #: file never changes, so DuckDB may scan it directly afterwards (bounded)
 _WHOLE_CHECKED: dict[tuple[str, str, str], None] = {}
 _WHOLE_CHECKED_MAX = 65_536
+_WHOLE_LOCK = threading.Lock()
 
 
 def _mismatch(target: str, what: str) -> ArchiveError:
@@ -546,17 +548,19 @@ class Archive:
             if not whole or check is None:
                 return metadata
             key = (self.uri, rel, check.text())
-            if key in _WHOLE_CHECKED:
-                return metadata
+            with _WHOLE_LOCK:
+                if key in _WHOLE_CHECKED:
+                    return metadata
             fh.seek(0)
             crc = 0
             while chunk := fh.read(_CHUNK):
                 crc = zlib.crc32(chunk, crc)
             if crc != check.whole:
                 raise _mismatch(target, f"its CRC-32 is {crc:08x}, its manifest row says {check.whole:08x}")
-            _WHOLE_CHECKED[key] = None
-            while len(_WHOLE_CHECKED) > _WHOLE_CHECKED_MAX:
-                del _WHOLE_CHECKED[next(iter(_WHOLE_CHECKED))]
+            with _WHOLE_LOCK:
+                _WHOLE_CHECKED[key] = None
+                while len(_WHOLE_CHECKED) > _WHOLE_CHECKED_MAX:
+                    del _WHOLE_CHECKED[next(iter(_WHOLE_CHECKED))]
             return metadata
 
     def dataset(self, rels: list[str], **options: Any) -> ds.Dataset:
