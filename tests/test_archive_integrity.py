@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as papq
 import pytest
 from sqlalchemy import text
 
 import parquedb_orm as pq
 import parquedb_orm.engine.store as store_module
-from parquedb_orm.archive.files import Check
+from parquedb_orm.archive.files import Archive, Check
 
 NS = "users"
 MANUAL = pq.FlushPolicy(mode="manual")
@@ -365,3 +366,96 @@ def test_manifest_rows_carry_the_files_checks(golden: Golden) -> None:
     # every page carries a CRC: pyarrow's verification passes on the intact files
     for path, _size, _c in rows:
         papq.read_table(archive / path, partitioning=None, page_checksum_verification=True)
+
+
+class _BrokenUpload:
+    """A writable object whose upload fails half way (a dropped connection)."""
+
+    def __init__(self, path: str) -> None:
+        self.fh = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(bytes(data)[: len(data) // 2])
+        raise OSError("connection reset by peer")
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+        self.closed = True
+
+
+class _FlakyStore(pafs.FileSystemHandler):
+    """A local folder seen as an object store whose uploads fail (pyarrow's PyFileSystem)."""
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _FlakyStore)
+
+    def __ne__(self, other: object) -> bool:
+        return not isinstance(other, _FlakyStore)
+
+    def get_type_name(self) -> str:
+        return "flaky"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)  # type: ignore[no-any-return]
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)  # type: ignore[no-any-return]
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refused")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return pa.PythonFile(_BrokenUpload(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        raise OSError("refused")
+
+
+def test_a_failed_upload_leaves_no_partial_object(tmp_path: Path) -> None:
+    """An object store write that fails half way (write_table's PUT, a compaction's
+    upload of its staged file) deletes what it left: no partial pending object remains."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    archive = Archive(pafs.PyFileSystem(_FlakyStore()), root.as_posix(), "flaky://bucket", False)
+    rel = "events/ns=posts/000000000001-000000000002.parquet"
+    with pytest.raises(pq.ArchiveError, match="connection reset"):
+        archive.write_table(rel, pa.table({"x": list(range(1000))}))
+    staged = tmp_path / "staged.parquet"
+    papq.write_table(pa.table({"x": list(range(1000))}), staged)
+    with pytest.raises(pq.ArchiveError, match="connection reset"):
+        archive.publish(str(staged), rel)
+    assert [p for p in root.rglob("*") if p.is_file()] == []
