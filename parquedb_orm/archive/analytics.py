@@ -15,7 +15,10 @@ decodes a cell exactly); rows of files written before that format hold tagged JS
 null `types`, which `load_json` decodes too. The WAL tail's events have no before, after
 or changes (they are computed by the flush). Only files the manifest lists are read, so
 an orphan left by a crash never shows up. The files are scanned lazily (Arrow datasets),
-not loaded: DuckDB reads what a query needs.
+not loaded: DuckDB reads what a query needs. Each is checked against its manifest row
+when the views are made (a local file whole, once per process: a damaged one raises
+ArchiveError naming it here), and its pages against their CRCs as queries read them
+(docs/archive.md, Integrity).
 """
 
 from __future__ import annotations
