@@ -92,7 +92,7 @@ def state(eid: str, version: int, **fields: Any) -> dict[str, Any]:
 
 def written(archive: Archive, rel: str, table: Any, **options: Any) -> int:
     """Write a file and publish it, as a writer does once its commit lists it."""
-    size = archive.write_table(rel, table, **options)
+    size = archive.write_table(rel, table, **options).size
     archive.publish_pending(rel)
     return size
 

@@ -718,7 +718,7 @@ def test_interrupted_upgrade_keeps_previous_revision(engine: sa.Engine, monkeypa
         if _transactional(engine):
             assert not sa.inspect(conn).has_table(migrate.PROVENANCE_TABLE)
 
-    # pq0004's downgrade fails half way: still at head, nothing moved back.
+    # pq0004's downgrade fails half way: pq0005 went down, nothing moved back.
     monkeypatch.delenv(migrate.FAIL_AT_ENV)
     migrate.upgrade(engine)  # a re-run completes (MariaDB too: the leftovers are tolerated)
     with engine.connect() as conn:
@@ -727,7 +727,7 @@ def test_interrupted_upgrade_keeps_previous_revision(engine: sa.Engine, monkeypa
     monkeypatch.setenv(migrate.FAIL_AT_ENV, "pq0004-down:mid")
     with pytest.raises(migrate.InjectedFailure):
         migrate.downgrade(engine, LEGACY)
-    assert migrate.current(engine) == (HEAD,)
+    assert migrate.current(engine) == ("pq0004",)  # pq0005 went down (its own transaction), pq0004 did not
     with engine.connect() as conn:
         assert head_snapshot(conn) == head
         if _transactional(engine):
@@ -883,3 +883,55 @@ def test_downgrade_below_pq0002_keeps_the_archive_manifest(tmp_path: Path, monke
     migrate.downgrade(eng, LEGACY)
     assert migrate.current(eng) == (LEGACY,)
     eng.dispose()
+
+
+def test_pq0005_manifest_checksum_column_round_trip(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pq0005 adds the nullable `checksum` column (rows before it: NULL, not verified) and
+    its downgrade drops it, keeping every row; an interrupted upgrade leaves pq0004."""
+    manifest = metadata.tables["archive_manifest"]
+    row = {
+        "kind": "events",
+        "ns": "posts",
+        "first_seq": 1,
+        "last_seq": 9,
+        "path": "events/ns=posts/000000000001-000000000009.parquet",
+        "row_count": 9,
+        "bytes": 1234,
+        "created_at": T0,
+    }
+    migrate.upgrade(engine, "pq0004")
+    with engine.begin() as conn:  # a row an older version wrote: no checksum column yet
+        conn.execute(sa.table("archive_manifest", *(sa.column(k) for k in row)).insert().values(**row))
+
+    def columns() -> set[str]:
+        with engine.connect() as conn:
+            return {c["name"] for c in sa.inspect(conn).get_columns("archive_manifest")}
+
+    monkeypatch.setenv(migrate.FAIL_AT_ENV, "pq0005:mid")
+    with pytest.raises(migrate.InjectedFailure):
+        migrate.upgrade(engine)
+    assert migrate.current(engine) == ("pq0004",)
+    if _transactional(engine):
+        assert "checksum" not in columns()  # the DDL rolled back too
+    monkeypatch.delenv(migrate.FAIL_AT_ENV)
+    migrate.upgrade(engine)  # a re-run completes (MariaDB: the committed column is tolerated)
+    assert migrate.current(engine) == ("pq0005",) and "checksum" in columns()
+    with engine.begin() as conn:
+        got = conn.execute(sa.select(manifest).where(manifest.c.first_seq == 1)).one()
+        assert got.checksum is None and got.bytes == 1234 and got.path == row["path"]
+        conn.execute(
+            manifest.insert().values(**{**row, "first_seq": 10, "last_seq": 12, "checksum": "crc32 0a0b0c0d 01020304"})
+        )
+        assert schema_diff(conn) == []
+    migrate.downgrade(engine, "pq0004")
+    assert migrate.current(engine) == ("pq0004",) and "checksum" not in columns()
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT first_seq, bytes, path FROM archive_manifest ORDER BY first_seq")).all()
+    assert [tuple(r) for r in kept] == [(1, 1234, row["path"]), (10, 1234, row["path"])]
+    if engine.dialect.name == "sqlite":  # dropped in place: still clustered on its key
+        with engine.connect() as conn:
+            ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'archive_manifest'").scalar_one()
+        assert "WITHOUT ROWID" in ddl
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert [r.checksum for r in conn.execute(sa.select(manifest).order_by(manifest.c.first_seq))] == [None, None]

@@ -15,7 +15,10 @@ decodes a cell exactly); rows of files written before that format hold tagged JS
 null `types`, which `load_json` decodes too. The WAL tail's events have no before, after
 or changes (they are computed by the flush). Only files the manifest lists are read, so
 an orphan left by a crash never shows up. The files are scanned lazily (Arrow datasets),
-not loaded: DuckDB reads what a query needs.
+not loaded: DuckDB reads what a query needs. Each is checked against its manifest row
+when the views are made (a local file whole, once per process: a damaged one raises
+ArchiveError naming it here), and its pages against their CRCs as queries read them
+(docs/archive.md, Integrity).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from parquedb_orm.archive import bulk, parquet
+from parquedb_orm.archive.files import Check
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.sql import manifest, wal
 
@@ -57,23 +61,26 @@ _ENTITY_COLUMNS = pa.schema([f for f in parquet.ENTITIES_SCHEMA])
 def _scan(archive: Archive | None, entries: list[manifest.Entry], schema: pa.Schema) -> Any:
     """The files as one lazily read dataset; `ns` is a column of newer files and the hive
     partition of all (files written before the column existed get it from their path);
-    a column an older file lacks reads as NULL."""
+    a column an older file lacks reads as NULL. Each file is checked against its manifest
+    row first: a local file whole (once per process: a damaged file is an ArchiveError
+    naming it here, not a DuckDB error without a name in a later query), a file on an
+    object store by its size and footer; pages are also verified against their CRCs as
+    the queries read them (archive/files.py)."""
     if not entries:
         return schema.empty_table()
     assert archive is not None
     by_folder: dict[str, list[str]] = {}
     for e in entries:  # entities files live in two folders (bases and deltas)
-        by_folder.setdefault(e.path.split("/", 1)[0], []).append(archive.path(e.path))
+        archive.verify(e.path, Check.of(e), whole=archive.local)
+        by_folder.setdefault(e.path.split("/", 1)[0], []).append(e.path)
     parts = [
-        ds.dataset(
-            paths,
+        archive.dataset(
+            rels,
             schema=schema,
-            format="parquet",
-            filesystem=archive.fs,
             partitioning=ds.partitioning(pa.schema([_NS]), flavor="hive"),
             partition_base_dir=archive.path(folder),
         )
-        for folder, paths in by_folder.items()
+        for folder, rels in by_folder.items()
     ]
     return parts[0] if len(parts) == 1 else ds.dataset(parts)
 

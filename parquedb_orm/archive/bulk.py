@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from parquedb_orm.archive import parquet
-from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.files import Archive, Check
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import State, dt_to_us, now_us, us_to_dt
 from parquedb_orm.core.ids import encode_id
@@ -67,8 +67,8 @@ def write_bulk(
     ts_us = dt_to_us(when)
     table = parquet.bulk_entities_table(ns, ids, list(numbers), states, jsons, ts_us)
     path = Archive.file_name("entities", ns, numbers[0], numbers[-1], prefix="bulk-")
-    size = archive.write_table(path, table, row_group_rows=parquet.ENTITY_ROW_GROUP_ROWS)
-    entry = manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), size)
+    check = archive.write_table(path, table, row_group_rows=parquet.ENTITY_ROW_GROUP_ROWS)
+    entry = manifest.Entry(manifest.BULK, ns, numbers[0], numbers[-1], path, len(ids), check.size, check.text())
     twin = _write_twin(archive, entry, parquet.bulk_events_table(ns, ids, states, ts_us, jsons))
     return entry, twin, states
 
@@ -80,8 +80,10 @@ def twin_path(entry: manifest.Entry) -> str:
 
 def _write_twin(archive: Archive, entry: manifest.Entry, table: Any) -> manifest.Entry:
     path = twin_path(entry)
-    size = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
-    return manifest.Entry(manifest.BULK_EVENTS, entry.ns, entry.first_seq, entry.last_seq, path, table.num_rows, size)
+    check = archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+    return manifest.Entry(
+        manifest.BULK_EVENTS, entry.ns, entry.first_seq, entry.last_seq, path, table.num_rows, check.size, check.text()
+    )
 
 
 def write_twin_of(archive: Archive, entry: manifest.Entry) -> manifest.Entry:
@@ -93,11 +95,11 @@ def write_twin_of(archive: Archive, entry: manifest.Entry) -> manifest.Entry:
 def twin_table(archive: Archive, entry: manifest.Entry) -> pa.Table:
     """The CREATE events of a bulk file, derived from its rows (for files without a twin).
     One file's rows in memory: a bulk file is one create_many call."""
-    names = archive.footer(entry.path).schema.to_arrow_schema().names
-    table = archive.read_table(entry.path, columns=[c for c in ("id", "state", "types") if c in names])
+    table = archive.read_table(entry.path, columns=["id", "state", "types"], check=Check.of(entry))
     ids: list[str] = table.column("id").to_pylist()
-    states = list(zip(ids, parquet.json_columns(table, ("state",))["state"], strict=True))
-    stamps = {eid: dt_to_us(st["createdAt"]) for eid, st in states}
+    with archive.decoding(entry.path):
+        states = list(zip(ids, parquet.json_columns(table, ("state",))["state"], strict=True))
+        stamps = {eid: dt_to_us(st["createdAt"]) for eid, st in states}
     out = parquet.bulk_events_table(entry.ns, ids, states, stamps[ids[0]] if ids else 0)
     if len(set(stamps.values())) > 1:  # one create_many shares one timestamp; be exact anyway
         column = pa.array([stamps[eid] for eid in out.column("id").to_pylist()], pa.int64()).cast(parquet.TS)

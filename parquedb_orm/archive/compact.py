@@ -104,7 +104,16 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, Engine
 
 from parquedb_orm.archive import bulk, parquet
-from parquedb_orm.archive.files import Archive, keep_metadata, keeps_arrow_schema, pending_name, published_name
+from parquedb_orm.archive.files import (
+    Archive,
+    Check,
+    check_of_local,
+    keep_metadata,
+    keeps_arrow_schema,
+    pending_name,
+    published_name,
+    read_failure,
+)
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError
 from parquedb_orm.sql import dialects, manifest
@@ -317,12 +326,17 @@ def compact(
         plan = _plan(conn, kind, ns, threshold, bound or DeltaBound())
     if plan is None:
         return None
-    added = [bulk.write_twin_of(archive, e) for e in plan.untwinned]
-    if plan.mode == "log":
-        merged = _merge_log(archive, kind, ns, plan.sources, plan.twins)
-    else:
-        assert plan.layers is not None
-        merged = _merge_entities(archive, ns, plan.layers, plan.mode)
+    try:
+        added = [bulk.write_twin_of(archive, e) for e in plan.untwinned]
+        if plan.mode == "log":
+            merged = _merge_log(archive, kind, ns, plan.sources, plan.twins)
+        else:
+            assert plan.layers is not None
+            merged = _merge_entities(archive, ns, plan.layers, plan.mode)
+    except Exception as exc:
+        if not read_failure(exc):
+            raise
+        raise archive.damaged(plan.sources, exc) from exc  # names the source that fails its checks
     if merged is None:
         return None
     step("compacted_file_written")
@@ -394,8 +408,8 @@ def _merge_log(
     queries = [f"SELECT {cols} FROM src{where} ORDER BY {_ORDER[kind]}" for where in _windows(archive, sources, key)]
     with _duck() as con:
         con.register("src", _dataset(archive, sources, schema))
-        rows, size = _write(archive, path, con, queries, schema, _JSON[kind])
-    return manifest.Entry(kind, ns, first, last, path, rows, size)
+        rows, check = _write(archive, path, con, queries, schema, _JSON[kind])
+    return manifest.Entry(kind, ns, first, last, path, rows, check.size, check.text())
 
 
 def _windows(archive: Archive, sources: list[manifest.Entry], column: str) -> list[str]:
@@ -481,10 +495,10 @@ def _merge_entities(archive: Archive, ns: str, layers: _Layers, mode: str) -> ma
             for where in _windows(archive, sources, "number")
         ]
         meta = {parquet.FIELDS_KEY: json.dumps(fields, separators=(",", ":")).encode()}
-        rows, size = _write(archive, path, con, queries, schema.with_metadata(meta), _JSON["entities"])
-        if mode != "deltas":
-            _write_scan(archive, con, path, schema.with_metadata(meta))
-    return manifest.Entry("entities", ns, first, last, path, rows, size)
+        rows, check = _write(archive, path, con, queries, schema.with_metadata(meta), _JSON["entities"])
+        if mode != "deltas":  # the scan file's check rides on its base's manifest row
+            check = check.with_scan(_write_scan(archive, con, path, schema.with_metadata(meta)))
+    return manifest.Entry("entities", ns, first, last, path, rows, check.size, check.text())
 
 
 def _columns(schema: pa.Schema, ns: str) -> str:
@@ -506,15 +520,14 @@ def _scans(paths: Iterable[str]) -> set[str]:
     return {scan_path(p) for p in paths if p.startswith("entities/") and posixpath.basename(p).startswith(BASE_PREFIX)}
 
 
-def _write_scan(archive: Archive, con: Any, base: str, schema: pa.Schema) -> None:
+def _write_scan(archive: Archive, con: Any, base: str, schema: pa.Schema) -> Check:
     """Write the scan file of the base just written (pending, like it), from that file."""
     narrow = pa.schema([f for f in schema if f.name not in _SCAN_DROP], metadata=schema.metadata)
-    source = archive.path(pending_name(base))
-    con.register("written", ds.dataset(source, schema=narrow, format="parquet", filesystem=archive.fs))
+    con.register("written", archive.dataset([pending_name(base)], schema=narrow))
     try:
         cols = ", ".join(f'"{f.name}"' for f in narrow)
         sql = f"SELECT {cols} FROM written"
-        _write(archive, scan_path(base), con, sql, narrow, (), row_group_rows=SCAN_ROWS, scan=True)
+        return _write(archive, scan_path(base), con, sql, narrow, (), row_group_rows=SCAN_ROWS, scan=True)[1]
     finally:
         con.unregister("written")
 
@@ -526,7 +539,7 @@ def _base_fields(archive: Archive, con: Any, sources: list[manifest.Entry]) -> d
     types: dict[str, set[str]] = {}
     unmapped: list[manifest.Entry] = []
     for e in sources:
-        footer = archive.footer(e.path)
+        footer = archive.footer(e.path, Check.of(e))
         fields = parquet.fields_of(footer.metadata)
         if fields is None:
             unmapped.append(e)
@@ -560,8 +573,10 @@ def _base_fields(archive: Archive, con: Any, sources: list[manifest.Entry]) -> d
 
 def _dataset(archive: Archive, sources: list[manifest.Entry], schema: pa.Schema) -> ds.Dataset:
     """The sources as one Arrow dataset, read lazily in batches; a column a file lacks
-    (older files, fields it does not hold) reads as NULL."""
-    return ds.dataset([archive.path(e.path) for e in sources], schema=schema, format="parquet", filesystem=archive.fs)
+    (older files, fields it does not hold) reads as NULL. Footers checked first, pages as read."""
+    for e in sources:
+        archive.verify(e.path, Check.of(e))
+    return archive.dataset([e.path for e in sources], schema=schema)
 
 
 class _duck:
@@ -619,9 +634,9 @@ def _write(
     *,
     row_group_rows: int = parquet.PIECE_ROWS,
     scan: bool = False,
-) -> tuple[int, int]:
+) -> tuple[int, Check]:
     """Stream a query's rows into the Parquet file `rel`, in row groups of `row_group_rows`,
-    left under its pending name (Archive.staging_path / publish); returns (rows, bytes). Rows
+    left under its pending name (Archive.staging_path / publish); returns (rows, its check). Rows
     of sources written before the plain JSON format are rewritten in it (`parquet.upgrade`)."""
     tmp, scratch = archive.staging_path(rel)
     rows = 0
@@ -646,13 +661,14 @@ def _write(
             use_dictionary=dictionary,
             write_statistics=stats,
             store_schema=keeps_arrow_schema(schema),
+            write_page_checksum=True,
         ) as writer:
             for batch in _batches(reader, row_group_rows):
                 out = parquet.upgrade(pa.Table.from_batches([batch]).cast(schema), json_columns)
                 writer.write_table(out, row_group_size=row_group_rows)
                 rows += batch.num_rows
             keep_metadata(writer, schema)
-        size = os.path.getsize(tmp)
+        check = check_of_local(tmp)
         archive.publish(tmp, rel)
     except OSError as exc:
         raise ArchiveError(f"cannot write {archive.path(rel)}: {exc}") from exc
@@ -661,7 +677,7 @@ def _write(
             shutil.rmtree(scratch, ignore_errors=True)
         elif os.path.exists(tmp):
             os.unlink(tmp)
-    return rows, size
+    return rows, check
 
 
 # ---------------------------------------------------------------------- sweeping

@@ -11,6 +11,13 @@ listed name missing publishes it itself (`_recover`). A local file is first writ
 temporary name, fsynced and renamed (then the directory is fsynced); an object store gets
 one PUT of the whole object. Paths are built only from validated namespaces and numbers,
 and are checked again here so nothing can land outside the archive root.
+
+Integrity (docs/archive.md, "Integrity"): every file is written with Parquet page CRCs,
+and its manifest row keeps its size and CRC-32s of its footer and of the whole file
+(`Check`). Every read of a listed file goes through this module's checked reader
+(`footer`, `read_row_groups`, `read_table`, `verify`, `dataset`): the size and footer are
+compared with the manifest, pages are verified as pyarrow decodes them, and any failure
+is an ArchiveError naming the file.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import uuid
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
@@ -32,7 +42,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from parquedb_orm.core.ids import check_namespace
-from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError
+from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError, ParqueDBError
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
+
+    from parquedb_orm.sql.manifest import Entry
 
 #: zstd everywhere; ~64k-row row groups keep scans streaming and stats useful (the
 #: archive's own files pass `parquet.PIECE_ROWS`: a point read decodes one small piece)
@@ -42,6 +57,135 @@ ROW_GROUP_ROWS = 65_536
 _JSON_TEXT = frozenset({"state", "data", "before", "after", "changes", "meta", "types"})
 #: suffix of a written file not yet published (see the module doc)
 PENDING_SUFFIX = ".pending"
+
+
+#: a footer is read with one ranged read of this many bytes at the end of the file (more
+#: only when the footer is longer), as pyarrow itself does
+_TAIL_READ = 64 << 10
+#: whole-file checksums stream the file in pieces of this size
+_CHUNK = 1 << 20
+_MAGIC = b"PAR1"
+#: decoding a stored cell can fail these ways when its bytes are not what was written
+DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the manifest row of a file says it is (its `bytes` and `checksum` columns):
+    the size, the CRC-32 of its footer (the Thrift FileMetaData and the 8 bytes after it:
+    every point read checks it when it reads the footer) and of the whole file (checked
+    once per process before DuckDB scans the file itself, which verifies no page CRC).
+    `scan`: for a base, its scan file's (size, whole-file CRC-32); the scan file has no
+    manifest row of its own. `footer` is None for a scan file."""
+
+    size: int
+    footer: int | None
+    whole: int
+    scan: tuple[int, int] | None = None
+
+    def text(self) -> str:
+        """The manifest's `checksum` text: `crc32 <footer> <whole>[ scan <size> <whole>]`."""
+        out = f"crc32 {self.footer or 0:08x} {self.whole:08x}"
+        return out if self.scan is None else f"{out} scan {self.scan[0]} {self.scan[1]:08x}"
+
+    def with_scan(self, scan: Check) -> Check:
+        return Check(self.size, self.footer, self.whole, (scan.size, scan.whole))
+
+    def scan_check(self) -> Check | None:
+        return None if self.scan is None else Check(self.scan[0], None, self.scan[1])
+
+    @classmethod
+    def parse(cls, size: int, text: str | None, path: str = "?") -> Check | None:
+        """A manifest row's check; None for rows written before checksums (not verified)."""
+        if text is None:
+            return None
+        parts = text.split()
+        try:
+            if parts[0] != "crc32" or len(parts) not in (3, 6) or (len(parts) == 6 and parts[3] != "scan"):
+                raise ValueError(text)
+            scan = (int(parts[4]), int(parts[5], 16)) if len(parts) == 6 else None
+            return cls(int(size), int(parts[1], 16), int(parts[2], 16), scan)
+        except (ValueError, IndexError):
+            raise ArchiveError(
+                f"the manifest row of {path} has a malformed checksum {text[:80]!r}: expected "
+                "'crc32 <footer hex> <file hex>[ scan <size> <hex>]'"
+            ) from None
+
+    @classmethod
+    def of(cls, entry: Entry) -> Check | None:
+        return cls.parse(entry.bytes, entry.checksum, entry.path)
+
+
+def _footer_length(tail: bytes, size: int, target: str) -> int:
+    """The footer length a file's last 8 bytes give, checked against the file's size."""
+    if size < 12 or tail[-4:] != _MAGIC:
+        raise ArchiveError(
+            f"archive file {target} is not a complete Parquet file (its last bytes are not the "
+            f"Parquet magic, {size} bytes): it was truncated or overwritten; restore it from a backup"
+        )
+    length = int.from_bytes(tail[-8:-4], "little")
+    if length + 12 > size:
+        raise ArchiveError(
+            f"archive file {target} has a damaged footer (length {length} in a {size}-byte file): "
+            "restore it from a backup"
+        )
+    return length
+
+
+def check_of_bytes(data: bytes) -> Check:
+    """The check of a file whose bytes are in memory (a writer's buffer)."""
+    length = _footer_length(data[-8:], len(data), "(buffer)")
+    return Check(len(data), zlib.crc32(data[-(length + 8) :]), zlib.crc32(data))
+
+
+def check_of_local(path: str) -> Check:
+    """The check of a finished local file (a streamed writer's output): its tail, then
+    the whole file in pieces (it was just written: the page cache holds it)."""
+    size = os.path.getsize(path)
+    whole = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            whole = zlib.crc32(chunk, whole)
+        fh.seek(max(0, size - _TAIL_READ))
+        tail = fh.read()
+    length = _footer_length(tail, size, path)
+    if length + 8 > len(tail):
+        with open(path, "rb") as fh:
+            fh.seek(size - length - 8)
+            tail = fh.read()
+    return Check(size, zlib.crc32(tail[-(length + 8) :]), whole)
+
+
+#: files checked whole in this process, by (archive uri, path, checksum text): a listed
+#: file never changes, so DuckDB may scan it directly afterwards (bounded)
+_WHOLE_CHECKED: dict[tuple[str, str, str], None] = {}
+_WHOLE_CHECKED_MAX = 65_536
+_WHOLE_LOCK = threading.Lock()
+
+
+def _mismatch(target: str, what: str) -> ArchiveError:
+    return ArchiveError(
+        f"archive file {target} failed its integrity check: {what}. It was damaged, truncated or "
+        "replaced after it was written; restore it from a backup (its manifest row lists it)"
+    )
+
+
+def read_failure(exc: BaseException) -> bool:
+    """Whether an exception raised while DuckDB or pyarrow read archive files is a read
+    failure (OS, pyarrow, or DuckDB relaying one) rather than a bug to let through."""
+    if isinstance(exc, (OSError, pa.ArrowException)):
+        return True
+    return type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb")
+
+
+def checked_format() -> ds.ParquetFileFormat:
+    """The Parquet format of every dataset over archive files: pages verified against their
+    CRCs as they are decoded (also when DuckDB scans the dataset)."""
+    import pyarrow.dataset as ds
+
+    return ds.ParquetFileFormat(
+        default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True)
+    )
 
 
 def pending_name(rel: str) -> str:
@@ -170,10 +314,11 @@ class Archive:
         return f"{kind}/ns={ns}/{prefix}{int(first):012d}-{int(last):012d}.parquet"
 
     # ------------------------------------------------------------------ io
-    def write_table(self, rel: str, table: pa.Table, *, row_group_rows: int | None = None) -> int:
+    def write_table(self, rel: str, table: pa.Table, *, row_group_rows: int | None = None) -> Check:
         """Write the Parquet file `rel` under its pending name (`publish_pending` makes it
-        `rel` once the manifest lists it); returns its size in bytes. Statistics on every
-        column but the JSON texts (row groups are pruned by their min/max)."""
+        `rel` once the manifest lists it); returns its size and checksums for its manifest
+        row. Statistics on every column but the JSON texts (row groups are pruned by their
+        min/max); a CRC on every page."""
         buf = io.BytesIO()
         plain = [c for c in table.column_names if c not in _JSON_TEXT]
         with pq.ParquetWriter(
@@ -183,6 +328,7 @@ class Archive:
             use_dictionary=plain,
             write_statistics=plain,
             store_schema=keeps_arrow_schema(table.schema),
+            write_page_checksum=True,
         ) as writer:
             writer.write_table(table, row_group_size=row_group_rows or ROW_GROUP_ROWS)
             keep_metadata(writer, table.schema)
@@ -194,11 +340,21 @@ class Archive:
             else:
                 # one PUT of the whole object: readers see all of it or nothing
                 self.fs.create_dir(posixpath.dirname(target), recursive=True)
-                with self.fs.open_output_stream(target) as out:
-                    out.write(data)
+                self._put(target, data)
         except OSError as exc:
             raise ArchiveError(f"cannot write {target}: {exc}") from exc
-        return len(data)
+        return check_of_bytes(data)
+
+    def _put(self, target: str, data: bytes) -> None:
+        """One object written; a failed upload leaves no partial pending object behind
+        (closing a broken stream may still complete it: delete what it left)."""
+        try:
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(target)
+            raise
 
     @staticmethod
     def _write_local(target: str, data: bytes) -> None:
@@ -254,8 +410,13 @@ class Archive:
                 self._durable_rename(staged, target)
             else:
                 self.fs.create_dir(posixpath.dirname(target), recursive=True)
-                with open(staged, "rb") as src, self.fs.open_output_stream(target) as out:
-                    shutil.copyfileobj(src, out, 8 << 20)
+                try:
+                    with open(staged, "rb") as src, self.fs.open_output_stream(target) as out:
+                        shutil.copyfileobj(src, out, 8 << 20)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        self.fs.delete_file(target)  # no partial pending object left behind
+                    raise
         except OSError as exc:
             raise ArchiveError(f"cannot write {target}: {exc}") from exc
 
@@ -289,31 +450,63 @@ class Archive:
         self.publish_pending(rel)
         return True
 
-    def read_table(self, rel: str, *, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+    # ------------------------------------------------------------------ checked reads
+    @contextlib.contextmanager
+    def reading(self, rel: str) -> Iterator[str]:
+        """Map what reading the file `rel` can raise (OS, pyarrow) to an ArchiveError naming
+        it; yields its absolute path."""
         target = self.path(rel)
         try:
-            try:
-                return pq.read_table(target, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
-            except FileNotFoundError:
-                if not self._recover(rel):
-                    raise
-                return pq.read_table(target, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
+            yield target
+        except ArchiveError:
+            raise
         except FileNotFoundError as exc:
-            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
-        except (OSError, pa.ArrowInvalid) as exc:
+            raise ArchiveError(
+                f"archive file listed in the manifest is missing: {target} (restore it from a backup)"
+            ) from exc
+        except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
 
-    def footer(self, rel: str) -> pq.FileMetaData:
-        """A file's Parquet footer (row groups, statistics, key-value metadata): a ranged
-        read at the end of the file."""
-        target = self.path(rel)
+    @contextlib.contextmanager
+    def decoding(self, rel: str) -> Iterator[None]:
+        """Map a failure to decode the cells read from `rel` (JSON, typed values) to an
+        ArchiveError naming it: the file does not hold what the store wrote."""
         try:
-            with self._open(rel) as fh:
-                return pq.ParquetFile(fh).metadata
-        except FileNotFoundError as exc:
-            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
-        except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"cannot read the footer of archive file {target}: {exc}") from exc
+            yield
+        except ParqueDBError:
+            raise  # typed already (e.g. a value whose registered type is gone)
+        except DECODE_ERRORS as exc:
+            raise ArchiveError(
+                f"archive file {self.path(rel)} holds a value the store cannot decode ({type(exc).__name__}: "
+                f"{str(exc)[:200]}): the file is damaged; restore it from a backup"
+            ) from None
+
+    def _footer_of(self, fh: Any, target: str, check: Check | None) -> pq.FileMetaData:
+        """Read and parse an open file's footer, after comparing its size and footer CRC
+        with the manifest's (one ranged read for footers up to 64 KiB)."""
+        size = fh.size()
+        if check is not None and size != check.size:
+            raise _mismatch(target, f"it is {size} bytes, its manifest row says {check.size}")
+        n = min(size, _TAIL_READ)
+        fh.seek(size - n)
+        tail = fh.read(n)
+        length = _footer_length(tail, size, target)
+        if length + 8 > len(tail):
+            fh.seek(size - length - 8)
+            tail = fh.read(length + 8)
+        else:
+            tail = tail[-(length + 8) :]
+        crc = zlib.crc32(tail)
+        if check is not None and check.footer is not None and crc != check.footer:
+            raise _mismatch(target, f"its footer's CRC-32 is {crc:08x}, its manifest row says {check.footer:08x}")
+        # parsed from the bytes checked, not read again (offsets point into the real file)
+        return pq.ParquetFile(pa.BufferReader(_MAGIC + tail)).metadata
+
+    def footer(self, rel: str, check: Check | None = None) -> pq.FileMetaData:
+        """A file's Parquet footer (row groups, statistics, key-value metadata), checked
+        against `check` (its manifest row): a ranged read at the end of the file."""
+        with self.reading(rel) as target, self._open(rel) as fh:
+            return self._footer_of(fh, target, check)
 
     def read_row_groups(
         self,
@@ -322,21 +515,80 @@ class Archive:
         columns: list[str] | None = None,
         *,
         metadata: pq.FileMetaData | None = None,
+        check: Check | None = None,
     ) -> pa.Table:
-        """Chosen row groups of chosen columns of one file; `metadata`: its footer, already
-        read (then only those column chunks are fetched)."""
-        target = self.path(rel)
+        """Chosen row groups of chosen columns of one file, pages verified; `metadata`: its
+        footer, already read by `footer` (then only those column chunks are fetched), else
+        it is read and checked against `check`."""
+        with self.reading(rel) as target, self._open(rel) as fh:
+            if metadata is None:
+                metadata = self._footer_of(fh, target, check)
+            pf = pq.ParquetFile(fh, metadata=metadata, page_checksum_verification=True)
+            if columns is not None:
+                have = set(pf.schema_arrow.names)
+                columns = [c for c in columns if c in have]  # older files lack newer columns
+            return pf.read_row_groups(groups, columns=columns, use_threads=False)
+
+    def read_table(self, rel: str, *, columns: list[str] | None = None, check: Check | None = None) -> pa.Table:
+        """Chosen columns of a whole file (a column the file lacks is left out), checked."""
+        with self.reading(rel) as target, self._open(rel) as fh:
+            metadata = self._footer_of(fh, target, check)
+            pf = pq.ParquetFile(fh, metadata=metadata, page_checksum_verification=True)
+            if columns is not None:
+                have = set(pf.schema_arrow.names)
+                columns = [c for c in columns if c in have]
+            return pf.read(columns=columns, use_threads=False)
+
+    def verify(self, rel: str, check: Check | None, *, whole: bool = False) -> pq.FileMetaData:
+        """Check a file before something other than this module reads it: its size and
+        footer (cheap), and with `whole` every byte against the whole-file CRC (for DuckDB's
+        own reader, which checks no page CRC; once per process and file). Returns its footer."""
+        with self.reading(rel) as target, self._open(rel) as fh:
+            metadata = self._footer_of(fh, target, check)
+            if not whole or check is None:
+                return metadata
+            key = (self.uri, rel, check.text())
+            with _WHOLE_LOCK:
+                if key in _WHOLE_CHECKED:
+                    return metadata
+            fh.seek(0)
+            crc = 0
+            while chunk := fh.read(_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            if crc != check.whole:
+                raise _mismatch(target, f"its CRC-32 is {crc:08x}, its manifest row says {check.whole:08x}")
+            with _WHOLE_LOCK:
+                _WHOLE_CHECKED[key] = None
+                while len(_WHOLE_CHECKED) > _WHOLE_CHECKED_MAX:
+                    del _WHOLE_CHECKED[next(iter(_WHOLE_CHECKED))]
+            return metadata
+
+    def dataset(self, rels: list[str], **options: Any) -> ds.Dataset:
+        """Listed files as one lazily read Arrow dataset with page CRCs verified (DuckDB
+        scans it through pyarrow); check their footers first (`verify`)."""
+        import pyarrow.dataset as ds
+
         try:
-            with self._open(rel) as fh:
-                pf = pq.ParquetFile(fh, metadata=metadata)
-                if columns is not None:
-                    have = set(pf.schema_arrow.names)
-                    columns = [c for c in columns if c in have]  # older files lack newer columns
-                return pf.read_row_groups(groups, columns=columns, use_threads=False)
+            return ds.dataset(
+                [self.path(r) for r in rels], format=checked_format(), filesystem=self.fs, **options
+            )
         except FileNotFoundError as exc:
-            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
+            raise ArchiveError(f"an archive file listed in the manifest is missing: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
+            raise ArchiveError(f"cannot read archive files {', '.join(rels[:5])}: {exc}") from exc
+
+    def damaged(self, entries: list[Entry], failure: BaseException) -> ArchiveError:
+        """The error to raise when a scan over these files failed (`failure`: DuckDB's or
+        pyarrow's, which do not say which file): the first file that fails a full checked
+        read names itself; else the failure, with the files' names. Only on the error path:
+        it reads every file."""
+        for e in entries:
+            try:
+                self.read_table(e.path, check=Check.of(e))
+            except ArchiveError as exc:
+                return exc
+        names = ", ".join(self.path(e.path) for e in entries[:5]) + (" ..." if len(entries) > 5 else "")
+        return ArchiveError(f"cannot read the archive files {names}: {failure}")
 
     def _open(self, rel: str) -> Any:
         try:

@@ -260,8 +260,8 @@ class Flusher:
         if plan.events:
             first, last = plan.events[0].seq, plan.ev_last
             path = Archive.file_name("events", ns, first, last)
-            size = self.archive.write_table(path, parquet.events_table(ns, rows), row_group_rows=parquet.PIECE_ROWS)
-            entries.append(manifest.Entry("events", ns, first, last, path, len(rows), size))
+            check = self.archive.write_table(path, parquet.events_table(ns, rows), row_group_rows=parquet.PIECE_ROWS)
+            entries.append(manifest.Entry("events", ns, first, last, path, len(rows), check.size, check.text()))
             _step("events_file_written")
             order = sorted(plan.latest, key=lambda eid: plan.numbers.get(eid, 0))
             ent_rows = [
@@ -270,13 +270,13 @@ class Flusher:
             ]
             path = Archive.file_name(manifest.DELTA_FOLDER, ns, first, last)
             table = parquet.entities_table(ns, ent_rows, [plan.latest_json[eid] for eid in order])
-            size = self.archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
-            entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), size))
+            check = self.archive.write_table(path, table, row_group_rows=parquet.PIECE_ROWS)
+            entries.append(manifest.Entry("entities", ns, first, last, path, len(ent_rows), check.size, check.text()))
         if plan.rels:
             first, last = plan.rels[0].seq, plan.rel_last
             path = Archive.file_name("rels", ns, first, last)
-            size = self.archive.write_table(path, parquet.rels_table(ns, plan.rels), row_group_rows=parquet.PIECE_ROWS)
-            entries.append(manifest.Entry("rels", ns, first, last, path, len(plan.rels), size))
+            check = self.archive.write_table(path, parquet.rels_table(ns, plan.rels), row_group_rows=parquet.PIECE_ROWS)
+            entries.append(manifest.Entry("rels", ns, first, last, path, len(plan.rels), check.size, check.text()))
         return entries
 
     def _commit(self, conn: Connection, plans: dict[str, _NsPlan], entries: list[manifest.Entry]) -> bool:

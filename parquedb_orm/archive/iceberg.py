@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from parquedb_orm.archive import parquet
-from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.files import Archive, Check
 from parquedb_orm.errors import ArchiveError, ConfigurationError
 from parquedb_orm.sql import manifest
 
@@ -319,7 +318,7 @@ class Publisher:
         self, known: _Known, add: list[manifest.Entry], gone: list[DataFile], want: dict[str, manifest.Entry]
     ) -> None:
         table = known.table
-        added = [self._data_file(table, self.uri(e.path)) for e in add]
+        added = [self._data_file(table, e) for e in add]
         summary = _summary(add, want)
         mapping = _name_mapping(table, [cols for _df, cols in added])
         with table.transaction() as tx:
@@ -339,8 +338,9 @@ class Publisher:
         for df, _cols in added:
             known.files[df.file_path] = df
 
-    def _data_file(self, table: Table, path: str) -> tuple[DataFile, list[str]]:
-        """The Iceberg DataFile of one archive file, from its footer (one ranged read), as
+    def _data_file(self, table: Table, entry: manifest.Entry) -> tuple[DataFile, list[str]]:
+        """The Iceberg DataFile of one archive file, from its footer (one ranged read, checked
+        against its manifest row by the archive's reader), as
         pyiceberg's add_files builds it, except that columns outside the table's schema
         are allowed (their statistics are left out). Returns it and those columns."""
         from pyiceberg.io.pyarrow import (
@@ -356,9 +356,10 @@ class Publisher:
 
         md = table.metadata
         schema = md.schema()
-        source = table.io.new_input(path)
-        with source.open() as stream:
-            footer = pq.read_metadata(stream)
+        path = self.uri(entry.path)
+        footer = self.archive.footer(entry.path, Check.of(entry))
+        # a checked row's size is the file's (verified above); an older row's is looked up
+        size = entry.bytes if entry.checksum is not None else len(table.io.new_input(path))
         arrow = plain_schema(footer.schema.to_arrow_schema())
         names = {f.name for f in schema.fields}
         missing = names - set(arrow.names)
@@ -393,7 +394,7 @@ class Publisher:
             file_path=path,
             file_format=FileFormat.PARQUET,
             partition=stats.partition(md.spec(), schema),
-            file_size_in_bytes=len(source),
+            file_size_in_bytes=size,
             sort_order_id=None,
             equality_ids=None,
             key_metadata=None,

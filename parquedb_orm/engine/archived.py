@@ -19,13 +19,13 @@ from __future__ import annotations
 import bisect
 import posixpath
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
 from parquedb_orm.archive import parquet
-from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.files import Archive, Check
 from parquedb_orm.archive.pieces import KEY_COLUMN, IdSet, Ranges
 from parquedb_orm.core.events import Event, RelEvent, State, Versioned
 from parquedb_orm.core.ids import chunk_number, decode_id
@@ -39,7 +39,8 @@ _POINT_COLUMNS = ["id", "version", "seq", "state", "types"]  # `types`: only new
 #: what an Event needs of an events row: not the before/after states, most of its bytes
 _EVENT_COLUMNS = ["seq", "ts", "op", "id", "version", "actor", "data", "meta", "types"]
 
-Latest = tuple[int, int, State | None]  # (version, seq of the last event folded in, state or None)
+Latest = tuple[int, int, State | None]
+_T = TypeVar("_T")  # (version, seq of the last event folded in, state or None)
 
 
 def is_base(entry: manifest.Entry) -> bool:
@@ -188,7 +189,7 @@ class ArchivedReads:
                     self._footers.move_to_end(path)
                     return ranges, footer[0]
         assert self.archive is not None
-        metadata = self.archive.footer(path)
+        metadata = self.archive.footer(path, Check.of(entry))
         if ranges is None:
             ranges = Ranges.of(metadata, KEY_COLUMN.get(entry.kind, "id"))
         size = int(metadata.serialized_size)
@@ -207,7 +208,7 @@ class ArchivedReads:
 
     def _pieces(self, entry: manifest.Entry, groups: list[int], columns: list[str] | None, metadata: Any) -> Any:
         assert self.archive is not None
-        return self.archive.read_row_groups(entry.path, groups, columns, metadata=metadata)
+        return self.archive.read_row_groups(entry.path, groups, columns, metadata=metadata, check=Check.of(entry))
 
     def rows_by_number(self, entry: manifest.Entry, numbers: Iterable[int], columns: list[str]) -> Any:
         """The rows of an entities file whose `number` is one of `numbers`, reading only the
@@ -312,7 +313,10 @@ class ArchivedReads:
 
         table = self._pieces(entry, sorted(groups), _POINT_COLUMNS, metadata)
         table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(probe, pa.string())))
-        for eid, value in parquet.table_states(table).items():
+        assert self.archive is not None
+        with self.archive.decoding(entry.path):
+            states = parquet.table_states(table)
+        for eid, value in states.items():
             found[eid] = value
             left.pop(eid, None)
 
@@ -337,6 +341,12 @@ class ArchivedReads:
         table = self._pieces(entry, groups, columns, metadata)
         return table.filter(pc.equal(table.column(column), value))
 
+    def _decoded(self, entry: manifest.Entry, decode: Callable[[Any], _T], table: Any) -> _T:
+        """Rows of `entry` decoded; a cell that does not decode is an ArchiveError naming the file."""
+        assert self.archive is not None
+        with self.archive.decoding(entry.path):
+            return decode(table)
+
     def events(self, conn: Connection, ns: str, entity_id: str) -> list[Event]:
         """Every archived event of one entity, oldest first (bulk creates included): only
         the row groups whose `id` range covers it are read."""
@@ -346,20 +356,20 @@ class ArchivedReads:
         for entry in self.files(conn, "events", ns):
             table = self._rows_of(entry, "id", entity_id, entity_id, _EVENT_COLUMNS)
             if table is not None:
-                out.extend(parquet.table_events(table))
+                out.extend(self._decoded(entry, parquet.table_events, table))
         number = decode_id(entity_id)
         if number is not None:
             twin = self._covering(conn, BULK_EVENTS, ns, number)
             if twin is not None:
                 table = self._rows_of(twin, "id", entity_id, entity_id, _EVENT_COLUMNS)
                 if table is not None:
-                    out.extend(parquet.table_events(table))
+                    out.extend(self._decoded(twin, parquet.table_events, table))
             else:  # a bulk file written before its CREATE events were: derive them from its row
                 bulk = self._covering(conn, manifest.BULK, ns, number)
                 if bulk is not None:
                     table = self._rows_of(bulk, "id", number, entity_id)
                     if table is not None:
-                        out.extend(parquet.bulk_create_events(ns, table))
+                        out.extend(self._decoded(bulk, lambda t: parquet.bulk_create_events(ns, t), table))
         out.sort(key=lambda e: e.seq)
         return out
 
@@ -372,7 +382,7 @@ class ArchivedReads:
         for entry in self.files(conn, "rels", ns):
             table = self._rows_of(entry, "from_id", entity_id, entity_id)
             if table is not None:
-                out.extend(parquet.table_rel_events(table))
+                out.extend(self._decoded(entry, parquet.table_rel_events, table))
         out.sort(key=lambda r: r.seq)
         return out
 
@@ -382,7 +392,8 @@ class ArchivedReads:
             return []
         out: list[RelEvent] = []
         for entry in self.files(conn, "rels", ns):
-            out.extend(parquet.table_rel_events(self.archive.read_table(entry.path)))
+            table = self.archive.read_table(entry.path, check=Check.of(entry))
+            out.extend(self._decoded(entry, parquet.table_rel_events, table))
         out.sort(key=lambda r: r.seq)  # files are sorted by (from_id, seq)
         return out
 
@@ -401,10 +412,8 @@ class ArchivedReads:
             return hit
         merged: dict[str, Latest] = {}
         for entry in [*self.files(conn, manifest.BULK, ns), *self.files(conn, "entities", ns)]:
-            metadata = self._footer(entry)[1] or self.archive.footer(entry.path)
-            names = set(metadata.schema.to_arrow_schema().names)
-            table = self.archive.read_table(entry.path, columns=[c for c in _POINT_COLUMNS if c in names])
-            for eid, value in parquet.table_states(table).items():
+            table = self.archive.read_table(entry.path, columns=_POINT_COLUMNS, check=Check.of(entry))
+            for eid, value in self._decoded(entry, parquet.table_states, table).items():
                 old = merged.get(eid)
                 if old is None or old[0] <= value[0]:
                     merged[eid] = value

@@ -31,13 +31,13 @@ from sqlalchemy import Connection
 
 from parquedb_orm.archive import parquet
 from parquedb_orm.archive.compact import scan_path
-from parquedb_orm.archive.files import Archive
+from parquedb_orm.archive.files import DECODE_ERRORS, Archive, Check, read_failure
 from parquedb_orm.core import pushdown
 from parquedb_orm.core.events import State, Versioned
 from parquedb_orm.core.filters import matches
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.engine.runtime import Runtime
-from parquedb_orm.errors import ArchiveError
+from parquedb_orm.errors import ArchiveError, ParqueDBError
 from parquedb_orm.sql import manifest
 
 #: DuckDB's memory for find scans (spills or fails beyond it, never grows the process further)
@@ -94,31 +94,29 @@ def _duckdb() -> Any:
         return _db.cursor()  # one connection per call: cursors may run in parallel threads
 
 
-def file_fields(archive: Archive, rel: str) -> dict[str, str] | None:
+def file_fields(archive: Archive, rel: str, check: Check | None = None) -> dict[str, str] | None:
     """A file's `parquedb.fields` (field -> type), None for files written without it;
     fields whose typed column is missing count as mixed. Cached: files never change."""
-    return file_info(archive, rel)[0]
+    return file_info(archive, rel, check)[0]
 
 
-def file_info(archive: Archive, rel: str) -> tuple[dict[str, str] | None, bool]:
+def file_info(archive: Archive, rel: str, check: Check | None = None) -> tuple[dict[str, str] | None, bool]:
     """`file_fields` and whether the file is plain JSON with a `types` column (by its
-    schema; older files hold tagged JSON). Cached: files never change."""
+    schema; older files hold tagged JSON). Cached: files never change. The file is checked
+    against its manifest row (`check`) before it is cached, and so before DuckDB scans it:
+    a local file whole (DuckDB's own reader verifies no page CRC), once per process; a file
+    on an object store by its size and footer (its pages are verified as pyarrow reads them
+    for DuckDB: `_table`)."""
     key = (archive.uri, rel)
     with _lock:
         if key in _fields_cache:
             _fields_cache.move_to_end(key)
             return _fields_cache[key]
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    metadata = archive.verify(rel, check, whole=archive.local)
     target = archive.path(rel)
-    try:
-        schema = pq.read_schema(target, filesystem=archive.fs)
-    except FileNotFoundError as exc:
-        raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
-    raw = (schema.metadata or {}).get(_FIELDS_KEY)
+    with archive.reading(rel):
+        schema = metadata.schema.to_arrow_schema()
+    raw = (metadata.metadata or {}).get(_FIELDS_KEY)
     fields: dict[str, str] | None = None
     if raw is not None:
         try:
@@ -149,13 +147,14 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
     deltas: list[_Source] = []
     entries = [*rt.archived.files(conn, manifest.BULK, ns), *rt.archived.files(conn, "entities", ns)]
     for entry in entries:
-        fields, plain = file_info(archive, entry.path)
+        check = Check.of(entry)
+        fields, plain = file_info(archive, entry.path, check)
         sql = _table(archive, entry.path, cur, names)
         is_base = entry.kind != manifest.BULK and entry.path.rsplit("/", 1)[-1].startswith("base-")
         scan = None
         if is_base:
             scan_rel = scan_path(entry.path)
-            if _has_scan(archive, scan_rel):
+            if _has_scan(archive, scan_rel, None if check is None else check.scan_check()):
                 scan = _table(archive, scan_rel, cur, names)
         (big if is_base or entry.kind == manifest.BULK else deltas).append(
             _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK, plain, scan, entry)
@@ -166,24 +165,27 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
 def _table(archive: Archive, rel: str, cur: Any, names: list[str]) -> str:
     """A DuckDB table expression reading the archive file `rel`."""
     target = archive.path(rel)
-    if archive.local:
+    if archive.local:  # checked whole first (file_info, _has_scan)
         return f"read_parquet({_lit(target)})"
-    import pyarrow.dataset as ds  # object storage: pyarrow reads it, DuckDB scans the dataset
-
+    # object storage: pyarrow reads it (pages checked), DuckDB scans the dataset
     name = f"f{len(names)}"
-    cur.register(name, ds.dataset(target, filesystem=archive.fs, format="parquet"))
+    cur.register(name, archive.dataset([rel]))
     names.append(name)
     return name
 
 
-def _has_scan(archive: Archive, rel: str) -> bool:
-    """Whether a base has its scan file (bases written before scan files have none).
+def _has_scan(archive: Archive, rel: str, check: Check | None) -> bool:
+    """Whether a base has its scan file (bases written before scan files have none),
+    checked (`check`: from its base's manifest row) as `file_info` checks a file.
     Remembered: a listed base and its scan file change together."""
     key = (archive.uri, rel)
     with _lock:
         known = _scan_cache.get(key)
     if known is None:
         known = archive.exists(rel)
+        if known or check is not None:  # a base written with one must have it
+            archive.verify(rel, check, whole=archive.local)
+            known = True
         with _lock:
             _scan_cache[key] = known
             while len(_scan_cache) > FIELDS_CACHE:
@@ -264,8 +266,10 @@ def find_candidates(
     shadow_ids = list(dict.fromkeys([*tail_ids, *exclude]))
     cur = _duckdb()
     names: list[str] = []
+    listed: list[manifest.Entry] = []
     try:
         big, deltas = _sources(rt, conn, ns, cur, names)
+        listed = [s.entry for s in (*big, *deltas) if s.entry is not None]
         if not big and not deltas:
             return found
         keys = _order(order, [*big, *deltas]) if want is not None else None
@@ -313,7 +317,7 @@ def find_candidates(
         body = f"{with_sql}SELECT * FROM ({' UNION ALL '.join(selects)}) c"
         if not limited:
             rows = cur.execute(body).fetchall()
-            found.states = _checked(ns, [(r[5], r[2], r[7], r[8]) for r in rows], flt, include_deleted)
+            found.states = _checked(ns, [(r[5], r[2], r[7], r[8], r[0]) for r in rows], flt, include_deleted)
             return found
         assert want is not None and keys is not None
         ordering = []
@@ -328,6 +332,10 @@ def find_candidates(
                 found.states = states
                 return found
             limit *= 4  # Python rejected too many of the first rows: scan for more
+    except Exception as exc:
+        if not read_failure(exc) or rt.archive is None:
+            raise
+        raise rt.archive.damaged(listed, exc) from exc  # DuckDB does not say which file failed
     finally:
         for name in names:
             cur.unregister(name)
@@ -338,8 +346,8 @@ def _types(src: _Source) -> str:
     return "types" if src.plain else "NULL::VARCHAR AS types"
 
 
-#: (id, version, state JSON, its `types` cell)
-_Row = tuple[str, int, str | None, str | None]
+#: (id, version, state JSON, its `types` cell, the archive file it was read from)
+_Row = tuple[str, int, str | None, str | None, str]
 
 
 def _fetch(rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Source]) -> list[_Row]:
@@ -366,22 +374,30 @@ def _fetch(rt: Runtime, rows: list[Any], big: list[_Source], deltas: list[_Sourc
         number, version, eid = row[1], row[2], row[-1]
         hit = got.get((number, eid if number >= KEY_BASE else None, version))
         if hit is not None:
-            out.append((hit[0], version, hit[1], hit[2]))
+            out.append((hit[0], version, hit[1], hit[2], path))
     return out
 
 
 def _checked(ns: str, rows: list[_Row], flt: dict[str, Any], include_deleted: bool) -> dict[str, Versioned]:
     """Decode, keep the highest version of each id, and the documents Python accepts."""
-    latest: dict[str, tuple[int, str | None, str | None]] = {}
-    for eid, version, text, types in rows:
+    latest: dict[str, tuple[int, str | None, str | None, str]] = {}
+    for eid, version, text, types, path in rows:
         old = latest.get(eid)
         if old is None or old[0] < version:
-            latest[eid] = (version, text, types)
+            latest[eid] = (version, text, types, path)
     out: dict[str, Versioned] = {}
-    for eid, (version, text, types) in latest.items():
+    for eid, (version, text, types, path) in latest.items():
         if text is None:
             continue
-        state: State = parquet.load_json(text, types, "state")
+        try:
+            state: State = parquet.load_json(text, types, "state")
+        except ParqueDBError:
+            raise  # typed already (e.g. a value whose registered type is gone)
+        except DECODE_ERRORS as exc:
+            raise ArchiveError(
+                f"archive file {path} holds a state the store cannot decode (id {eid!r}, {type(exc).__name__}: "
+                f"{str(exc)[:200]}): the file is damaged; restore it from a backup"
+            ) from None
         if ("deletedAt" in state and not include_deleted) or not matches(state, flt):
             continue
         out[eid] = (version, state)

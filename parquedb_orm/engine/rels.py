@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from parquedb_orm.archive import parquet
+from parquedb_orm.archive.files import Check
 from parquedb_orm.core.events import Link, LinkKey, RelEvent, apply_rel_event
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.state import Known, NsState
@@ -227,7 +228,7 @@ class Relationships:
             per_ns[ns] = ([], [ev for ev in evs if ev.to == ref])
         if self.archived.archive is not None:
             for entry in self._all_rels_files(conn):
-                found = self._inbound_of_file(entry.path, ref)
+                found = self._inbound_of_file(entry.path, ref, Check.of(entry))
                 if found:
                     per_ns.setdefault(entry.ns, ([], []))[0].extend(found)
         return [(ns, ev) for ns in sorted(per_ns) for ev in _merge(*per_ns[ns])]
@@ -272,44 +273,36 @@ class Relationships:
         names = sorted(listed | set(self.known.namespaces(conn)))
         return [e for n in names for e in self.archived.files(conn, "rels", n)]
 
-    def _inbound_of_file(self, path: str, ref: str) -> list[RelEvent]:
+    def _inbound_of_file(self, path: str, ref: str, check: Check | None = None) -> list[RelEvent]:
         """The events of one rels file whose `to` is `ref`. The file is sorted by from_id,
         not by `to`: of the row groups whose `to` min/max cover the ref, only the `to`
-        column is read first, then whole rows of the row groups that hold a match."""
-        import pyarrow as pa
+        column is read first, then whole rows of the row groups that hold a match. `check`:
+        the file's manifest check (archive/files.py reads it checked)."""
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         archive = self.archived.archive
         assert archive is not None
-        target = archive.path(path)
-        try:
-            with archive.fs.open_input_file(target) as fh:
-                pf = pq.ParquetFile(fh)
-                meta = pf.metadata
-                names = pf.schema_arrow.names
-                if "to" not in names:
-                    raise ArchiveError(f"rels file {target} has no column 'to'")
-                index = names.index("to")
-                groups = [g for g in range(meta.num_row_groups) if _may_hold(meta.row_group(g).column(index), ref)]
-                if not groups:
-                    return []
-                keys = pf.read_row_groups(groups, columns=["to"], use_threads=False).column(0)
-                hits: list[int] = []
-                start = 0
-                for g in groups:
-                    n = meta.row_group(g).num_rows
-                    if pc.any(pc.equal(keys.slice(start, n), ref)).as_py():
-                        hits.append(g)
-                    start += n
-                if not hits:
-                    return []
-                table = pf.read_row_groups(hits, use_threads=False)
-        except FileNotFoundError as exc:
-            raise ArchiveError(f"archive file listed in the manifest is missing: {target}") from exc
-        except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"cannot read archive file {target}: {exc}") from exc
-        return parquet.table_rel_events(table.filter(pc.equal(table.column("to"), ref)))
+        meta = archive.footer(path, check)
+        names = meta.schema.to_arrow_schema().names
+        if "to" not in names:
+            raise ArchiveError(f"rels file {archive.path(path)} has no column 'to'")
+        index = names.index("to")
+        groups = [g for g in range(meta.num_row_groups) if _may_hold(meta.row_group(g).column(index), ref)]
+        if not groups:
+            return []
+        keys = archive.read_row_groups(path, groups, ["to"], metadata=meta).column(0)
+        hits: list[int] = []
+        start = 0
+        for g in groups:
+            n = meta.row_group(g).num_rows
+            if pc.any(pc.equal(keys.slice(start, n), ref)).as_py():
+                hits.append(g)
+            start += n
+        if not hits:
+            return []
+        table = archive.read_row_groups(path, hits, metadata=meta)
+        with archive.decoding(path):
+            return parquet.table_rel_events(table.filter(pc.equal(table.column("to"), ref)))
 
 
 def _may_hold(chunk: Any, value: str) -> bool:

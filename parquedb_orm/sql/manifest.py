@@ -36,6 +36,8 @@ class Entry:
     path: str
     row_count: int
     bytes: int
+    #: the file's checksums (archive/files.Check.text); None: written before them
+    checksum: str | None = None
 
     @property
     def bulk(self) -> bool:
@@ -50,6 +52,7 @@ _COLUMNS = (
     ArchiveFile.path,
     ArchiveFile.row_count,
     ArchiveFile.bytes,
+    ArchiveFile.checksum,
 )
 
 
@@ -98,6 +101,7 @@ def add(conn: Connection, entries: list[Entry]) -> None:
                     "row_count": e.row_count,
                     "bytes": e.bytes,
                     "created_at": now,
+                    "checksum": e.checksum,
                 }
                 for e in entries
             ],

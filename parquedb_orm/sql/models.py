@@ -102,6 +102,9 @@ class ArchiveFile(Base):
     row_count: Mapped[int] = mapped_column(Integer)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: `crc32 <footer> <file>[ scan <size> <file>]` (archive/files.Check); NULL: written
+    #: before checksums (pq0005), not verified
+    checksum: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 metadata = Base.metadata
