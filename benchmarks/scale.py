@@ -409,6 +409,10 @@ METRICS = [
 ]
 
 
+def _metric(label: str) -> Metric:
+    return next(m for m in METRICS if m.label == label)
+
+
 def _cell(res: dict[str, Any], m: Metric) -> str:
     value = res.get(m.path[0], {}).get(m.path[1])
     return "n/a" if value is None else m.fmt.format(value)
@@ -450,6 +454,10 @@ def render(results: dict[int, dict[str, Any]], variant: dict[str, Any] | None, c
             + ", ".join(f"{n:,}: {results[n]['seconds']:,.0f} s" for n in ns) + "."]
     if variant is not None:
         vb = variant["build"]
+
+        def vc(label: str) -> str:
+            return _cell(variant, _metric(label))
+
         out += [
             "",
             f"Variant: `create_many` in chunks of {vb['chunk']:,} at N = {vb['n']:,} "
@@ -457,12 +465,12 @@ def render(results: dict[int, dict[str, Any]], variant: dict[str, Any] | None, c
             "",
             "| metric | value |",
             "|---|---:|",
-            f"| first cold get: rows read (fresh process) | {_cell(variant, METRICS[8])} |",
-            f"| *first cold get: ms* | {_cell(variant, METRICS[9])} |",
-            f"| *cold get p99, µs* | {_cell(variant, METRICS[11])} |",
-            f"| *fresh process: open, seconds* | {_cell(variant, METRICS[23])} |",
-            f"| *building process: RSS at end, MiB* | {_cell(variant, METRICS[0])} |",
-            f"| *archive: files after the build (its flushes compact)* | {_cell(variant, METRICS[29])} |",
+            "| first cold get: rows read (fresh process) | " + vc("first cold get: rows read (fresh process)") + " |",
+            f"| *first cold get: ms* | {vc('first cold get: ms')} |",
+            "| *cold get p99, µs* | " + vc("cold get p99, µs (200 gets after the first)") + " |",
+            f"| *fresh process: open, seconds* | {vc('fresh process: open, seconds')} |",
+            "| *building process: RSS at end, MiB* | " + vc("building process: RSS at end, MiB") + " |",
+            "| *archive: files after the build (its flushes compact)* | " + vc("archive: files") + " |",
         ]
     ids = ", ".join(f"{n:,}: {results[n]['build']['ids_mib']:,.1f} MiB" for n in ns)
     out += [
