@@ -23,7 +23,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,8 @@ class _Source:
     plain: bool = True  # plain JSON + `types` (False: a file written before, with tagged JSON)
     scan: str | None = None  # a base's scan file (archive/compact.py) for phase one, if it has one
     entry: manifest.Entry | None = None
+    #: checks the file whole before DuckDB's own reader scans it, when `file_info` did not
+    whole: Callable[[], object] | None = None
 
 
 def _duckdb() -> Any:
@@ -100,19 +102,21 @@ def file_fields(archive: Archive, rel: str, check: Check | None = None) -> dict[
     return file_info(archive, rel, check)[0]
 
 
-def file_info(archive: Archive, rel: str, check: Check | None = None) -> tuple[dict[str, str] | None, bool]:
+def file_info(
+    archive: Archive, rel: str, check: Check | None = None, *, whole: bool = True
+) -> tuple[dict[str, str] | None, bool]:
     """`file_fields` and whether the file is plain JSON with a `types` column (by its
     schema; older files hold tagged JSON). Cached: files never change. The file is checked
     against its manifest row (`check`) before it is cached, and so before DuckDB scans it:
     a local file whole (DuckDB's own reader verifies no page CRC), once per process; a file
     on an object store by its size and footer (its pages are verified as pyarrow reads them
-    for DuckDB: `_table`)."""
+    for DuckDB: `_table`). `whole=False`: the caller checks it whole before DuckDB reads it."""
     key = (archive.uri, rel)
     with _lock:
         if key in _fields_cache:
             _fields_cache.move_to_end(key)
             return _fields_cache[key]
-    metadata = archive.verify(rel, check, whole=archive.local)
+    metadata = archive.verify(rel, check, whole=whole and archive.local)
     target = archive.path(rel)
     with archive.reading(rel):
         schema = metadata.schema.to_arrow_schema()
@@ -148,16 +152,20 @@ def _sources(rt: Runtime, conn: Connection, ns: str, cur: Any, names: list[str])
     entries = [*rt.archived.files(conn, manifest.BULK, ns), *rt.archived.files(conn, "entities", ns)]
     for entry in entries:
         check = Check.of(entry)
-        fields, plain = file_info(archive, entry.path, check)
-        sql = _table(archive, entry.path, cur, names)
         is_base = entry.kind != manifest.BULK and entry.path.rsplit("/", 1)[-1].startswith("base-")
         scan = None
         if is_base:
             scan_rel = scan_path(entry.path)
             if _has_scan(archive, scan_rel, None if check is None else check.scan_check()):
                 scan = _table(archive, scan_rel, cur, names)
+        # a base with a scan file is read whole by DuckDB only for queries the scan file
+        # cannot answer: checked whole then (`_select`), not before every first find
+        defer = scan is not None and archive.local and check is not None
+        fields, plain = file_info(archive, entry.path, check, whole=not defer)
+        sql = _table(archive, entry.path, cur, names)
+        whole = (lambda rel=entry.path, c=check: archive.verify(rel, c, whole=True)) if defer else None
         (big if is_base or entry.kind == manifest.BULK else deltas).append(
-            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK, plain, scan, entry)
+            _Source(sql, fields, entry.last_seq, entry.path, entry.kind == manifest.BULK, plain, scan, entry, whole)
         )
     return big, deltas
 
@@ -224,6 +232,8 @@ def _select(src: _Source, pred: str, keys: list[tuple[str, int]], *, full: bool,
     # reads `state` (an untyped field) scans the base itself (a crude test, never wrong)
     narrow = src.scan is not None and not full and "state" not in pred and not any("state" in c for c in cols)
     table = src.scan if narrow and src.scan is not None else src.sql
+    if table == src.sql and src.whole is not None:
+        src.whole()  # once per process and file (archive/files.py)
     return f"SELECT {', '.join(cols)} FROM {table} WHERE ({pred}){where}"
 
 
