@@ -217,7 +217,8 @@ def _typed_time(col: str, op: str, value: Any) -> str:
     """A timestamp column (aware datetimes only) against a filter value: exact for an aware
     datetime; a missing field never equals or orders with one; anything else: Python."""
     if value is None:
-        return f"{col} IS NULL" if op == "$eq" else FALSE
+        # MongoDB (as filters._range): $gte/$lte null match a null or missing field too
+        return f"{col} IS NULL" if op in ("$eq", "$gte", "$lte") else FALSE
     lit = _instant(value)
     if lit is None:
         return TRUE
