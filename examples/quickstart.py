@@ -162,13 +162,13 @@ def main() -> int:
                 "$set": {"title": "Hello, parquedb", "meta.lang": "en"},
                 "$inc": {"views": 5},
                 "$push": {"tags": {"$each": ["news", "intro"]}},
-                "$addToSet": {"tags": "sql"},
+                "$addToSet": {"topics": "sql"},
                 "$currentDate": {"editedAt": True},
             },
             expected_version=1,
             actor=ann["$id"],
         )
-    print("   ", short(hello, "title", "views", "tags", "meta"))
+    print("   ", short(hello, "title", "views", "tags", "topics", "meta"))
 
     show("more updates: $max, $pull, $rename, $unset, $mul")
     with step(db, "more updates"):

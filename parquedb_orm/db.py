@@ -22,7 +22,7 @@ from parquedb_orm.core.unit import UnitOfWork
 from parquedb_orm.engine.group import GroupCommitter
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.engine.setup import MigrateMode, flushing, prepare, release_runtime
-from parquedb_orm.engine.store import Store
+from parquedb_orm.engine.store import Store, entity_items
 from parquedb_orm.errors import ConfigurationError, MeterUnavailableError, VersionConflictError
 from parquedb_orm.sql import dialects
 
@@ -454,7 +454,7 @@ class ParqueDB:
         return self._write(Store.create, ns, data, actor=actor)  # type: ignore[no-any-return]
 
     def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
-        return self._write(Store.create_many, ns, list(items), actor=actor)  # type: ignore[no-any-return]
+        return self._write(Store.create_many, ns, entity_items(items), actor=actor)  # type: ignore[no-any-return]
 
     def get(
         self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None

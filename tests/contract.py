@@ -88,7 +88,11 @@ class StoreContract:
         assert db2.get("posts", "zzzzzz") is None
 
     def test_update_operators(self, db: pq.ParqueDB) -> None:
-        e = db.create("posts", {"name": "p", "views": 1, "score": 5, "tags": ["a", "b", "a"], "old": 1, "n": {"x": 1}})
+        e = db.create(
+            "posts",
+            {"name": "p", "views": 1, "score": 5, "top": 7, "tags": ["a"], "drop": ["a", "b", "a"], "set": ["b"],
+             "old": 1, "n": {"x": 1}},
+        )  # fmt: skip
         when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         out = db.update(
             "posts",
@@ -98,10 +102,10 @@ class StoreContract:
                 "$inc": {"views": 2},
                 "$mul": {"score": 3},
                 "$min": {"low": 4},
-                "$max": {"score": 100},
+                "$max": {"top": 100},
                 "$push": {"tags": {"$each": ["c", "d"]}},
-                "$pull": {"tags": "a"},
-                "$addToSet": {"tags": "b"},
+                "$pull": {"drop": "a"},
+                "$addToSet": {"set": "b"},
                 "$rename": {"old": "renamed"},
                 "$unset": {"name": ""},
                 "$currentDate": {"touched": True},
@@ -109,12 +113,16 @@ class StoreContract:
             actor="users/bob",
         )
         assert out["title"] == "T" and out["n"] == {"x": 1, "y": 2} and out["at"] == when
-        assert out["views"] == 3 and out["score"] == 100 and out["low"] == 4
-        assert out["tags"] == ["b", "c", "d"]
+        assert out["views"] == 3 and out["score"] == 15 and out["top"] == 100 and out["low"] == 4
+        assert out["tags"] == ["a", "c", "d"] and out["drop"] == ["b"] and out["set"] == ["b"]
         assert "old" not in out and out["renamed"] == 1 and "name" not in out
         assert isinstance(out["touched"], datetime)
         assert out["version"] == 2 and out["updatedBy"] == "users/bob"
         assert self.restart(db).get("posts", sqid(e)) == out
+        # two operators on one field (MongoDB refuses it too): a typed error, nothing written
+        with pytest.raises(pq.ValidationError, match="conflicting paths"):
+            db.update("posts", sqid(e), {"$mul": {"score": 3}, "$max": {"score": 100}})
+        assert db.get("posts", sqid(e))["version"] == 2
 
     def test_delete_restore_hard_delete(self, db: pq.ParqueDB) -> None:
         e = db.create("posts", {"name": "p"})

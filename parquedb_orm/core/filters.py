@@ -352,6 +352,8 @@ def validate_sort(sort: object) -> list[tuple[str, int]]:
         raise ValidationError(f"sort must be a dict of field -> 1 or -1, got {sort!r}")
     out: list[tuple[str, int]] = []
     for key, direction in sort.items():
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"sort key {key!r} must be a non-empty field name (a string)")
         if direction not in (1, -1) or isinstance(direction, bool):
             raise ValidationError(f"sort direction for {key!r} must be 1 or -1, got {direction!r}")
         out.append((key, direction))

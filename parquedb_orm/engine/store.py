@@ -60,6 +60,13 @@ def _check_actor(actor: object) -> str | None:
     return actor
 
 
+def entity_items(items: object) -> list[Any]:
+    """create_many's items as a list; anything but an iterable of them is a ValidationError."""
+    if isinstance(items, dict | str | bytes) or not isinstance(items, Iterable):
+        raise ValidationError(f"create_many takes an iterable of entity dicts, got {type(items).__name__}")
+    return list(items)
+
+
 def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
     """Validate entity data; `deep=False` leaves the value check to the encoder (which
     raises the same SerializationError), for bulk paths that encode every item anyway."""
@@ -68,6 +75,8 @@ def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
     for key in data:
         if not isinstance(key, str) or not key:
             raise ValidationError(f"field name {key!r} must be a non-empty string")
+        if "." in key:  # a path separator: find and update could never address the field
+            raise ValidationError(f"field name {key!r} cannot contain '.' (dotted names are paths into nested fields)")
         if key.startswith("$") and key != "$type":
             raise ValidationError(f"field {key!r}: names starting with '$' are reserved ('$type' is allowed)")
         if key in ("version", "createdAt", "createdBy", "updatedAt", "updatedBy", "deletedAt", "deletedBy"):
@@ -176,7 +185,7 @@ class Store:
         transaction), instead of events in SQL."""
         check_namespace(ns)
         _check_actor(actor)
-        datas = [clone(_check_data(item, deep=False)) for item in items]
+        datas = [clone(_check_data(item, deep=False)) for item in entity_items(items)]
         uow = self._w
         if self._rt.archive is not None and len(datas) >= BULK_MIN:
             block = reserve_contiguous(self._rt.ids, self._connection(), ns, len(datas), uow.reserved)
@@ -264,6 +273,8 @@ class Store:
         check_id(entity_id)
         _check_version(expected_version)
         _check_actor(actor)
+        if not isinstance(hard, bool):  # hard="false" must not hard-delete
+            raise ValidationError(f"hard must be True or False, got {hard!r}")
         version, state = self._current(ns, entity_id)
         if state is None:
             raise EntityNotFoundError(f"entity {ns}/{entity_id} does not exist")

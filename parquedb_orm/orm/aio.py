@@ -38,7 +38,7 @@ from parquedb_orm.archive.policy import FlushPolicy
 from parquedb_orm.core.events import State
 from parquedb_orm.db import ParqueDB, _Transaction, sync_side
 from parquedb_orm.engine.setup import MigrateMode
-from parquedb_orm.engine.store import Store
+from parquedb_orm.engine.store import Store, entity_items
 from parquedb_orm.errors import ConfigurationError
 from parquedb_orm.sql.dialects import Durability
 
@@ -162,7 +162,7 @@ class _AsyncOperations:
         return await self._run(Store.create, ns, data, actor=actor)
 
     async def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
-        return await self._run(Store.create_many, ns, list(items), actor=actor)
+        return await self._run(Store.create_many, ns, entity_items(items), actor=actor)
 
     async def get(
         self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None
@@ -400,7 +400,7 @@ class AsyncParqueDB:
         return await self._thread(self.sync.create, ns, data, actor=actor)
 
     async def create_many(self, ns: str, items: Iterable[dict[str, Any]], *, actor: str | None = None) -> list[State]:
-        return await self._thread(self.sync.create_many, ns, list(items), actor=actor)
+        return await self._thread(self.sync.create_many, ns, entity_items(items), actor=actor)
 
     async def get(
         self, ns: str, entity_id: str, *, include_deleted: bool = False, as_of: datetime | int | None = None

@@ -1,0 +1,89 @@
+"""Bad input to the public API raises a typed error (parquedb_orm.errors) and writes
+nothing: each class the reliability probe found (issue 15), through ParqueDB and through
+the session extension's store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import sessionmaker
+
+import parquedb_orm as pq
+from parquedb_orm.sql.models import EventsWal, RelsWal
+
+Call = Callable[[Any, str], object]
+
+DEEP: dict[str, Any] = {}
+_x = DEEP
+for _ in range(500):
+    _x["a"] = {}
+    _x = _x["a"]
+
+CASES: dict[str, tuple[Call, type[pq.ParqueDBError]]] = {
+    "create_many(ns, None)": (lambda s, e: s.create_many("t", None), pq.ValidationError),
+    "create_many(ns, a dict)": (lambda s, e: s.create_many("t", {"a": 1}), pq.ValidationError),
+    "create_many rewrites no int key": (lambda s, e: s.create_many("t", [{1: "t"}] * 6), pq.ValidationError),
+    "int key": (lambda s, e: s.create("t", {1: "t"}), pq.ValidationError),
+    "dotted key": (lambda s, e: s.create("t", {"a.b": 1}), pq.ValidationError),
+    "dotted key in create_many": (lambda s, e: s.create_many("t", [{"a.b": 1}] * 6), pq.ValidationError),
+    "sort by an int key": (lambda s, e: s.find("t", {}, sort={1: 1}), pq.ValidationError),
+    "hard='false'": (lambda s, e: s.delete("t", e, hard="false"), pq.ValidationError),
+    "hard=1": (lambda s, e: s.delete("t", e, hard=1), pq.ValidationError),
+    "nested 500 deep": (lambda s, e: s.create("t", DEEP), pq.ValidationError),
+    "update nested 500 deep": (lambda s, e: s.update("t", e, {"$set": {"d": DEEP}}), pq.ValidationError),
+    "filter nested 500 deep": (lambda s, e: s.find("t", {"d": DEEP}), pq.ValidationError),
+    "$ in an update path": (lambda s, e: s.update("t", e, {"$set": {"a.$date": 1}}), pq.ValidationError),
+    "int key in a $push operand": (lambda s, e: s.update("t", e, {"$push": {"l": {1: 2}}}), pq.ValidationError),
+    "operator document as a filter value": (
+        lambda s, e: s.find("t", {"name": {"$ne": {"$where": "1"}}}),
+        pq.ValidationError,
+    ),
+    "expected_version=True": (lambda s, e: s.update("t", e, {"$set": {"a": 1}}, expected_version=True),
+                              pq.ValidationError),  # fmt: skip
+}
+
+
+def _wal_rows(engine: Any) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(EventsWal)).scalar_one(),
+            conn.execute(select(func.count()).select_from(RelsWal)).scalar_one(),
+        )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_to_parquedb_is_a_typed_error_and_writes_nothing(case: str, tmp_path: Path) -> None:
+    call, error = CASES[case]
+    with pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "a") as db:
+        eid = db.create("t", {"name": "x"})["$id"].split("/")[1]
+        before, state = _wal_rows(db.engine), db.get("t", eid)
+        with pytest.raises(error):
+            call(db, eid)
+        assert _wal_rows(db.engine) == before
+        assert db.get("t", eid) == state
+        assert db.find("t") == [state]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_through_a_session_is_a_typed_error(case: str, tmp_path: Path) -> None:
+    call, error = CASES[case]
+    engine = create_engine(f"sqlite:///{tmp_path / 's.db'}")
+    Session = sessionmaker(engine)
+    handle = pq.enable(Session, archive=tmp_path / "a")
+    try:
+        with Session() as s:
+            eid = pq.store(s).create("t", {"name": "x"})["$id"].split("/")[1]
+            s.commit()
+        before = _wal_rows(engine)
+        with Session() as s:
+            with pytest.raises(error):
+                call(pq.store(s), eid)
+            s.commit()
+        assert _wal_rows(engine) == before
+    finally:
+        handle.close()
+        engine.dispose()
