@@ -43,7 +43,7 @@ CASES: dict[str, tuple[Call, type[pq.ParqueDBError]]] = {
         pq.ValidationError,
     ),
     "expected_version=True": (lambda s, e: s.update("t", e, {"$set": {"a": 1}}, expected_version=True),
-                              pq.ValidationError),  # fmt: skip
+                              pq.ValidationError),
 }
 
 
@@ -87,3 +87,29 @@ def test_bad_input_through_a_session_is_a_typed_error(case: str, tmp_path: Path)
     finally:
         handle.close()
         engine.dispose()
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    x = out
+    for _ in range(levels - 1):
+        x["a"] = {}
+        x = x["a"]
+    return out
+
+
+def test_the_nesting_limit_is_100_levels_on_every_write_path(tmp_path: Path) -> None:
+    """docs/limits.md: 100 levels stored and read back (also from the archive); deeper refused."""
+    with pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "a") as db:
+        ok = db.create("t", {"d": _deep(100)})
+        sq = ok["$id"].split("/")[1]
+        many = db.create_many("t", [{"d": _deep(100)}] * 6)
+        db.flush()
+        assert db.get("t", sq)["d"] == _deep(100) and db.get("t", many[0]["$id"].split("/")[1])["d"] == _deep(100)
+        for call in (
+            lambda: db.create("t", {"d": _deep(102)}),
+            lambda: db.create_many("t", [{"d": _deep(120)}] * 6),
+            lambda: db.update("t", sq, {"$set": {"e": _deep(102)}}),
+        ):
+            with pytest.raises(pq.SerializationError, match="nested more than 100 levels"):
+                call()

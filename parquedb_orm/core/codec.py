@@ -248,6 +248,11 @@ def _encoder_for(t: type) -> _Encoder | None:
 
 
 # ------------------------------------------------------------------ the walk (check + convert)
+#: how deep a stored value may nest (dicts and lists); filters and update paths have the
+#: same bound (core/filters.MAX_DEPTH). docs/limits.md
+MAX_VALUE_DEPTH = 100
+
+
 def _conv(value: Any, path: str, strict: bool) -> Any:
     """`value` in JSON-native form (tags for the other types), or `value` itself when it
     already is; raises SerializationError naming the path. `strict`: refuse `$` keys."""
@@ -258,10 +263,15 @@ def _conv(value: Any, path: str, strict: bool) -> Any:
         if value - value == 0.0:  # False for NaN and infinities
             return value
         raise SerializationError(f"{_where(path)}value {value!r} cannot be stored: NaN and infinity are not JSON")
-    if t is dict:
-        return _conv_dict(value, path, strict)
-    if t is list or t is tuple:
-        return _conv_list(value, path, strict)
+    if t is dict or t is list or t is tuple:
+        # a segment is >= 1 character and a separator: only a long path can be too deep
+        # (a batch's records wrap each value in a few more levels: "[0][5]...")
+        limit = MAX_VALUE_DEPTH + (8 if path.startswith("[") else 0)
+        if len(path) >= 2 * MAX_VALUE_DEPTH and path.count(".") + path.count("[") >= limit:
+            raise SerializationError(
+                f"{_where(path[:60] + '...')}value cannot be stored: nested more than {MAX_VALUE_DEPTH} levels deep"
+            )
+        return _conv_dict(value, path, strict) if t is dict else _conv_list(value, path, strict)
     enc = _encoder_for(t)
     if enc is None:
         raise _refuse(value, path)
@@ -517,6 +527,11 @@ def _plain(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
 
 
 def _plain_container(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
+    if len(path) > MAX_VALUE_DEPTH + 8:  # as _conv: a state's fields sit a level or two down
+        raise SerializationError(
+            f"{_where('.'.join(map(str, path[:20])) + '...')}value cannot be stored: "
+            f"nested more than {MAX_VALUE_DEPTH} levels deep"
+        )
     if isinstance(value, dict):
         out: dict[str, Any] | None = None
         for key, item in value.items():
