@@ -212,6 +212,6 @@ def test_the_readme_quick_start_is_two_commands_in_a_fresh_venv() -> None:
     commands = [line.strip() for line in quick.splitlines() if line.strip().startswith(("python -m venv", "pip "))]
     assert commands == [
         "python -m venv .venv && source .venv/bin/activate",
-        "pip install -e . && parquedb demo",
+        'pip install -e ".[demo]" && parquedb demo',
         'pip install -e ".[test]" && pytest',
     ], commands
