@@ -97,7 +97,7 @@ class System(BenchSystem):
         self.Session: sessionmaker[Any] | None = None
 
     def _connect(self) -> None:
-        from parquedb_orm import sqlite_pragmas
+        from benchmarks.systems import sqlite_pragmas  # the same settings as every other system
 
         self.engine = create_engine(self.url)
         sqlite_pragmas(self.engine)
