@@ -83,8 +83,7 @@ def _engine_meter(engine: Engine) -> Any:
         from parquedb_meter import EngineMeter  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise MeterUnavailableError(
-            "meter=True needs the row meter, a development tool: from a source checkout, "
-            "`pip install ./tools/meter`"
+            "meter=True needs the row meter, a development tool: from a source checkout, `pip install ./tools/meter`"
         ) from None
     return EngineMeter(engine, max_records=0).install()
 

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
 import parquedb_orm as pq
+from parquedb_orm import errors
 from parquedb_orm.sql.models import EventsWal, RelsWal
 
 Call = Callable[[Any, str], object]
@@ -42,8 +43,10 @@ CASES: dict[str, tuple[Call, type[pq.ParqueDBError]]] = {
         lambda s, e: s.find("t", {"name": {"$ne": {"$where": "1"}}}),
         pq.ValidationError,
     ),
-    "expected_version=True": (lambda s, e: s.update("t", e, {"$set": {"a": 1}}, expected_version=True),
-                              pq.ValidationError),
+    "expected_version=True": (
+        lambda s, e: s.update("t", e, {"$set": {"a": 1}}, expected_version=True),
+        pq.ValidationError,
+    ),
 }
 
 
@@ -113,3 +116,109 @@ def test_the_nesting_limit_is_100_levels_on_every_write_path(tmp_path: Path) -> 
         ):
             with pytest.raises(pq.SerializationError, match="nested more than 100 levels"):
                 call()
+
+
+class TestWalRecordTypes:
+    """A record inside a batch whose checksum is right but whose fields have the wrong
+    types is corruption too: CorruptBatchError naming the table and row, at decode."""
+
+    GOOD_EVENT = [5, 1_700_000_000_000_000, "CREATE", "abc", None, {"a": 1}, 1]
+    GOOD_REL = [5, 1_700_000_000_000_000, "LINK", "abc", "refs", "ns/def", None, None, None]
+
+    def _event(self, rec: object) -> None:
+        from parquedb_orm.core.events import Event
+
+        Event.from_record(rec, table="events_wal", row="ns=t, first_seq=1")
+
+    def _rel(self, rec: object) -> None:
+        from parquedb_orm.core.events import RelEvent
+
+        RelEvent.from_record(rec, table="rels_wal", row="ns=t, first_seq=1")
+
+    def test_good_records_decode(self) -> None:
+        from parquedb_orm.core.events import CREATE, LINK
+
+        assert self.GOOD_EVENT[2] == CREATE and self.GOOD_REL[2] == LINK
+        self._event(self.GOOD_EVENT)
+        self._rel(self.GOOD_REL)
+
+    @pytest.mark.parametrize(
+        ("index", "value"),
+        [(0, "5"), (0, True), (1, 1.5), (2, ["c"]), (2, "zz"), (3, 7), (3, ""), (4, 3), (5, "x"), (5, None), (6, "1")],
+        ids=[
+            "seq-str",
+            "seq-bool",
+            "ts-float",
+            "op-list",
+            "op-unknown",
+            "id-int",
+            "id-empty",
+            "actor-int",
+            "data-str",
+            "create-data-null",
+            "version-str",
+        ],
+    )
+    def test_wrong_event_field_types(self, index: int, value: object) -> None:
+        rec = list(self.GOOD_EVENT)
+        rec[index] = value
+        with pytest.raises(errors.CorruptBatchError) as info:
+            self._event(rec)
+        assert info.value.table == "events_wal" and info.value.row == "ns=t, first_seq=1"
+        assert "events_wal" in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("index", "value"),
+        [(0, "5"), (2, {}), (3, 1), (4, None), (5, "no-slash"), (5, 3), (6, 1), (7, []), (8, "x")],
+        ids=[
+            "seq-str",
+            "op-dict",
+            "from-int",
+            "predicate-null",
+            "to-no-ns",
+            "to-int",
+            "reverse-int",
+            "actor-list",
+            "data-str",
+        ],
+    )
+    def test_wrong_rel_field_types(self, index: int, value: object) -> None:
+        rec = list(self.GOOD_REL)
+        rec[index] = value
+        with pytest.raises(errors.CorruptBatchError) as info:
+            self._rel(rec)
+        assert info.value.table == "rels_wal"
+
+    @pytest.mark.parametrize("rec", [None, {}, "x", [], list(range(9)), [1] * 20], ids=repr)
+    def test_not_records(self, rec: object) -> None:
+        with pytest.raises(errors.CorruptBatchError):
+            self._event(rec)
+        with pytest.raises(errors.CorruptBatchError):
+            self._rel(rec)
+
+    def test_a_store_reading_such_a_row_names_it(self, tmp_path: Path) -> None:
+        """End to end: a WAL row rewritten with a valid checksum but a string seq."""
+        from sqlalchemy import update
+
+        from parquedb_orm.core import codec
+        from parquedb_orm.sql import wal
+
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        db = pq.ParqueDB(url)
+        created = db.create("t", {"a": 1})
+        eid = created["$id"].split("/", 1)[1]
+        with db.engine.begin() as conn:
+            first, blob = conn.execute(
+                wal.EVENTS.select().with_only_columns(wal.EVENTS.c.first_seq, wal.EVENTS.c.events)
+            ).one()
+            records = codec.decode_batch(blob, table="events_wal", row="x")
+            records[0][0] = str(records[0][0])
+            conn.execute(
+                update(wal.EVENTS).where(wal.EVENTS.c.first_seq == first).values(events=codec.encode_batch(records))
+            )
+        db.close()
+        db = pq.ParqueDB(url)
+        with pytest.raises(errors.CorruptBatchError) as info:
+            db.get("t", eid)
+        assert info.value.table == "events_wal" and f"first_seq={first}" in str(info.value)
+        db.close()

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from parquedb_orm.archive import memory
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError, ParqueDBError
 
@@ -262,6 +263,7 @@ class Archive:
 
         Extra keyword options go to the filesystem constructor (S3: access_key,
         secret_key, endpoint_override, scheme, region...)."""
+        memory.choose_pool()
         text = os.fspath(location)
         if not text.strip():
             raise ConfigurationError(
@@ -569,9 +571,7 @@ class Archive:
         import pyarrow.dataset as ds
 
         try:
-            return ds.dataset(
-                [self.path(r) for r in rels], format=checked_format(), filesystem=self.fs, **options
-            )
+            return ds.dataset([self.path(r) for r in rels], format=checked_format(), filesystem=self.fs, **options)
         except FileNotFoundError as exc:
             raise ArchiveError(f"an archive file listed in the manifest is missing: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:

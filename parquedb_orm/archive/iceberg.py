@@ -102,8 +102,10 @@ class Iceberg:
         ):
             raise ConfigurationError(f"Iceberg properties must map str to str, got {self.properties!r}")
         cat = self.catalog
-        if cat is not None and not isinstance(cat, str) and not all(
-            hasattr(cat, a) for a in ("load_table", "create_table", "create_namespace")
+        if (
+            cat is not None
+            and not isinstance(cat, str)
+            and not all(hasattr(cat, a) for a in ("load_table", "create_table", "create_namespace"))
         ):
             raise ConfigurationError(
                 "Iceberg catalog must be None (the store's database), a pyiceberg Catalog or a catalog name, "
@@ -148,9 +150,7 @@ def archive_schemas() -> dict[str, pa.Schema]:
 
 
 def _json_columns(schema: pa.Schema) -> list[str]:
-    return [
-        f.name for f in schema if isinstance(f.type, pa.BaseExtensionType) or f.name in _OLD_JSON
-    ]
+    return [f.name for f in schema if isinstance(f.type, pa.BaseExtensionType) or f.name in _OLD_JSON]
 
 
 # ---------------------------------------------------------------------- catalog

@@ -68,10 +68,12 @@ class AuditStore:
         number = self._next[ns] = self._next.get(ns, 0) + 1
         ts = _now()
         with self.engine.begin() as conn:
-            conn.execute(insert(entities), {"ns": ns, "id": number, "data": json.dumps(data), "version": 1,
-                                            "updated_at": ts})
-            conn.execute(insert(changes), {"ts": ts, "ns": ns, "entity_id": number, "op": "CREATE",
-                                           "data": json.dumps(data)})
+            conn.execute(
+                insert(entities), {"ns": ns, "id": number, "data": json.dumps(data), "version": 1, "updated_at": ts}
+            )
+            conn.execute(
+                insert(changes), {"ts": ts, "ns": ns, "entity_id": number, "op": "CREATE", "data": json.dumps(data)}
+            )
         return number
 
     def update(self, ns: str, number: int, change: dict[str, Any]) -> None:
@@ -89,13 +91,31 @@ class AuditStore:
                 .where(entities.c.ns == ns, entities.c.id == number)
                 .values(data=json.dumps(data), version=row.version + 1, updated_at=ts)
             )
-            conn.execute(insert(changes), {"ts": ts, "ns": ns, "entity_id": number, "op": "UPDATE",
-                                           "data": json.dumps(change)})
+            conn.execute(
+                insert(changes), {"ts": ts, "ns": ns, "entity_id": number, "op": "UPDATE", "data": json.dumps(change)}
+            )
 
     def link(self, from_ns: str, from_id: int, predicate: str, to_ns: str, to_id: int) -> None:
         ts = _now()
         with self.engine.begin() as conn:
-            conn.execute(insert(links), {"from_ns": from_ns, "from_id": from_id, "predicate": predicate,
-                                         "to_ns": to_ns, "to_id": to_id, "created_at": ts})
-            conn.execute(insert(changes), {"ts": ts, "ns": from_ns, "entity_id": from_id, "op": "LINK",
-                                           "data": json.dumps({"predicate": predicate, "to": f"{to_ns}/{to_id}"})})
+            conn.execute(
+                insert(links),
+                {
+                    "from_ns": from_ns,
+                    "from_id": from_id,
+                    "predicate": predicate,
+                    "to_ns": to_ns,
+                    "to_id": to_id,
+                    "created_at": ts,
+                },
+            )
+            conn.execute(
+                insert(changes),
+                {
+                    "ts": ts,
+                    "ns": from_ns,
+                    "entity_id": from_id,
+                    "op": "LINK",
+                    "data": json.dumps({"predicate": predicate, "to": f"{to_ns}/{to_id}"}),
+                },
+            )

@@ -145,15 +145,20 @@ def parse_url(url: str) -> URL:
     or `mysql://` means SQLAlchemy's default driver; when that one is missing and ours is
     installed, ours is used (psycopg 3, PyMySQL)."""
     if "://" not in url:
-        raise UsageError(f"invalid database URL {url!r}: expected e.g. sqlite:///app.db or postgresql+psycopg://host/db")
+        raise UsageError(
+            f"invalid database URL {url!r}: expected e.g. sqlite:///app.db or postgresql+psycopg://host/db"
+        )
     try:
         parsed = make_url(url)
     except Exception as exc:
         raise UsageError(f"invalid database URL {url!r}: {exc}") from None
     backend = parsed.get_backend_name()
     if "+" not in parsed.drivername:
-        for name, default, ours in (("postgresql", "psycopg2", "psycopg"), ("mysql", "MySQLdb", "pymysql"),
-                                    ("mariadb", "MySQLdb", "pymysql")):
+        for name, default, ours in (
+            ("postgresql", "psycopg2", "psycopg"),
+            ("mysql", "MySQLdb", "pymysql"),
+            ("mariadb", "MySQLdb", "pymysql"),
+        ):
             if backend == name and not _importable(default) and _importable(ours):
                 parsed = parsed.set(drivername=f"{name}+{ours}")
     try:

@@ -65,8 +65,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
         "links, updates, a tracked ORM model), flush it to Parquet, and print what it cost in SQL next to a "
         "one-row-per-change layout and SQLAlchemy-Continuum, measured in the same run.",
     )
-    demo.add_argument("--url", help=f"a SQLite file URL (default: {DEFAULT_URL}; not $PARQUEDB_URL: the demo "
-                      "deletes and recreates its database on each run)")
+    demo.add_argument(
+        "--url",
+        help=f"a SQLite file URL (default: {DEFAULT_URL}; not $PARQUEDB_URL: the demo "
+        "deletes and recreates its database on each run)",
+    )
     demo.add_argument("--archive", default=DEFAULT_ARCHIVE, help=f"the archive folder (default: ./{DEFAULT_ARCHIVE})")
     demo.add_argument("--scale", type=_positive, default=1, help="workload size: 1 = 250 commits (default 1)")
     demo.set_defaults(func=run_demo)
@@ -125,11 +128,17 @@ def _stored(path: Path) -> tuple[int, int]:
     con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                           f"AND name NOT LIKE 'sqlite_%' AND name != '{DEMO_TABLE}'")]
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                f"AND name NOT LIKE 'sqlite_%' AND name != '{DEMO_TABLE}'"
+            )
+        ]
         rows = sum(int(con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names)
-        pages = int(con.execute("PRAGMA page_count").fetchone()[0]) - int(con.execute("PRAGMA freelist_count")
-                                                                          .fetchone()[0])
+        pages = int(con.execute("PRAGMA page_count").fetchone()[0]) - int(
+            con.execute("PRAGMA freelist_count").fetchone()[0]
+        )
         size = pages * int(con.execute("PRAGMA page_size").fetchone()[0])
     finally:
         con.close()
@@ -241,8 +250,12 @@ def run_continuum(db_path: Path, scale: int, bar: Any) -> Measured | str:
         return f"failed: {last}"
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     rows, size = _stored(db_path)
-    metrics = {**workload.delta(data["after"], data["before"]), "rows_stored": rows, "file_bytes": size,
-               "archive_bytes": None}
+    metrics = {
+        **workload.delta(data["after"], data["before"]),
+        "rows_stored": rows,
+        "file_bytes": size,
+        "archive_bytes": None,
+    }
     return Measured(metrics, time.perf_counter() - t0, {})
 
 
@@ -267,8 +280,9 @@ def _recreate(db_path: Path, archive: Path) -> list[str]:
         finally:
             con.close()
         if DEMO_TABLE not in tables and (tables or db_path.stat().st_size):
-            raise UsageError(f"{db_path} is not a parquedb demo database (tables: {', '.join(sorted(tables))}): "
-                             "give another --url")
+            raise UsageError(
+                f"{db_path} is not a parquedb demo database (tables: {', '.join(sorted(tables))}): give another --url"
+            )
         for suffix in ("", "-wal", "-shm", "-journal"):
             extra = Path(f"{db_path}{suffix}")
             if extra.exists():
@@ -276,8 +290,9 @@ def _recreate(db_path: Path, archive: Path) -> list[str]:
         removed.append(str(db_path))
     if archive.exists():
         if not archive.is_dir() or (any(archive.iterdir()) and not (archive / DEMO_MARK).is_file()):
-            raise UsageError(f"{archive} is not a parquedb demo archive (no {DEMO_MARK} file in it): "
-                             "give another --archive")
+            raise UsageError(
+                f"{archive} is not a parquedb demo archive (no {DEMO_MARK} file in it): give another --archive"
+            )
         shutil.rmtree(archive)
         removed.append(f"{archive}/")
     return removed
@@ -308,8 +323,10 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     _mark(db_path, archive)
     if not out.json:
-        out.line(f"demo: {'recreated' if removed else 'created'} {db_path} and {archive}/ "
-                 f"({'previous run deleted' if removed else 'new'})")
+        out.line(
+            f"demo: {'recreated' if removed else 'created'} {db_path} and {archive}/ "
+            f"({'previous run deleted' if removed else 'new'})"
+        )
     report = _measure(db_path, archive, args.scale, out)
     _print_report(report, out, raw, archive)
     return 0
@@ -338,8 +355,13 @@ def _json_of(report: dict[str, Any], url: str | None, archive: Path | None) -> d
     systems: dict[str, Any] = {}
     for name, res in report["results"].items():
         if isinstance(res, Measured):
-            systems[name] = {"label": LABELS[name], "measured": True, **res.metrics, "seconds": round(res.seconds, 3),
-                             **res.detail}
+            systems[name] = {
+                "label": LABELS[name],
+                "measured": True,
+                **res.metrics,
+                "seconds": round(res.seconds, 3),
+                **res.detail,
+            }
         else:
             systems[name] = {"label": LABELS[name], "measured": False, "reason": res}
     return {
@@ -358,8 +380,11 @@ def _print_report(report: dict[str, Any], out: Output, url: str | None, archive:
     if out.json:
         out.emit_json(data)
         return
-    out.table(f"what it did ({data['commits_per_system']} commits, one per operation)", ["operation", "count"],
-              list(data["workload"].items()))
+    out.table(
+        f"what it did ({data['commits_per_system']} commits, one per operation)",
+        ["operation", "count"],
+        list(data["workload"].items()),
+    )
     results = report["results"]
     exact = any(isinstance(r, Measured) and r.metrics.get("exact_rows_read") is not None for r in results.values())
     rows: list[list[Any]] = []
@@ -371,23 +396,38 @@ def _print_report(report: dict[str, Any], out: Output, url: str | None, archive:
             res = results[name]
             row.append(res.metrics.get(key) if isinstance(res, Measured) else res)
         rows.append(row)
-    rows.append(["seconds (this machine)", *(
-        round(r.seconds, 2) if isinstance(r, Measured) else None for r in (results[n] for n in SYSTEMS))])
-    out.table("what it cost (measured in this run, each system on its own SQLite file)",
-              ["", *(LABELS[n] for n in SYSTEMS)], rows)
+    rows.append(
+        [
+            "seconds (this machine)",
+            *(round(r.seconds, 2) if isinstance(r, Measured) else None for r in (results[n] for n in SYSTEMS)),
+        ]
+    )
+    out.table(
+        "what it cost (measured in this run, each system on its own SQLite file)",
+        ["", *(LABELS[n] for n in SYSTEMS)],
+        rows,
+    )
     if not exact:
-        out.line("rows read by SQLite are not visible to SQLAlchemy: 'rows returned' counts the rows fetched; "
-                 "the exact meter is a development tool (tools/meter).")
+        out.line(
+            "rows read by SQLite are not visible to SQLAlchemy: 'rows returned' counts the rows fetched; "
+            "the exact meter is a development tool (tools/meter)."
+        )
     pq = results["parquedb"]
     if archive is not None and url is not None and isinstance(pq, Measured):
         flush = pq.detail["flush"]
-        out.line(f"archive: {archive}/ ({flush['files']} Parquet files, {flush['events']} events and "
-                 f"{flush['rel_events']} link events flushed)")
+        out.line(
+            f"archive: {archive}/ ({flush['files']} Parquet files, {flush['events']} events and "
+            f"{flush['rel_events']} link events flushed)"
+        )
         out.line("try it with DuckDB:")
-        out.line(f"  duckdb -c \"SELECT ns, op, count(*) FROM read_parquet('{archive}/events/**/*.parquet', "
-                 "hive_partitioning = true) GROUP BY ALL ORDER BY ALL\"")
+        out.line(
+            f"  duckdb -c \"SELECT ns, op, count(*) FROM read_parquet('{archive}/events/**/*.parquet', "
+            'hive_partitioning = true) GROUP BY ALL ORDER BY ALL"'
+        )
         out.line("or the same through the store (its WAL tail included):")
-        out.line(f"  parquedb sql --url {url} --archive {archive} \"SELECT ns, op, count(*) FROM events "
-                 "GROUP BY ALL ORDER BY ALL\"")
+        out.line(
+            f'  parquedb sql --url {url} --archive {archive} "SELECT ns, op, count(*) FROM events '
+            'GROUP BY ALL ORDER BY ALL"'
+        )
         if pq.detail.get("example_ref"):
             out.line(f"  parquedb inspect --url {url} --archive {archive} {pq.detail['example_ref']}")

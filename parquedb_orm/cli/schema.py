@@ -27,8 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
         description="Apply the store's migrations to a database (creating a SQLite file if needed).",
     )
     add_url(up)
-    up.add_argument("args", nargs="*", metavar="[URL] [REVISION]", help="target revision (default: heads); "
-                    "a URL here (old form) is accepted when it contains ://")
+    up.add_argument(
+        "args",
+        nargs="*",
+        metavar="[URL] [REVISION]",
+        help="target revision (default: heads); a URL here (old form) is accepted when it contains ://",
+    )
     up.set_defaults(func=upgrade)
 
     down = sub.add_parser(

@@ -34,37 +34,57 @@ VIEWS = ("events", "rels", "entities")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
-    fl = sub.add_parser("flush", parents=parents, help="move the store's committed WAL events to the Parquet archive",
-                        description="Flush every committed event in the WAL tables to the archive now.")
+    fl = sub.add_parser(
+        "flush",
+        parents=parents,
+        help="move the store's committed WAL events to the Parquet archive",
+        description="Flush every committed event in the WAL tables to the archive now.",
+    )
     add_url(fl)
     add_archive(fl, required_for="flush")
     fl.set_defaults(func=flush)
 
-    st = sub.add_parser("stats", parents=parents, help="WAL rows, unflushed events and archive files (read-only)",
-                        description="WAL rows and events per namespace, what is not flushed yet, the archive's "
-                        "files and bytes per kind. Reads only.")
+    st = sub.add_parser(
+        "stats",
+        parents=parents,
+        help="WAL rows, unflushed events and archive files (read-only)",
+        description="WAL rows and events per namespace, what is not flushed yet, the archive's "
+        "files and bytes per kind. Reads only.",
+    )
     add_url(st)
     st.set_defaults(func=stats)
 
-    ins = sub.add_parser("inspect", parents=parents, help="an entity: state, version and history (read-only)",
-                         description="Print one entity's current state, version and every event of its history.")
+    ins = sub.add_parser(
+        "inspect",
+        parents=parents,
+        help="an entity: state, version and history (read-only)",
+        description="Print one entity's current state, version and every event of its history.",
+    )
     ins.add_argument("ref", metavar="NS/ID", help="the entity, e.g. users/Uk")
     add_url(ins)
     add_archive(ins, required_for="read flushed entities")
     ins.set_defaults(func=inspect)
 
-    ex = sub.add_parser("export", parents=parents, help="the whole store as Parquet (or Iceberg) files",
-                        description="Flush, then write the store's events, rels and current entities as one "
-                        "file per table (Parquet), or as Iceberg tables with --format iceberg.")
+    ex = sub.add_parser(
+        "export",
+        parents=parents,
+        help="the whole store as Parquet (or Iceberg) files",
+        description="Flush, then write the store's events, rels and current entities as one "
+        "file per table (Parquet), or as Iceberg tables with --format iceberg.",
+    )
     ex.add_argument("--to", required=True, metavar="PATH", help="a folder (created; must be empty if it exists)")
     ex.add_argument("--format", choices=("parquet", "iceberg"), default="parquet", help="default: parquet")
     add_url(ex)
     add_archive(ex, required_for="flush before exporting")
     ex.set_defaults(func=export)
 
-    sq = sub.add_parser("sql", parents=parents, help="a DuckDB query over the views events, rels and entities",
-                        description="Run one DuckDB query over the archive's views events, rels and entities "
-                        "(the WAL tail included) and print its rows.")
+    sq = sub.add_parser(
+        "sql",
+        parents=parents,
+        help="a DuckDB query over the views events, rels and entities",
+        description="Run one DuckDB query over the archive's views events, rels and entities "
+        "(the WAL tail included) and print its rows.",
+    )
     sq.add_argument("query", help='e.g. "SELECT ns, count(*) FROM entities GROUP BY ns"')
     add_url(sq)
     add_archive(sq, required_for="read flushed events")
@@ -227,8 +247,13 @@ def inspect(args: argparse.Namespace, out: Output) -> int:
         if state is None:
             raise CommandError(f"no entity {args.ref}")
         history = db.history(args.ref)
-    data = {"ref": args.ref, "version": state.get("version"), "deleted": state.get("deletedAt") is not None,
-            "state": state, "history": history}
+    data = {
+        "ref": args.ref,
+        "version": state.get("version"),
+        "deleted": state.get("deletedAt") is not None,
+        "state": state,
+        "history": history,
+    }
     if out.json:
         out.emit_json(to_jsonable(data))
         return 0
@@ -237,8 +262,17 @@ def inspect(args: argparse.Namespace, out: Output) -> int:
     out.table(
         "history (oldest first)",
         ["seq", "op", "version", "at", "actor", "data"],
-        [(h["seq"], h["op"], h["version"], h["ts"].isoformat(timespec="seconds"), h["actor"],
-          _short(json.dumps(to_jsonable(h["data"]), default=str))) for h in history],
+        [
+            (
+                h["seq"],
+                h["op"],
+                h["version"],
+                h["ts"].isoformat(timespec="seconds"),
+                h["actor"],
+                _short(json.dumps(to_jsonable(h["data"]), default=str)),
+            )
+            for h in history
+        ],
     )
     return 0
 
@@ -374,5 +408,3 @@ def _iceberg_compatible(table: Any) -> Any:
             t = pa.timestamp("us", tz=t.tz)
         fields.append(pa.field(f.name, t, nullable=True))
     return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
-
-

@@ -44,9 +44,13 @@ class Workload:
     def counts(self) -> dict[str, int]:
         kinds: dict[str, int] = {}
         for kind, ns, _key, _payload in self.ops:
-            name = {"create": f"create {ns}", "update": f"update {ns}", "link": "link",
-                    "order_create": "create orders (tracked ORM model)",
-                    "order_update": "update orders (tracked ORM model)"}[kind]
+            name = {
+                "create": f"create {ns}",
+                "update": f"update {ns}",
+                "link": "link",
+                "order_create": "create orders (tracked ORM model)",
+                "order_update": "update orders (tracked ORM model)",
+            }[kind]
             kinds[name] = kinds.get(name, 0) + 1
         return kinds
 
@@ -58,8 +62,14 @@ def build(scale: int = 1, seed: int = 14) -> Workload:
     n_users, n_posts, n_comments, n_orders = 10 * scale, 20 * scale, 40 * scale, 10 * scale
     ops: list[Op] = []
     for i in range(n_users):
-        ops.append(("create", "users", f"u{i}", {"name": f"user {i}", "email": f"user{i}@example.com",
-                                                 "bio": "hello", "karma": 0}))
+        ops.append(
+            (
+                "create",
+                "users",
+                f"u{i}",
+                {"name": f"user {i}", "email": f"user{i}@example.com", "bio": "hello", "karma": 0},
+            )
+        )
     for i in range(n_posts):
         author = f"u{rng.randrange(n_users)}"
         ops.append(("create", "posts", f"p{i}", {"title": f"post {i}", "body": "lorem ipsum " * 8, "views": 0}))

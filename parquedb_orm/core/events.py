@@ -59,8 +59,11 @@ class Event:
 
     @classmethod
     def from_record(cls, rec: Any, *, table: str, row: str) -> Event:
-        if not isinstance(rec, list) or len(rec) not in (7, 8) or rec[2] not in ENTITY_OPS:
-            raise CorruptBatchError(f"corrupt event record in {table} row {row}: {rec!r}", table=table, row=row)
+        why = _entity_record_fault(rec)
+        if why:
+            raise CorruptBatchError(
+                f"corrupt event record in {table} row {row} ({why}): {rec!r:.200}", table=table, row=row
+            )
         return cls(*rec)
 
 
@@ -81,9 +84,61 @@ class RelEvent:
 
     @classmethod
     def from_record(cls, rec: Any, *, table: str, row: str) -> RelEvent:
-        if not isinstance(rec, list) or len(rec) != 9 or rec[2] not in REL_OPS:
-            raise CorruptBatchError(f"corrupt relationship record in {table} row {row}: {rec!r}", table=table, row=row)
+        why = _rel_record_fault(rec)
+        if why:
+            raise CorruptBatchError(
+                f"corrupt relationship record in {table} row {row} ({why}): {rec!r:.200}", table=table, row=row
+            )
         return cls(*rec)
+
+
+# A record can pass its batch's checksum and still be wrong (written by a bug, or by hand):
+# every field is type-checked at decode, so damage is reported here, naming the row, and
+# not later as an AttributeError in a fold or as a wrong answer.
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _entity_record_fault(rec: Any) -> str | None:
+    if type(rec) is not list or len(rec) not in (7, 8):
+        return "not a list of 7 or 8 fields"
+    seq, ts, op, eid, actor, data, version = rec[:7]
+    if not (_is_int(seq) and _is_int(ts) and _is_int(version)):
+        return "seq, ts and version must be integers"
+    if type(op) is not str or op not in ENTITY_OPS:
+        return "unknown op"
+    if type(eid) is not str or not eid:
+        return "id must be a non-empty string"
+    if not _opt_str(actor):
+        return "actor must be a string or null"
+    if op in (CREATE, UPDATE) and type(data) is not dict:
+        return "data must be an object"
+    if data is not None and type(data) is not dict:
+        return "data must be an object or null"
+    return None
+
+
+def _rel_record_fault(rec: Any) -> str | None:
+    if type(rec) is not list or len(rec) != 9:
+        return "not a list of 9 fields"
+    seq, ts, op, from_id, predicate, to, reverse, actor, data = rec
+    if not (_is_int(seq) and _is_int(ts)):
+        return "seq and ts must be integers"
+    if type(op) is not str or op not in REL_OPS:
+        return "unknown op"
+    if type(from_id) is not str or not from_id or type(predicate) is not str or not predicate:
+        return "from_id and predicate must be non-empty strings"
+    if type(to) is not str or "/" not in to:
+        return "to must be a 'ns/id' string"
+    if not (_opt_str(reverse) and _opt_str(actor)):
+        return "reverse and actor must be strings or null"
+    if data is not None and type(data) is not dict:
+        return "data must be an object or null"
+    return None
 
 
 def apply_event(ns: str, state: State | None, ev: Event) -> State | None:
@@ -167,4 +222,3 @@ def starts_entity(ev: Event) -> bool:
     """The event begins an entity's history (its first CREATE): the state before it is
     nothing, so no read is needed to fold it."""
     return ev.op == CREATE and ev.version == 1
-

@@ -225,9 +225,7 @@ def _validate_cond(cond: Any, where: str, depth: int) -> None:
         )
     for op, arg in cond.items():
         if op not in FIELD_OPERATORS:
-            raise UnknownOperatorError(
-                f"{where}: unknown filter operator {op!r}; supported: {sorted(FIELD_OPERATORS)}"
-            )
+            raise UnknownOperatorError(f"{where}: unknown filter operator {op!r}; supported: {sorted(FIELD_OPERATORS)}")
         if op in ("$eq", "$ne"):
             _operand(arg, where, op, depth)
         elif op in _RANGE:

@@ -32,6 +32,9 @@ from parquedb_orm.sql.models import Counter
 
 log = logging.getLogger("parquedb_orm")
 
+#: a create_many of more than 1/BULK_CACHE_SHARE of the entity cache's bound is not cached
+BULK_CACHE_SHARE = 10
+
 
 class Committer:
     def __init__(
@@ -250,16 +253,24 @@ class Committer:
                     archive.publish_pending(entry.path)
                 except ArchiveError as exc:  # committed all the same: a reader or the sweep publishes it
                     log.warning("create_many file %s stays pending: %s", entry.path, exc)
+        # a large create_many is an import, not a working set: its states stay in their bulk
+        # file (a later get reads one piece of it) instead of evicting the whole cache
+        uncached: set[tuple[str, str]] = set()
         for entry, states in uow.bulk:
             self.archived.changed([entry], [])
             with self.lock:
                 st = self.known.ns(entry.ns)
-                for eid, state in states:
-                    st.cache[eid] = (1, state)
+                if len(states) > self.known.cache.max_entries // BULK_CACHE_SHARE:
+                    uncached.update((entry.ns, eid) for eid, _s in states)
+                else:
+                    for eid, state in states:
+                        st.cache[eid] = (1, state)
                 self.archived.bulk_created(entry.ns, states)
         with self.lock:
             before: dict[tuple[str, str], Versioned | None] = {}
             for (ns, eid), value in uow.overlay.items():
+                if uncached and (ns, eid) in uncached:
+                    continue
                 st = self.known.ns(ns)
                 old = before[(ns, eid)] = st.cache.get(eid)
                 if old is None or old[0] <= value[0]:
@@ -326,7 +337,6 @@ class Committer:
             # registered before this commit: remembered (a row inserted here counts only
             # once its transaction commits, so `missing` ones are checked again next time)
             self._registered.update(names)
-
 
     def _release(self, uow: UnitOfWork) -> None:
         while uow.held:

@@ -112,9 +112,7 @@ class GroupCommitter:
                 now = time.monotonic()
                 deadline = now + self.max_delay
                 settle = now + (self.max_delay / 2 if self._last_group > 1 else 0.0)
-                while (left := deadline - time.monotonic()) > 0 and (
-                    self._building > 0 or time.monotonic() < settle
-                ):
+                while (left := deadline - time.monotonic()) > 0 and (self._building > 0 or time.monotonic() < settle):
                     self._cv.wait(min(left, max(settle - time.monotonic(), 0.0002)))
                 batch, self._queue = self._queue, []
                 self._last_group = len(batch)

@@ -109,7 +109,6 @@ class IdBlocks:
             self.issued(ns, max(out))
         return out
 
-
     def reserve_block(
         self, conn: Connection | None, ns: str, count: int, reserved: list[tuple[str, range]] | None = None
     ) -> tuple[range, bool]:

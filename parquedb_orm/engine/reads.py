@@ -67,8 +67,7 @@ class Reads:
                 need = [
                     eid
                     for eid in ids
-                    if eid not in st.tail_base
-                    and not any(starts_entity(ev) for ev in st.tail.get(eid, ())[:1])
+                    if eid not in st.tail_base and not any(starts_entity(ev) for ev in st.tail.get(eid, ())[:1])
                 ]
             found = self.archived.lookup(conn, ns, need) if need else {}
             with self.lock:

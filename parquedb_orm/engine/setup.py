@@ -34,6 +34,7 @@ MIGRATE_MODES: tuple[MigrateMode, ...] = ("auto", "check", False)
 #: the version table of an application's own Alembic (way B of docs/migrations.md)
 HOST_VERSION_TABLE = "alembic_version"
 
+
 @dataclass(frozen=True)
 class Flushing:
     """A runtime's archive writer and the policy that runs it after commits."""

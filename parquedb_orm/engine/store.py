@@ -380,9 +380,7 @@ class Store:
         ev = RelEvent(0, now_us(), LINK, from_id, predicate, to_ref, reverse, actor, copy.deepcopy(data))
         uow = self._w
         uow.add_rel(from_ns, ev)
-        uow.links[(from_ref, predicate, to_ref)] = Link(
-            from_ref, predicate, to_ref, reverse, ev.data, ev.ts, actor
-        )
+        uow.links[(from_ref, predicate, to_ref)] = Link(from_ref, predicate, to_ref, reverse, ev.data, ev.ts, actor)
 
     def unlink(self, from_ref: str, predicate: str, to_ref: str, *, actor: str | None = None) -> None:
         """Remove a relationship (a no-op event if it does not exist)."""

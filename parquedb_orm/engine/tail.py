@@ -78,7 +78,6 @@ class WalTail:
             rels = [r for r in st.rel_tail if r.seq > rel_mark] if rels_loaded else None
             return events, rels
 
-
     def trim(self, st: NsState, ev_mark: int, latest: dict[str, Versioned] | None = None) -> None:
         """Drop what a flush moved to the archive (caller holds the lock). `latest`: the
         states the flush archived, the new base of an entity whose later events stay."""

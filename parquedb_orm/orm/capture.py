@@ -239,7 +239,7 @@ class _Bulk:
         self.own_returning = bool(getattr(self.stmt, "_returning", ()))
 
     def _conn(self) -> Connection:
-            return self.session.connection(bind_arguments={"bind": bind_of(self.session, bridge_of(self.session))})
+        return self.session.connection(bind_arguments={"bind": bind_of(self.session, bridge_of(self.session))})
 
     def _returning(self) -> Callable[[], Any] | None:
         dialect = self._conn().dialect
@@ -264,9 +264,7 @@ class _Bulk:
         cols = spec.pk_columns if self.state.is_delete else (*spec.pk_columns, *(f.column for f in spec.fields))
         result = self.state.invoke_statement(statement=self.stmt.returning(*cols))
         got = result.all()
-        rows = [
-            _Row(spec, spec.key_of_row(r), None if self.state.is_delete else spec.image_of_row(r)) for r in got
-        ]
+        rows = [_Row(spec, spec.key_of_row(r), None if self.state.is_delete else spec.image_of_row(r)) for r in got]
         record(self.session, rows)
         return _DmlResult(len(got))
 

@@ -145,9 +145,7 @@ def _state_at(
     return fields, links
 
 
-def as_of(
-    session: Session, model: type, pk: object, *, version: int | None = None, at: datetime | None = None
-) -> Any:
+def as_of(session: Session, model: type, pk: object, *, version: int | None = None, at: datetime | None = None) -> Any:
     """The row as it was at `version` or time `at`: a transient instance (in no session),
     or None if the row did not exist then."""
     spec, ref = _resolve(model, pk)

@@ -104,9 +104,7 @@ def _options(cls: type) -> _Options | None:
         if found is not None:
             return found
     if issubclass(cls, Tracked):
-        return _Options(
-            cls.__pq_namespace__, frozenset(cls.__pq_exclude__), dict(cls.__pq_rename__)
-        )
+        return _Options(cls.__pq_namespace__, frozenset(cls.__pq_exclude__), dict(cls.__pq_rename__))
     return None
 
 

@@ -53,9 +53,7 @@ def reserve(conn: Connection, name: str, count: int, floor: int = 0) -> range:
 
 def raise_to(conn: Connection, name: str, floor: int) -> None:
     """Counter `name` = max(counter, floor): numbers up to `floor` are never reserved again."""
-    res = conn.execute(
-        update(Counter).where(Counter.name == name, Counter.value < floor).values(value=floor)
-    )
+    res = conn.execute(update(Counter).where(Counter.name == name, Counter.value < floor).values(value=floor))
     if res.rowcount == 0:
         dialects.insert_ignore(conn, Counter.__table__, [{"name": name, "value": floor}])  # type: ignore[arg-type]
 

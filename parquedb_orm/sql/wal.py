@@ -93,9 +93,7 @@ def _processors(dialect: Any, table: Table) -> tuple[Any, ...]:
     return tuple(table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in _COLUMNS)
 
 
-def insert_unclaimed(
-    conn: Connection, table: Table, rows: list[dict[str, Any]], marks: dict[str, str] | None
-) -> bool:
+def insert_unclaimed(conn: Connection, table: Table, rows: list[dict[str, Any]], marks: dict[str, str] | None) -> bool:
     """Insert a commit's rows in ONE statement unless another writer got to their numbers
     first. False if any row was left out: the caller's numbers are stale.
 
