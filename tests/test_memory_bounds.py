@@ -49,3 +49,36 @@ def test_tail_bases_stay_bounded_and_answers_do_not_change(tmp_path: Path, monke
         assert [len(fresh.history(f"items/{e}")) for e in ids[:3]] == [2, 2, 2]
     finally:
         fresh.close()
+
+
+def test_a_large_unflushed_tail_is_packed_and_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past TAIL_LOOSE_EVENTS the tail keeps each entity's events as one JSON string;
+    get, history, find, a restart-free flush and later commits see the same events."""
+    from parquedb_orm.engine import state
+
+    monkeypatch.setattr(state, "TAIL_LOOSE_EVENTS", 25)
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        ids = [db.create("items", {"n": i, "tags": []})["$id"].split("/")[1] for i in range(30)]
+        for round_ in range(3):
+            with db.transaction() as tx:
+                for eid in ids:
+                    tx.update("items", eid, {"$inc": {"n": 100}, "$push": {"tags": f"r{round_}"}})
+        st = db.runtime.known.peek("items")
+        assert st is not None and st.tail.packed >= 4 and st.tail_events == 120
+        assert sum(isinstance(v, str) for v in st.tail._d.values()) > 0  # some entities packed
+        db.runtime.known.cache._d.clear()  # reads must fold the packed tail, not hit the cache
+        for i, eid in enumerate(ids):
+            got = db.get("items", eid)
+            assert got is not None and (got["n"], got["tags"], got["version"]) == (300 + i, ["r0", "r1", "r2"], 4)
+            assert [e["version"] for e in db.history(f"items/{eid}")] == [1, 2, 3, 4]
+        found = db.find("items", {"n": {"$gte": 325}}, sort={"n": 1})
+        assert [d["n"] for d in found] == [325, 326, 327, 328, 329]
+        db.update("items", ids[0], {"$set": {"late": True}})  # appends to a packed entity
+        assert db.get("items", ids[0])["late"] is True
+        result = db.flush()
+        assert result.events == 121 and len(st.tail) == 0
+        got = db.get("items", ids[0])
+        assert got is not None and (got["n"], got["late"], got["version"]) == (300, True, 5)
+    finally:
+        db.close()

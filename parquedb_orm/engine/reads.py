@@ -67,7 +67,7 @@ class Reads:
                 need = [
                     eid
                     for eid in ids
-                    if eid not in st.tail_base and not any(starts_entity(ev) for ev in st.tail.get(eid, ())[:1])
+                    if eid not in st.tail_base and not any(starts_entity(ev) for ev in st.tail.get(eid)[:1])
                 ]
             found = self.archived.lookup(conn, ns, need) if need else {}
             with self.lock:
@@ -80,7 +80,7 @@ class Reads:
                     if base is None:
                         hit = found.get(eid)
                         base, after = ((0, None), 0) if hit is None else ((hit[0], hit[2]), hit[1])
-                    value = fold(ns, base, st.tail.get(eid, []), after)
+                    value = fold(ns, base, st.tail.get(eid), after)
                     old = st.cache.get(eid)
                     if old is None or old[0] <= value[0]:
                         st.cache[eid] = value
@@ -101,7 +101,7 @@ class Reads:
                     continue
                 seen: dict[str, Versioned] = {}
                 for eid, (version, seq, state) in archived.items():
-                    seen[eid] = fold(ns, (version, state), st.tail.get(eid, []), seq)
+                    seen[eid] = fold(ns, (version, state), st.tail.get(eid), seq)
                 for eid, evs in st.tail.items():
                     if eid not in seen:
                         base = st.tail_base.get(eid, (0, None))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
+from parquedb_orm.core.codec import dumps, loads
 from parquedb_orm.core.events import Event, RelEvent, Versioned, apply_event
 from parquedb_orm.sql.counters import load_all, namespace_of
 
@@ -31,7 +32,100 @@ DEFAULT_CACHE_ENTRIES = 20_000
 #: (~1-2 KB each); the events themselves stay until the flush.
 TAIL_BASE_ENTRIES = 10_000
 
+#: unflushed events kept as objects before the tail packs them: an update event is ~800 B
+#: as objects (the Event, its ints, its operator dicts, a list per entity) and ~150 B packed
+#: as one JSON string per entity, decoded again only when that entity is read
+TAIL_LOOSE_EVENTS = 20_000
+
 _generations = itertools.count(1)
+
+
+class Tail:
+    """One namespace's unflushed events per entity, in memory: the events of the last
+    TAIL_LOOSE_EVENTS appended stay objects; beyond, every entity's list is packed into
+    one compact JSON string (the WAL's own record form), unpacked when read. So a large
+    unflushed tail (a manual flush policy, a bulk of updates) costs a fifth of the memory,
+    and the reads that touch one entity decode only its events."""
+
+    __slots__ = ("_d", "_loose", "packed")
+
+    def __init__(self) -> None:
+        self._d: dict[str, list[Event] | str] = {}
+        self._loose = 0  # events held as objects
+        self.packed = 0  # times the tail was packed (tests, stats)
+
+    @staticmethod
+    def _unpack(text: str) -> list[Event]:
+        return [Event(*rec) for rec in loads(text)]
+
+    def _list(self, eid: str) -> list[Event] | None:
+        v = self._d.get(eid)
+        if v is None or type(v) is list:
+            return v
+        assert isinstance(v, str)
+        evs = self._d[eid] = self._unpack(v)
+        self._loose += len(evs)
+        return evs
+
+    def add(self, ev: Event) -> None:
+        evs = self._list(ev.id)
+        if evs is None:
+            self._d[ev.id] = [ev]
+        else:
+            evs.append(ev)
+        self._loose += 1
+        if self._loose > TAIL_LOOSE_EVENTS:
+            self.pack()
+
+    def pack(self) -> None:
+        d = self._d
+        for eid, v in d.items():
+            if type(v) is list:
+                d[eid] = dumps([e.to_record() for e in v])
+        self._loose = 0
+        self.packed += 1
+
+    def get(self, eid: str) -> list[Event]:
+        """The entity's unflushed events (empty: none)."""
+        v = self._d.get(eid)
+        if v is None:
+            return []
+        # read without unpacking in place: a read does not make the entry loose again
+        return v if type(v) is list else self._unpack(v)  # type: ignore[arg-type]
+
+    def __getitem__(self, eid: str) -> list[Event]:
+        if eid not in self._d:
+            raise KeyError(eid)
+        return self.get(eid)
+
+    def __setitem__(self, eid: str, evs: list[Event]) -> None:
+        old = self._d.get(eid)
+        if type(old) is list:
+            self._loose -= len(old)
+        self._d[eid] = evs
+        self._loose += len(evs)
+
+    def __delitem__(self, eid: str) -> None:
+        old = self._d.pop(eid)
+        if type(old) is list:
+            self._loose -= len(old)
+
+    def __contains__(self, eid: object) -> bool:
+        return eid in self._d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def items(self) -> Iterator[tuple[str, list[Event]]]:
+        for eid, v in self._d.items():
+            yield eid, (v if type(v) is list else self._unpack(v))  # type: ignore[arg-type]
+
+    def values(self) -> Iterator[list[Event]]:
+        for _eid, evs in self.items():
+            yield evs
 
 
 class EntityCache:
@@ -107,7 +201,7 @@ class NsState:
 
     name: str
     tail_loaded: bool = False
-    tail: dict[str, list[Event]] = field(default_factory=dict)  # WAL events per entity
+    tail: Tail = field(default_factory=Tail)  # WAL events per entity
     tail_max: int = 0  # highest sequence folded into `tail`
     tail_events: int = 0
     next_seq: int | None = None  # single owner: next sequence to assign

@@ -503,7 +503,7 @@ class Store:
         conn = self._connection()
         st = self._rt.tail.ensure(conn, ns)
         with self._rt.known.lock:
-            tail = list(st.tail.get(entity_id, []))
+            tail = list(st.tail.get(entity_id))
         archived = self._rt.archived.events(conn, ns, entity_id)
         newest = max((e.seq for e in archived), default=0)
         evs = archived + [e for e in tail if e.seq > newest or e.seq == 0]

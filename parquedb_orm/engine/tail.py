@@ -27,7 +27,7 @@ class WalTail:
             for ev in wal.decode_events(wal.EVENTS, st.name, first, records):
                 if ev.seq <= st.tail_max:
                     continue  # already folded in by the commit that wrote it
-                st.tail.setdefault(ev.id, []).append(ev)
+                st.tail.add(ev)
                 st.tail_max = ev.seq
                 st.tail_events += 1
                 cached = st.cache.get(ev.id)
@@ -99,13 +99,13 @@ class WalTail:
 
     def created(self, st: NsState, entity_id: str) -> bool:
         with self.lock:
-            return any(ev.op == "CREATE" for ev in st.tail.get(entity_id, ()))
+            return any(ev.op == "CREATE" for ev in st.tail.get(entity_id))
 
     def append(self, st: NsState, events: list[Event]) -> None:
         """A commit's own events (caller holds the lock)."""
         if st.tail_loaded:
             for ev in events:
                 if ev.seq > st.tail_max:
-                    st.tail.setdefault(ev.id, []).append(ev)
+                    st.tail.add(ev)
                     st.tail_max = ev.seq
                     st.tail_events += 1
