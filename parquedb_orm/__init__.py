@@ -7,6 +7,7 @@ current state lives in snapshots, and history is archived to Parquet.
 from __future__ import annotations
 
 from parquedb_orm import errors
+from parquedb_orm.archive import memory as _memory  # noqa: F401  (first: it chooses Arrow's allocator)
 from parquedb_orm.archive.flush import FlushResult
 from parquedb_orm.archive.iceberg import Iceberg
 from parquedb_orm.archive.policy import FlushPolicy

@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from parquedb_orm.archive import memory
 from parquedb_orm.core.ids import check_namespace
 from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError, ParqueDBError
 
@@ -263,7 +262,6 @@ class Archive:
 
         Extra keyword options go to the filesystem constructor (S3: access_key,
         secret_key, endpoint_override, scheme, region...)."""
-        memory.choose_pool()
         text = os.fspath(location)
         if not text.strip():
             raise ConfigurationError(

@@ -1,14 +1,18 @@
 """The process's Arrow allocator, and handing freed memory back to the OS.
 
-Arrow's default pool on Linux wheels is mimalloc. Buffers that Arrow's worker threads
-(Parquet decoding, dataset scans) allocated stay cached in those threads' heaps after
-they are freed; `release_unused()` only collects the calling thread's. Measured on a
-1M-entity compaction: 109 MiB outside Python's heap stayed in RSS with mimalloc, 14 MiB
-with the system allocator (docs/scaling.md).
+Arrow's default pool on Linux wheels is mimalloc. Memory that Arrow's worker threads
+(Parquet decoding, dataset scans) allocated stays cached in those threads' heaps after it
+is freed (`release_unused()` only collects the calling thread's), and Arrow's C++ code
+(the Parquet reader, the dataset scanner) takes its buffers from the C++ default pool,
+which `pa.set_memory_pool` does not change. Measured after the first flush at 1M
+entities: a 1 GiB mimalloc region held 158 MiB of RSS with nothing allocated in it.
+
 So, unless the user chose a pool (the `ARROW_DEFAULT_MEMORY_POOL` environment variable,
-which Arrow itself reads), the first archive opened in a process makes the system
-allocator Arrow's default pool. It is process-wide: other Arrow users in the process get
-it too, which docs/configuration.md says.
+which Arrow reads once, on its first allocation), importing parquedb_orm makes the system
+allocator Arrow's default for the process: the variable is set while pyarrow initialises
+its pool and removed again (child processes do not inherit it). Where pyarrow had already
+allocated (imported and used before parquedb_orm), only the Python-side default can still
+change; docs/configuration.md tells users to set the variable themselves then.
 """
 
 from __future__ import annotations
@@ -17,31 +21,43 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import threading
+import sys
 from collections.abc import Callable
-
-import pyarrow as pa
 
 log = logging.getLogger("parquedb_orm")
 
-_lock = threading.Lock()
-_chosen = False
+_VAR = "ARROW_DEFAULT_MEMORY_POOL"
 
 
-def choose_pool() -> None:
-    """Make the system allocator Arrow's default pool, once per process, unless the user
-    chose one through ARROW_DEFAULT_MEMORY_POOL."""
-    global _chosen
-    with _lock:
-        if _chosen:
-            return
-        _chosen = True
-        if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-            return
-        if pa.default_memory_pool().backend_name == "system":
-            return
+def _choose_pool() -> str:
+    """Make the system allocator Arrow's default pool unless the user chose one; returns
+    the backend in use."""
+    if os.environ.get(_VAR):
+        import pyarrow as pa
+
+        return str(pa.default_memory_pool().backend_name)
+    first = "pyarrow" not in sys.modules
+    os.environ[_VAR] = "system"
+    try:
+        import pyarrow as pa
+
+        backend = str(pa.default_memory_pool().backend_name)  # initialises the C++ default
+    finally:
+        del os.environ[_VAR]
+    if backend != "system":  # pyarrow allocated before we were imported
         pa.set_memory_pool(pa.system_memory_pool())
-        log.debug("parquedb_orm: Arrow's default memory pool is now the system allocator")
+        log.debug(
+            "parquedb_orm: pyarrow was in use before parquedb_orm was imported (first=%s); set %s=system "
+            "for Arrow's C++ code to use the system allocator too",
+            first,
+            _VAR,
+        )
+    return backend
+
+
+BACKEND = _choose_pool()
+
+import pyarrow as pa  # noqa: E402  (after the pool is chosen)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
