@@ -60,9 +60,9 @@ def _hook(obj: dict[str, Any]) -> Any:
             return {(tuple(k) if isinstance(k, list) else k): v for k, v in raw}
         if key == _TAG + "repr":
             return raw
-        if key.startswith("$"):
+        if key in codec._DECODERS:
             try:
-                return codec.loads(json.dumps(obj))  # a codec tag (or a plain "$" dict)
+                return codec.loads(json.dumps(obj))  # a codec tag: its typed value
             except Exception:
                 return obj
     return obj

@@ -57,62 +57,63 @@ def _violations(exc: BaseException) -> Iterator[Violation]:
 
 def _api_check(api: targets.Api) -> Callable[[tuple[str, Any]], None]:
     def check(item: tuple[str, Any]) -> None:
-        targets.check_api(api, item[1], item[0])
+        try:
+            targets.check_api(api, item[1], item[0])
+        except Violation as v:
+            v.value = item  # (kind, input): saved under the kind's corpus
+            raise
 
     return check
 
 
-def long_run(names: list[str], seconds: float, chunk: int, out: Any = sys.stdout) -> int:
-    """Each target for `seconds`, in chunks of `chunk` random examples; a new failure is
-    shrunk by hypothesis and its input saved into the corpus. Returns the number found."""
-    found = 0
-    for name in names:
-        seen: set[tuple[str, ...]] = set()
-        api = targets.Api() if name == "api" else None
+def _run_target(name: str, seconds: float, chunk: int, out: Any) -> int:
+    seen: set[tuple[str, ...]] = set()
+    api = targets.Api() if name == "api" else None
+    if api is not None:
+        strategy: st.SearchStrategy[Any] = st.one_of(
+            strategies.filter_inputs().map(lambda v: ("filters", v)),
+            strategies.update_inputs().map(lambda v: ("operators", v)),
+        )
+        check: Callable[[Any], None] = _api_check(api)
+    else:
+        strategy = strategies.STRATEGIES[name]()
+        check = targets.CHECKS[name]
+    counts: Counter[str] = Counter()
+    inner = tolerant(check, seen)  # `seen` grows as failures are saved
+
+    @settings(max_examples=chunk, deadline=None, database=None, derandomize=False, suppress_health_check=HEALTH)
+    @given(strategy)
+    def one(value: Any) -> None:
+        counts["examples"] += 1
+        inner(value)
+
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:  # each call: `chunk` new random examples
+            try:
+                one()
+            except Exception as exc:
+                vs = list(_violations(exc))
+                if not vs:
+                    raise
+                for v in vs:
+                    target, value = v.value if name == "api" else (name, v.value)
+                    path = corpus.save(target, value)
+                    seen.add(key(v))
+                    print(f"NEW [{name}] {str(v)[:500]}\n    saved {path}", file=out, flush=True)
+    finally:
         if api is not None:
-            strategy: st.SearchStrategy[Any] = st.one_of(
-                strategies.filter_inputs().map(lambda v: ("filters", v)),
-                strategies.update_inputs().map(lambda v: ("operators", v)),
-            )
-            check: Callable[[Any], None] = _api_check(api)
-        else:
-            strategy = strategies.STRATEGIES[name]()
-            check = targets.CHECKS[name]
-        counts: Counter[str] = Counter()
-        start = time.monotonic()
-        try:
-            while time.monotonic() - start < seconds:
-                inner = tolerant(check, seen)
+            api.close()
+    took = time.monotonic() - start
+    print(f"{name}: {counts['examples']} examples in {took:.1f} s, {len(seen)} new failure(s)", file=out, flush=True)
+    return len(seen)
 
-                @settings(
-                    max_examples=chunk, deadline=None, database=None, derandomize=False, suppress_health_check=HEALTH
-                )
-                @given(strategy)
-                def one(value: Any) -> None:
-                    counts["examples"] += 1
-                    inner(value)
 
-                try:
-                    one()
-                except Exception as exc:
-                    vs = list(_violations(exc))
-                    if not vs:
-                        raise
-                    for v in vs:
-                        value = v.value
-                        target = name
-                        if name == "api":  # saved with the input kind it came from
-                            target, value = value if isinstance(value, tuple) else ("operators", value)
-                        path = corpus.save(target, value)
-                        seen.add(key(v))
-                        found += 1
-                        print(f"NEW [{name}] {v}\n    saved {path}", file=out)
-        finally:
-            if api is not None:
-                api.close()
-        took = time.monotonic() - start
-        print(f"{name}: {counts['examples']} examples in {took:.1f} s, {len(seen)} new failure(s)", file=out)
-    return found
+def long_run(names: list[str], seconds: float, chunk: int, out: Any = sys.stdout) -> int:
+    """Each target for `seconds`, in runs of `chunk` random examples; a new failure is
+    shrunk by hypothesis and its input saved into the corpus (found-<hash>), and further
+    instances of it are let through. Returns the number of new failures."""
+    return sum(_run_target(name, seconds, chunk, out) for name in names)
 
 
 def main(argv: list[str] | None = None) -> int:
