@@ -186,6 +186,19 @@ def check_record_types(records: list[Any]) -> None:
 
 
 # ------------------------------------------------------------------ 3. filters
+def stored_form(doc: Any) -> dict[str, Any]:
+    """`doc` as a stored state reads back (tuples as lists...), or {} for a document the
+    store would refuse (NaN, a "$" key, an unsupported type): no state can hold those."""
+    if not isinstance(doc, dict):
+        doc = {"value": doc}
+    try:
+        codec.check_serialisable(doc)
+        out = codec.loads(codec.dumps(doc))
+    except ParqueDBError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 def _filter_parts(value: Any) -> tuple[Any, Any, Any]:
     if isinstance(value, dict) and "filter" in value:
         return value["filter"], value.get("doc", {}), value.get("sort")
@@ -198,8 +211,7 @@ def check_filter(value: Any) -> None:
     res = _guard("filters", value, "validate_filter", lambda: filters.validate_filter(flt), (ParqueDBError,))
     if isinstance(res, ParqueDBError):
         return
-    if not isinstance(doc, dict):
-        doc = {"value": doc}
+    doc = stored_form(doc)
     out = _guard("filters", value, "matches", lambda: filters.matches(doc, res), (ParqueDBError,))
     if not isinstance(out, (bool, ParqueDBError)):
         raise Violation("filters", f"matches returned {out!r}", value)
@@ -220,6 +232,7 @@ def _update_parts(value: Any) -> tuple[Any, Any]:
 def check_update(value: Any) -> None:
     """value: {"update": U, "state": S} (or a bare update document)."""
     update, state = _update_parts(value)
+    state = stored_form(state)
     res = _guard("operators", value, "validate_update", lambda: operators.validate_update(update), (ParqueDBError,))
     if isinstance(res, ParqueDBError):
         return
