@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from parquedb_orm.core import codec, filters, operators
+from parquedb_orm.core import codec, filters, operators, pushdown
 from parquedb_orm.core.events import ENTITY_OPS, REL_OPS, Event, RelEvent
 from parquedb_orm.errors import CorruptBatchError, ParqueDBError, SerializationError
 from parquedb_orm.sql import wal
@@ -215,6 +215,12 @@ def check_filter(value: Any) -> None:
     out = _guard("filters", value, "matches", lambda: filters.matches(doc, res), (ParqueDBError,))
     if not isinstance(out, (bool, ParqueDBError)):
         raise Violation("filters", f"matches returned {out!r}", value)
+    for plain in (False, True):  # the archive's DuckDB translation of the same filter
+        sql = _guard(
+            "filters", value, "pushdown.to_sql", lambda p=plain: pushdown.to_sql(res, plain=p), (ParqueDBError,)
+        )
+        if not isinstance(sql, (str, ParqueDBError)):
+            raise Violation("filters", f"pushdown.to_sql returned {sql!r}", value)
     keys = _guard("filters", value, "validate_sort", lambda: filters.validate_sort(sort), (ParqueDBError,))
     if isinstance(keys, list):
         docs = [doc, {}, {"value": None}]
