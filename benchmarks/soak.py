@@ -80,6 +80,13 @@ def _log(msg: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def arrow_mib() -> float:
+    """Bytes pyarrow's memory pool holds now (the part of RSS that is Arrow buffers)."""
+    import pyarrow as pa
+
+    return round(pa.total_allocated_bytes() / 2**20, 1)
+
+
 def rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -299,7 +306,8 @@ def sampler(db: Any, t0: float, every: float, stop: threading.Event, series: lis
             done: list[Stats]) -> None:  # fmt: skip
     while not stop.wait(every):
         st = db.stats()
-        series.append({"t": round(time.perf_counter() - t0, 1), "rss": round(rss_mib(), 1), "flushes": st["flushes"],
+        series.append({"t": round(time.perf_counter() - t0, 1), "rss": round(rss_mib(), 1), "arrow": arrow_mib(),
+                       "flushes": st["flushes"],
                        "unflushed": st["unflushed_events"],
                        "ops": sum(len(a) for s in done for a in s.lat.values())})  # fmt: skip
 
@@ -451,6 +459,14 @@ def _pct(values: array[int], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))] / 1000  # ms
 
 
+def _arrow_pool() -> str:
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    now, peak = pool.bytes_allocated() / 2**20, pool.max_memory() / 2**20
+    return f"{pool.backend_name}, {now:,.1f} MiB allocated, peak {peak:,.1f} MiB"
+
+
 def flatness(series: list[dict[str, Any]], seconds: float, tolerance: float) -> dict[str, Any]:
     warmup = max(10.0, seconds / 5)
     after = [s["rss"] for s in series if s["t"] >= warmup]
@@ -503,8 +519,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     for j in range(args.readers)]  # fmt: skip
         series: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        series.append({"t": 0.0, "rss": round(rss_mib(), 1), "flushes": db.stats()["flushes"], "unflushed": 0,
-                       "ops": 0})  # fmt: skip
+        series.append({"t": 0.0, "rss": round(rss_mib(), 1), "arrow": arrow_mib(), "flushes": db.stats()["flushes"],
+                       "unflushed": 0, "ops": 0})  # fmt: skip
         sam = threading.Thread(target=sampler, args=(db, t0, args.rss_every, stop, series, stats), daemon=True)
         sam.start()
         for t in threads:
@@ -525,8 +541,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sam.join(timeout=10)
         stuck = [t.name for t in threads if t.is_alive()]
         res["stuck_threads"] = stuck
-        series.append({"t": round(elapsed, 1), "rss": round(rss_mib(), 1), "flushes": db.stats()["flushes"],
-                       "unflushed": db.stats()["unflushed_events"],
+        series.append({"t": round(elapsed, 1), "rss": round(rss_mib(), 1), "arrow": arrow_mib(),
+                       "flushes": db.stats()["flushes"], "unflushed": db.stats()["unflushed_events"],
                        "ops": sum(len(a) for s in stats for a in s.lat.values())})  # fmt: skip
         res["elapsed_s"] = elapsed
         res["background_flushes"] = db.stats()["flushes"]
@@ -554,6 +570,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         res["violation_messages"] = [m for s in stats for m in s.violations][:MAX_REPORTED]
         res["rss_series"] = series
         res["rss"] = flatness(series, args.seconds, args.rss_tolerance)
+        res["arrow_pool"] = _arrow_pool()
         res["record_entities"] = len(record.entities)
         res["latency_samples_mib"] = done * 4 / 2**20
 
@@ -625,6 +642,7 @@ def render(res: dict[str, Any], command: str, args: argparse.Namespace) -> str:
         "| RSS after warm-up: first third max / last third max, MiB | "
         + (f"{r['first_third_max']:,.1f} / {r['last_third_max']:,.1f}" if r["flat"] is not None else "n/a")
         + " |",
+        f"| pyarrow memory pool at the end | {res['arrow_pool']} |",
         f"| RSS verdict (tolerance {r['tolerance_mib']:,.0f} MiB, warm-up {r['warmup_s']:,.0f} s) | {r['verdict']} |",
         f"| consistency check | {'passed' if c['ok'] else 'FAILED'} |",
         "",
@@ -656,14 +674,14 @@ def render(res: dict[str, Any], command: str, args: argparse.Namespace) -> str:
         f"| archive files (*.parquet) | {files} |",
         f"| check, seconds | {c['seconds']:,.1f} |",
         "",
-        f"RSS series, MiB (every {args.rss_every:g} s; t in s: RSS [flushes so far]):",
+        f"RSS series, MiB (every {args.rss_every:g} s; t in s: RSS (of it pyarrow's pool) [flushes so far]):",
         "",
         "```",
     ]
     line: list[str] = []
     for s in res["rss_series"]:
-        line.append(f"{s['t']:>6.0f}: {s['rss']:7.1f} [{s['flushes']}]")
-        if len(line) == 6:
+        line.append(f"{s['t']:>5.0f}: {s['rss']:6.1f} ({s['arrow']:5.1f}) [{s['flushes']}]")
+        if len(line) == 5:
             out.append("   ".join(line))
             line = []
     if line:
