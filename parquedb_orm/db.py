@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +32,50 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
-_RETRIES = 16
 _EMPTY_UNIT = UnitOfWork()
+
+# Retrying a write that lost a race to another process (shared mode). Immediate retries
+# let the same processes collide again in lockstep, and a fixed count of them can run out
+# within milliseconds when several processes update one row. So: capped exponential
+# backoff with full jitter (a delay drawn uniformly from [0, min(cap, base * 2**attempt)]),
+# which spreads the contenders out, and a total deadline instead of a count, which bounds
+# how long a call may wait however fast the attempts fail.
+_RETRY_BASE = 0.001  # seconds: the first retry waits up to 1 ms
+_RETRY_CAP = 0.064  # seconds: no single wait longer than this
+_RETRY_DEADLINE = 5.0  # seconds: give up (VersionConflictError) once waiting would pass this
+
+
+def _retry_delay(attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait after failed retry number `attempt` (0-based): full jitter under the cap."""
+    return uniform(0.0, min(_RETRY_CAP, _RETRY_BASE * 2 ** min(attempt, 32)))
+
+
+def _retry_conflicts(
+    op: Callable[[], T],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    uniform: Callable[[float, float], float] = random.uniform,
+    deadline: float = _RETRY_DEADLINE,
+) -> T:
+    """`op()` until it does not raise VersionConflictError: the first try at once, then after
+    each conflict a jittered, growing wait (`_retry_delay`); once the next wait would end
+    past `deadline` seconds from the start, VersionConflictError ("gave up"), the last
+    conflict as its cause. `sleep`, `clock` and `uniform` are injectable for tests."""
+    start = clock()
+    attempt = 0
+    while True:
+        try:
+            return op()
+        except VersionConflictError as exc:
+            delay = _retry_delay(attempt, uniform)
+            waited = clock() - start
+            if waited + delay > deadline:
+                raise VersionConflictError(
+                    f"gave up after {attempt + 1} attempts in {waited:.2f} s of concurrent changes by other processes"
+                ) from exc
+        sleep(delay)
+        attempt += 1
 
 
 def _NO_UNIT() -> UnitOfWork:
@@ -433,13 +477,11 @@ class ParqueDB:
                 lazy.close()
             return uow
 
-        for _attempt in range(_RETRIES):
-            try:
-                self._group.exclusive(build)
-                return result[0]
-            except VersionConflictError:
-                continue  # only another process (shared mode) can get here
-        raise VersionConflictError("gave up after repeated concurrent changes by other processes")
+        def attempt() -> Any:
+            self._group.exclusive(build)  # a conflict here: only another process (shared mode)
+            return result[0]
+
+        return _retry_conflicts(attempt)  # waits outside the group's lock
 
     def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         lazy = _LazyConnection(self.engine)
