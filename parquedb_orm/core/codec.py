@@ -716,6 +716,8 @@ def decode_batch(blob: bytes, *, table: str, row: str) -> list[Any]:
         raise  # SerializationError is a ValueError, but this is not damage
     except ValueError as exc:
         raise corrupt(f"payload is not JSON: {exc}") from None
+    except RecursionError:  # our writers nest at most MAX_VALUE_DEPTH levels
+        raise corrupt("payload nests too deeply") from None
     if not isinstance(records, list):
         raise corrupt("payload is not a list of records")
     return records

@@ -45,7 +45,8 @@ def _values(node: Any, parts: list[str]) -> list[Any]:
         return _values(node[head], rest) if head in node else [_MISSING]
     if isinstance(node, list):
         out: list[Any] = []
-        if head.isascii() and head.isdigit() and int(head) < len(node):
+        # more than 18 digits is no list index (and int() of 4,301 digits raises)
+        if head.isascii() and head.isdigit() and len(head) <= 18 and int(head) < len(node):
             out += _values(node[int(head)], rest)
         for item in node:
             if isinstance(item, dict):

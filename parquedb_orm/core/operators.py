@@ -61,7 +61,8 @@ _check_path = check_path
 
 
 def _index(part: str) -> int | None:
-    return int(part) if _INDEX.match(part) else None
+    # more than 18 digits is no list index (and int() of 4,301 digits raises)
+    return int(part) if len(part) <= 18 and _INDEX.match(part) else None
 
 
 def _describe(value: Any) -> str:
@@ -187,7 +188,12 @@ def _arith(cur: Number, amount: Number, op: str, path: str) -> Number:
             raise ValidationError(
                 f"{op} {path!r}: the exact result of {cur!r} and {amount!r} cannot be stored ({type(exc).__name__})"
             ) from None
-    return cur + amount if op == "$inc" else cur * amount
+    try:
+        return cur + amount if op == "$inc" else cur * amount
+    except OverflowError:  # an int beyond float range meets a float
+        raise ValidationError(
+            f"{op} {path!r}: {cur!r:.40} and {amount!r:.40} have no result a float can hold"
+        ) from None
 
 
 def _each(value: Any) -> list[Any]:
