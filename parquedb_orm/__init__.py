@@ -18,6 +18,7 @@ from parquedb_orm.engine.setup import sqlite_settings
 from parquedb_orm.engine.store import Store
 from parquedb_orm.errors import (
     ArchiveError,
+    ArchiveFileMissingError,
     ConfigurationError,
     CorruptBatchError,
     EntityNotFoundError,
@@ -48,6 +49,7 @@ the packaged migrations create (docs/migrations.md)."""
 __all__ = [
     "NAMESPACE_PATTERN",
     "ArchiveError",
+    "ArchiveFileMissingError",
     "AsyncParqueDB",
     "AsyncStore",
     "AsyncTransaction",

@@ -25,7 +25,12 @@ from parquedb_orm.engine.group import GroupCommitter
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.engine.setup import MigrateMode, flushing, prepare, release_runtime
 from parquedb_orm.engine.store import Store, entity_items
-from parquedb_orm.errors import ConfigurationError, MeterUnavailableError, VersionConflictError
+from parquedb_orm.errors import (
+    ArchiveFileMissingError,
+    ConfigurationError,
+    MeterUnavailableError,
+    VersionConflictError,
+)
 from parquedb_orm.sql import dialects
 
 if TYPE_CHECKING:
@@ -43,6 +48,9 @@ _EMPTY_UNIT = UnitOfWork()
 _RETRY_BASE = 0.001  # seconds: the first retry waits up to 1 ms
 _RETRY_CAP = 0.064  # seconds: no single wait longer than this
 _RETRY_DEADLINE = 5.0  # seconds: give up (VersionConflictError) once waiting would pass this
+#: a read that found a listed file deleted by a compaction that committed meanwhile is
+#: run again (each compaction leaves a manifest that lists only existing files)
+_READ_ATTEMPTS = 3
 
 
 def _retry_delay(attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
@@ -484,11 +492,20 @@ class ParqueDB:
         return _retry_conflicts(attempt)  # waits outside the group's lock
 
     def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        lazy = _LazyConnection(self.engine)
-        try:
-            return fn(Store(self.runtime, _NO_UNIT, lazy), *args, **kwargs)
-        finally:
-            lazy.close()
+        for attempt in range(_READ_ATTEMPTS):
+            lazy = _LazyConnection(self.engine)
+            try:
+                return fn(Store(self.runtime, _NO_UNIT, lazy), *args, **kwargs)
+            except ArchiveFileMissingError:
+                # a compaction committed while this read held the old file list, then
+                # deleted its sources: read again against the manifest it left
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+                if self.runtime.known.shared:
+                    self.runtime.known.restart_all()
+            finally:
+                lazy.close()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ entities
     def create(self, ns: str, data: dict[str, Any], *, actor: str | None = None) -> State:

@@ -57,6 +57,12 @@ class ArchiveError(ParqueDBError):
     """Reading or writing the Parquet archive failed."""
 
 
+class ArchiveFileMissingError(ArchiveError):
+    """A file the manifest listed is not in the archive. A read that raced with a
+    compaction (which deletes the files it merged once the manifest no longer lists them)
+    is retried by the store against the new manifest; raised only if it persists."""
+
+
 class MeterUnavailableError(ParqueDBError):
     """The faithful SQLite row meter could not be built or loaded."""
 

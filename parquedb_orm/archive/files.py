@@ -42,7 +42,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from parquedb_orm.core.ids import check_namespace
-from parquedb_orm.errors import ArchiveError, ConfigurationError, InvalidNamespaceError, ParqueDBError
+from parquedb_orm.errors import (
+    ArchiveError,
+    ArchiveFileMissingError,
+    ConfigurationError,
+    InvalidNamespaceError,
+    ParqueDBError,
+)
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -461,7 +467,7 @@ class Archive:
         except ArchiveError:
             raise
         except FileNotFoundError as exc:
-            raise ArchiveError(
+            raise ArchiveFileMissingError(
                 f"archive file listed in the manifest is missing: {target} (restore it from a backup)"
             ) from exc
         except (OSError, pa.ArrowException) as exc:
@@ -571,7 +577,7 @@ class Archive:
         try:
             return ds.dataset([self.path(r) for r in rels], format=checked_format(), filesystem=self.fs, **options)
         except FileNotFoundError as exc:
-            raise ArchiveError(f"an archive file listed in the manifest is missing: {exc}") from exc
+            raise ArchiveFileMissingError(f"an archive file listed in the manifest is missing: {exc}") from exc
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read archive files {', '.join(rels[:5])}: {exc}") from exc
 
