@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from parquedb_orm.core.events import Versioned
 from parquedb_orm.core.unit import UnitOfWork
 from parquedb_orm.engine.runtime import Runtime
-from parquedb_orm.errors import VersionConflictError
+from parquedb_orm.errors import ParqueDBError, VersionConflictError
 from parquedb_orm.sql import dialects
 
 if TYPE_CHECKING:
@@ -186,6 +186,17 @@ class GroupCommitter:
                     self._commit_units([p.uow])
                 except BaseException as exc:
                     p.error = exc
+                p.done = True
+        except Exception as exc:
+            if len(admitted) == 1 or not isinstance(exc, ParqueDBError):
+                for p in admitted:
+                    p.error, p.done = exc, True
+                return
+            for p in admitted:  # one unit was refused (an oversized event): it alone fails
+                try:
+                    self._commit_units([p.uow])
+                except BaseException as exc1:
+                    p.error = exc1
                 p.done = True
         except BaseException as exc:
             for p in admitted:

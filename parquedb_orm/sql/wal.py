@@ -11,50 +11,56 @@ from sqlalchemy import Connection, Table, TextClause, func, select, text, union_
 
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent
+from parquedb_orm.errors import ValidationError
 from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 #: A commit's events of one namespace go to one row unless the encoded JSON exceeds
 #: this many bytes (D1 and Durable Objects cap a row at 2 MB).
 ROW_CAP_BYTES = 1_000_000
+#: the largest one event may be, as encoded JSON (a created document, an update's operands,
+#: a link's data): MariaDB's default max_allowed_packet is 16 MiB, and a D1 / Durable
+#: Objects row is capped at 2 MB (compressed), so a bigger event could not be written
+MAX_EVENT_BYTES = 8 * 2**20
 
 EVENTS: Table = EventsWal.__table__  # type: ignore[assignment]
 RELS: Table = RelsWal.__table__  # type: ignore[assignment]
 
 
-def _chunks(records: list[list[Any]]) -> Iterator[list[list[Any]]]:
-    """Split a commit's records only past the row size cap."""
-    if len(records) == 1:  # the single-op commit: one row, whatever its size
-        yield records
-        return
-    batch: list[list[Any]] = []
-    size = 0
-    for rec in records:
-        n = len(codec.dumps(rec)) if len(records) > 1000 or size else 0
-        if batch and size + n > ROW_CAP_BYTES:
-            yield batch
-            batch, size = [], 0
-        batch.append(rec)
-        size += n
-    if batch:
-        yield batch
+def _chunks(records: list[list[Any]], parts: list[str]) -> Iterator[tuple[list[list[Any]], list[str]]]:
+    """Split a commit's encoded records only past the row size cap."""
+    start, size = 0, 0
+    for i, text_ in enumerate(parts):
+        if i > start and size + len(text_) > ROW_CAP_BYTES:
+            yield records[start:i], parts[start:i]
+            start, size = i, 0
+        size += len(text_) + 1
+    if start < len(parts):
+        yield records[start:], parts[start:]
 
 
 def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
-    """Encoded rows for records already numbered (record[0] is the sequence)."""
+    """Encoded rows for records already numbered (record[0] is the sequence). Each record
+    is encoded once: its size decides the split and its text goes into the row."""
     now = datetime.now(UTC)
-    rows = []
-    for batch in _chunks(records):
-        rows.append(
-            {
-                "ns": ns,
-                "first_seq": batch[0][0],
-                "last_seq": batch[-1][0],
-                "event_count": len(batch),
-                "events": codec.encode_batch(batch),
-                "created_at": now,
-            }
-        )
-    return rows
+    parts = [codec.dumps(rec) for rec in records]
+    for rec, text_ in zip(records, parts, strict=True):
+        if len(text_) > MAX_EVENT_BYTES:
+            raise ValidationError(
+                f"an event of {ns}/{rec[3]} encodes to {len(text_):,} bytes of JSON; at most "
+                f"{MAX_EVENT_BYTES:,} (sql/wal.MAX_EVENT_BYTES, docs/limits.md): keep large blobs "
+                "outside the entity and store a reference"
+            )
+    return [
+        {
+            "ns": ns,
+            "first_seq": batch[0][0],
+            "last_seq": batch[-1][0],
+            "event_count": len(batch),
+            "events": codec.encode_json("[" + ",".join(texts) + "]"),
+            "created_at": now,
+        }
+        for batch, texts in _chunks(records, parts)
+    ]
 
 
 _COLUMNS = ("ns", "first_seq", "last_seq", "event_count", "events", "created_at")
