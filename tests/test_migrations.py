@@ -935,3 +935,39 @@ def test_pq0005_manifest_checksum_column_round_trip(engine: sa.Engine, monkeypat
     migrate.upgrade(engine)
     with engine.connect() as conn:
         assert [r.checksum for r in conn.execute(sa.select(manifest).order_by(manifest.c.first_seq))] == [None, None]
+
+
+UPGRADE_CHECKPOINTS = (
+    "pq0002:mid",
+    "pq0003:mid",
+    "pq0003:before-drop",
+    "pq0004:mid",
+    "pq0004:before-drop",
+    "pq0005:mid",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", UPGRADE_CHECKPOINTS)
+def test_an_upgrade_killed_at_any_checkpoint_completes_on_rerun(engine: sa.Engine, label: str) -> None:
+    """A process killed (os._exit, no handler runs) at each checkpoint of the upgrade from
+    the legacy layout: a re-run of the upgrade completes and loses no legacy row."""
+    import subprocess
+    import sys
+
+    seed = make_seed(n_rels=300, n_batches=8)
+    load_seed(engine, seed)
+    with engine.connect() as conn:
+        seed_snap = legacy_snapshot(conn)
+    url = engine.url.render_as_string(hide_password=False)
+    code = (
+        "import sys, sqlalchemy as sa; from parquedb_orm import migrate; migrate.upgrade(sa.create_engine(sys.argv[1]))"
+    )
+    env = {**os.environ, kit.KILL_AT_ENV: label}
+    env.pop(migrate.FAIL_AT_ENV, None)
+    proc = subprocess.run([sys.executable, "-c", code, url], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 17, f"the upgrade did not reach {label!r} ({proc.returncode}): {proc.stderr[-2000:]}"
+    engine.dispose()  # the dead process's connections are gone; start afresh
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        verify_head(conn, seed_snap)

@@ -117,7 +117,7 @@ def _entity_record_fault(rec: Any) -> str | None:
         return "actor must be a string or null"
     if op in (CREATE, UPDATE) and type(data) is not dict:
         return "data must be an object"
-    if data is not None and type(data) is not dict:
+    if op in (DELETE, RESTORE) and data is not None and type(data) is not dict:
         return "data must be an object or null"
     return None
 
@@ -125,7 +125,7 @@ def _entity_record_fault(rec: Any) -> str | None:
 def _rel_record_fault(rec: Any) -> str | None:
     if type(rec) is not list or len(rec) != 9:
         return "not a list of 9 fields"
-    seq, ts, op, from_id, predicate, to, reverse, actor, data = rec
+    seq, ts, op, from_id, predicate, to, reverse, actor, _data = rec
     if not (_is_int(seq) and _is_int(ts)):
         return "seq and ts must be integers"
     if type(op) is not str or op not in REL_OPS:
@@ -136,9 +136,7 @@ def _rel_record_fault(rec: Any) -> str | None:
         return "to must be a 'ns/id' string"
     if not (_opt_str(reverse) and _opt_str(actor)):
         return "reverse and actor must be strings or null"
-    if data is not None and type(data) is not dict:
-        return "data must be an object or null"
-    return None
+    return None  # a link's data is any stored value
 
 
 def apply_event(ns: str, state: State | None, ev: Event) -> State | None:

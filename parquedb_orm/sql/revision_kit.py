@@ -40,10 +40,17 @@ class InjectedFailure(RuntimeError):
     """Raised at a checkpoint named in $PARQUEDB_MIGRATION_FAIL_AT (tests of interrupted migrations)."""
 
 
+#: A checkpoint label at which the process dies at once (os._exit(17)): no exception
+#: handler, no rollback by the library, as a kill -9 or a power cut would (tests).
+KILL_AT_ENV = "PARQUEDB_MIGRATION_KILL_AT"
+
+
 def checkpoint(label: str) -> None:
     wanted = os.environ.get(FAIL_AT_ENV, "")
     if label in {w.strip() for w in wanted.split(",") if w.strip()}:
         raise InjectedFailure(f"failure injected at checkpoint {label!r} (${FAIL_AT_ENV})")
+    if os.environ.get(KILL_AT_ENV) == label:
+        os._exit(17)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -167,7 +167,8 @@ def event_type_problems(ev: Any) -> list[str]:
             ("to", _str),
             ("reverse", _opt_str),
             ("actor", _opt_str),
-            ("data", _opt_dict),
+            # any stored value: links migrated from the legacy layout carry lists and scalars
+            ("data", lambda v: True),
         ]
     for name, ok in checks:
         value = getattr(ev, name)
