@@ -24,7 +24,7 @@ from parquedb_orm.orm import install as orm  # noqa: E402
 
 # `pytest --hypothesis-profile=long`: the long run of tests/test_stateful.py (which uses its
 # own small counts under any other profile); registered here, before the plugin loads it
-settings.register_profile("long", max_examples=300, stateful_step_count=40, deadline=None)
+settings.register_profile("long", max_examples=200, stateful_step_count=30, deadline=None)
 
 
 def _flush_threads() -> set[threading.Thread]:
