@@ -17,9 +17,14 @@ import threading  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from parquedb_orm.engine import setup  # noqa: E402
 from parquedb_orm.orm import install as orm  # noqa: E402
+
+# `pytest --hypothesis-profile=long`: the long run of tests/test_stateful.py (which uses its
+# own small counts under any other profile); registered here, before the plugin loads it
+settings.register_profile("long", max_examples=200, stateful_step_count=30, deadline=None)
 
 
 def _flush_threads() -> set[threading.Thread]:
