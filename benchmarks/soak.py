@@ -487,7 +487,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     policy = pq.FlushPolicy(mode="background", min_events=args.min_events, max_events=args.max_events,
                             max_interval=args.max_interval)  # fmt: skip
     archive = workdir / "archive"
-    db = pq.ParqueDB(f"sqlite:///{workdir / 'store.db'}", archive=str(archive), policy=policy)
+    db = pq.ParqueDB(f"sqlite:///{workdir / 'store.db'}", archive=str(archive), policy=policy,
+                     cache_entries=args.cache_entries)  # fmt: skip
     res: dict[str, Any] = {"policy": {"mode": policy.mode, "min_events": policy.min_events,
                                       "max_events": policy.max_events, "max_interval": policy.max_interval,
                                       "compact_after": policy.compact_after}}  # fmt: skip
@@ -733,6 +734,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--strict-rss", action="store_true", help="exit 1 if the RSS is not flat")
     ap.add_argument("--history-sample", type=int, default=300, help="entities whose history is checked")
+    ap.add_argument("--cache-entries", type=int, default=None,
+                    help="the store's entity cache bound (default: the library's, 20,000); a bound the run's "
+                    "entities pass shows whether memory stays flat once every cache is full")  # fmt: skip
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for soak.md (default benchmarks/results/)")
     ap.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
