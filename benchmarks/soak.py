@@ -87,6 +87,22 @@ def arrow_mib() -> float:
     return round(pa.total_allocated_bytes() / 2**20, 1)
 
 
+def duckdb_mib() -> float:
+    """Memory DuckDB's find connection holds (its buffer pool and caches; 0 before the first
+    find): a bounded part of RSS (engine/find.py MEMORY_LIMIT)."""
+    from parquedb_orm.engine import find
+
+    con = find._db
+    if con is None:
+        return 0.0
+    cur = con.cursor()
+    try:
+        used = cur.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()[0][0]
+    finally:
+        cur.close()
+    return round(float(used) / 2**20, 1)
+
+
 def rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -307,6 +323,7 @@ def sampler(db: Any, t0: float, every: float, stop: threading.Event, series: lis
     while not stop.wait(every):
         st = db.stats()
         series.append({"t": round(time.perf_counter() - t0, 1), "rss": round(rss_mib(), 1), "arrow": arrow_mib(),
+                       "duckdb": duckdb_mib(),
                        "flushes": st["flushes"],
                        "unflushed": st["unflushed_events"],
                        "ops": sum(len(a) for s in done for a in s.lat.values())})  # fmt: skip
@@ -532,7 +549,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             time.sleep(min(1.0, deadline - now))
             if time.perf_counter() >= next_log and series:
                 s = series[-1]
-                _log(f"{s['t']:,.0f} s: {s['ops']:,} ops, RSS {s['rss']:,.1f} MiB, {s['flushes']} flushes, "
+                _log(f"{s['t']:,.0f} s: {s['ops']:,} ops, RSS {s['rss']:,.1f} MiB (DuckDB {s['duckdb']:,.1f}), "
+                     f"{s['flushes']} flushes, "
                      f"{s['unflushed']:,} unflushed")  # fmt: skip
                 next_log += 30
         stop.set()
