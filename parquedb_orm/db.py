@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from parquedb_orm.archive.flush import FlushResult
 from parquedb_orm.archive.iceberg import Iceberg
@@ -319,7 +320,7 @@ class ParqueDB:
     settings: they are read back, said once in the log ("parquedb_orm"), and a durability
     they do not give raises ConfigurationError (`pq.sqlite_settings(engine)` applies ours).
 
-    `cache_entries`: the bound of this process's entity cache, in entities (default 50,000;
+    `cache_entries`: the bound of this process's entity cache, in entities (default 20,000;
     a miss reads the entity's one Parquet piece; docs/scaling.md).
 
     `iceberg`: `pq.Iceberg(...)` publishes the archive as Apache Iceberg tables after each
@@ -358,7 +359,10 @@ class ParqueDB:
             self.engine = url_or_engine
             self._owns_engine = False
         elif isinstance(url_or_engine, str):
-            self.engine = _engine_for_url(url_or_engine, wanted)
+            try:
+                self.engine = _engine_for_url(url_or_engine, wanted)
+            except ArgumentError as exc:  # not a URL, or a dialect / driver not installed
+                raise ConfigurationError(f"cannot use {url_or_engine!r} as a database URL: {exc}") from exc
             self._owns_engine = True
         else:
             raise ConfigurationError(

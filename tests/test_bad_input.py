@@ -221,3 +221,37 @@ class TestWalRecordTypes:
             db.get("t", eid)
         assert info.value.table == "events_wal" and f"first_seq={first}" in str(info.value)
         db.close()
+
+
+class TestUnopenableDatabase:
+    """A database that cannot be opened (a missing folder, a server down, a wrong user, a
+    dialect that is not installed) is ConfigurationError naming it, not the driver's error."""
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "sqlite:////no/such/folder/s.db",
+            "postgresql+psycopg://postgres@127.0.0.1:1/test",
+            "mysql+pymysql://root@127.0.0.1:1/test",
+            "nosuch://x",
+            "postgresql+nodriver://x/y",
+        ],
+        ids=["sqlite-missing-folder", "postgresql-down", "mariadb-down", "unknown-dialect", "unknown-driver"],
+    )
+    def test_open(self, url: str) -> None:
+        with pytest.raises(pq.ConfigurationError, match=r"cannot (open the database|use)"):
+            pq.ParqueDB(url)
+
+    def test_wrong_credentials_name_the_server(self) -> None:
+        from backends import PG_ADMIN
+
+        bad = PG_ADMIN.replace("postgres@", "no_such_user_pq@", 1)
+        with pytest.raises(pq.ConfigurationError, match="cannot open the database") as info:
+            pq.ParqueDB(bad)
+        assert "no_such_user_pq" in str(info.value)
+
+    def test_enable_on_an_unopenable_engine(self) -> None:
+        engine = create_engine("sqlite:////no/such/folder/s.db")
+        with pytest.raises(pq.ConfigurationError, match="cannot open the database"):
+            pq.enable(sessionmaker(bind=engine))
+        engine.dispose()

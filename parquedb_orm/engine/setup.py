@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 
 from parquedb_orm.archive.files import Archive
@@ -162,6 +163,14 @@ def _ensure_schema_retrying(engine: Engine, mode: MigrateMode, attempts: int = 6
             time.sleep(0.05 * (2**attempt) * (1 + random.random()))
 
 
+def _unreachable(exc: sa_exc.DBAPIError) -> bool:
+    """A failure to connect (not a failed statement on a working connection)."""
+    return bool(exc.connection_invalidated) or (
+        isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+        and (getattr(exc, "statement", None) in (None, ""))
+    )
+
+
 def prepare(
     engine: Engine,
     *,
@@ -200,8 +209,19 @@ def prepare(
     ):
         raise ConfigurationError(f"cache_entries must be a positive int (entities), got {cache_entries!r}")
     # before the schema step: a refused engine is left as it was
-    check_settings(engine, wanted)
-    _ensure_schema_retrying(engine, migrate)
+    try:
+        check_settings(engine, wanted)
+        _ensure_schema_retrying(engine, migrate)
+    except sa_exc.DBAPIError as exc:
+        if not _unreachable(exc):
+            raise
+        # the database cannot be opened at all (a missing folder, a server down, bad
+        # credentials): the driver's own words, under a type the caller can catch
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"cannot open the database {where}: {str(exc.orig).strip() or type(exc.orig).__name__}. "
+            "Check the URL, that the server is running and reachable, and the credentials"
+        ) from exc
     rt = runtime_for(engine, shared=shared)
     rt.shared = rt.shared or shared
     if cache_entries is not None:
