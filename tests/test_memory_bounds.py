@@ -82,3 +82,28 @@ def test_a_large_unflushed_tail_is_packed_and_reads_the_same(tmp_path: Path, mon
         assert got is not None and (got["n"], got["late"], got["version"]) == (300, True, 5)
     finally:
         db.close()
+
+
+def test_one_hot_entity_is_not_packed_on_every_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entity being written stays loose at a pack: many unflushed updates of one entity
+    do not pack and unpack its whole history per event."""
+    from parquedb_orm.engine import state
+
+    monkeypatch.setattr(state, "TAIL_LOOSE_EVENTS", 50)
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        others = [db.create("items", {"n": i})["$id"].split("/")[1] for i in range(60)]
+        hot = db.create("items", {"n": 0})["$id"].split("/")[1]
+        with db.transaction() as tx:
+            for _ in range(2_000):
+                tx.update("items", hot, {"$inc": {"n": 1}})
+        st = db.runtime.known.peek("items")
+        assert st is not None
+        # a pack per 50 events, each skipping the hot entity (kept loose: never re-encoded)
+        assert st.tail.packed <= 2_061 // 50 + 1, st.tail.packed
+        assert type(st.tail._d[hot]) is list and len(st.tail._d[hot]) == 2_001
+        assert db.get("items", hot)["n"] == 2_000
+        assert isinstance(st.tail._d[others[0]], str)  # the others were packed
+        assert db.flush().events == 2_061
+    finally:
+        db.close()

@@ -47,11 +47,14 @@ class Tail:
     unflushed tail (a manual flush policy, a bulk of updates) costs a fifth of the memory,
     and the reads that touch one entity decode only its events."""
 
-    __slots__ = ("_d", "_loose", "packed")
+    __slots__ = ("_d", "_loose", "_next", "packed")
 
     def __init__(self) -> None:
         self._d: dict[str, list[Event] | str] = {}
         self._loose = 0  # events held as objects
+        #: pack when `_loose` passes this: the bound above what stayed loose at the last
+        #: pack, so an entity kept loose (the one being written) costs no pack per event
+        self._next = TAIL_LOOSE_EVENTS
         self.packed = 0  # times the tail was packed (tests, stats)
 
     @staticmethod
@@ -74,15 +77,22 @@ class Tail:
         else:
             evs.append(ev)
         self._loose += 1
-        if self._loose > TAIL_LOOSE_EVENTS:
-            self.pack()
+        if self._loose > max(self._next, TAIL_LOOSE_EVENTS):
+            self.pack(keep=ev.id)
 
-    def pack(self) -> None:
+    def pack(self, keep: str | None = None) -> None:
+        """Pack every entity's events but `keep`'s (the entity being written: packing it
+        would unpack it again on its next event)."""
         d = self._d
+        kept = 0
         for eid, v in d.items():
             if type(v) is list:
-                d[eid] = dumps([e.to_record() for e in v])
-        self._loose = 0
+                if eid == keep:
+                    kept = len(v)
+                else:
+                    d[eid] = dumps([e.to_record() for e in v])
+        self._loose = kept
+        self._next = kept + TAIL_LOOSE_EVENTS
         self.packed += 1
 
     def get(self, eid: str) -> list[Event]:
