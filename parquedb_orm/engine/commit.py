@@ -32,9 +32,6 @@ from parquedb_orm.sql.models import Counter
 
 log = logging.getLogger("parquedb_orm")
 
-#: a create_many of more than 1/BULK_CACHE_SHARE of the entity cache's bound is not cached
-BULK_CACHE_SHARE = 10
-
 
 class Committer:
     def __init__(
@@ -253,18 +250,17 @@ class Committer:
                     archive.publish_pending(entry.path)
                 except ArchiveError as exc:  # committed all the same: a reader or the sweep publishes it
                     log.warning("create_many file %s stays pending: %s", entry.path, exc)
-        # a large create_many is an import, not a working set: its states stay in their bulk
-        # file (a later get reads one piece of it) instead of evicting the whole cache
+        # create_many fills only the cache's free room: an import caches what fits and
+        # never evicts the working set; the rest stays in its bulk file (one piece a get)
         uncached: set[tuple[str, str]] = set()
         for entry, states in uow.bulk:
             self.archived.changed([entry], [])
             with self.lock:
                 st = self.known.ns(entry.ns)
-                if len(states) > self.known.cache.max_entries // BULK_CACHE_SHARE:
-                    uncached.update((entry.ns, eid) for eid, _s in states)
-                else:
-                    for eid, state in states:
-                        st.cache[eid] = (1, state)
+                room = max(0, self.known.cache.max_entries - len(self.known.cache))
+                for eid, state in states[:room]:
+                    st.cache[eid] = (1, state)
+                uncached.update((entry.ns, eid) for eid, _s in states[room:])
                 self.archived.bulk_created(entry.ns, states)
         with self.lock:
             before: dict[tuple[str, str], Versioned | None] = {}
