@@ -42,9 +42,7 @@ BACKENDS = [
 MODES = [pytest.param(False, id="single-owner"), pytest.param(True, id="shared")]
 
 
-def create_in_process(
-    url: str, shared: bool, tag: str, count: int, barrier: Any, results: Any, ns: str = NS
-) -> None:
+def create_in_process(url: str, shared: bool, tag: str, count: int, barrier: Any, results: Any, ns: str = NS) -> None:
     """Worker body (top level, so "spawn" can import it): open the store, wait for the
     others, create `count` entities in separate commits, report the ids."""
     try:
@@ -69,20 +67,26 @@ def run_workers(url: str, shared: bool, counts: dict[str, int], ns: str = NS) ->
         ctx.Process(target=create_in_process, args=(url, shared, tag, n, barrier, results, ns), name=f"pq-{tag}")
         for tag, n in counts.items()
     ]
+    return collect(procs, results)
+
+
+def collect(procs: list[Any], results: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Start spawned workers that each put (tag, value, error) on `results`; their values by
+    tag, after every worker exited cleanly (a failure or a timeout fails the test)."""
     for p in procs:
         p.start()
-    out: dict[str, list[str]] = {}
+    out: dict[str, Any] = {}
     errors: list[str] = []
     try:
         for _ in procs:
             try:
-                tag, ids, error = results.get(timeout=TIMEOUT)
+                tag, value, error = results.get(timeout=timeout)
             except queue.Empty:
-                errors.append(f"no result within {TIMEOUT:.0f} s")
+                errors.append(f"no result within {timeout:.0f} s")
                 break
             if error:
                 errors.append(f"--- worker {tag} failed:\n{error}")
-            out[tag] = ids
+            out[tag] = value
     finally:
         for p in procs:
             p.join(timeout=30)
@@ -119,8 +123,11 @@ def test_ids_unique_across_restart_and_concurrent_processes(
     url = url_of(request.node.callspec.params["engine"], tmp_path)
     # this process creates some and closes its store (its unused reserved ids are dropped) ...
     with pq.ParqueDB(url, shared=shared) as first:
-        made = {"first": [first.create(NS, {"name": f"first-{i}", "worker": "first", "i": i})["$id"]
-                          for i in range(FIRST_RUN)]}
+        made = {
+            "first": [
+                first.create(NS, {"name": f"first-{i}", "worker": "first", "i": i})["$id"] for i in range(FIRST_RUN)
+            ]
+        }
     # ... then four new processes create at the same time
     made.update(run_workers(url, shared, {f"w{i}": PER_WORKER for i in range(WORKERS)}))
     every = [ref for ids in made.values() for ref in ids]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import queue
 import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_processes import collect
 
 import parquedb_orm as pq
 from parquedb_orm import db as dbmod
@@ -145,28 +145,7 @@ def test_four_processes_increment_one_counter(tmp_path: Path) -> None:
         ctx.Process(target=inc_in_process, args=(url, eid, f"w{i}", PER_WORKER, barrier, results), name=f"pq-w{i}")
         for i in range(WORKERS)
     ]
-    for p in procs:
-        p.start()
-    gave_up: dict[str, int] = {}
-    errors: list[str] = []
-    try:
-        for _ in procs:
-            try:
-                tag, n, error = results.get(timeout=TIMEOUT)
-            except queue.Empty:
-                errors.append(f"no result within {TIMEOUT:.0f} s")
-                break
-            if error:
-                errors.append(f"--- worker {tag} failed:\n{error}")
-            gave_up[tag] = n
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    assert not errors, "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    gave_up = collect(procs, results, TIMEOUT)
     assert gave_up == {f"w{i}": 0 for i in range(WORKERS)}, gave_up
     with pq.ParqueDB(url) as db:
         got = db.get(NS, eid)
