@@ -146,10 +146,41 @@ def test_point_lookup_reads_one_row_group(archive: Archive, reads: Reads) -> Non
     got = ar.lookup(None, NS, [all_ids[9999], all_ids[9998], "nothere"])  # type: ignore[arg-type]
     assert set(got) == {all_ids[9999], all_ids[9998]}
     assert reads.pieces == 1 and reads.footers == 0
-    # several ids in several pieces: each piece read once, in one call per file
+    # several ids in several pieces: each piece read once, in one call per file; the piece
+    # of 4321 (4,096-5,119, where 5000 and 5001 are too) comes from the piece cache
     reads.reset()
     got = ar.lookup(None, NS, [all_ids[0], all_ids[1], all_ids[5000], all_ids[5001]])  # type: ignore[arg-type]
-    assert len(got) == 4 and reads.pieces == 2 and len(reads.groups) == 1
+    assert len(got) == 4 and reads.pieces == 1 and len(reads.groups) == 1
+    assert got[all_ids[5001]] == (1, 5, state(all_ids[5001], 1, n=5001))
+    # a neighbour in a cached piece: no read at all
+    reads.reset()
+    assert ar.lookup(None, NS, [all_ids[4500]])[all_ids[4500]] == (1, 5, state(all_ids[4500], 1, n=4500))  # type: ignore[arg-type]
+    assert reads.pieces == 0
+
+
+def test_piece_cache_is_bounded(archive: Archive, reads: Reads) -> None:
+    all_ids = ids(3_000)
+    base = write_entities(
+        archive, "base-000000000001-000000003000.parquet", [(e, 1, state(e, 1, n=i), 5) for i, e in enumerate(all_ids)]
+    )
+    none = reader(archive, [base], max_piece_bytes=0)  # no room: every get reads its piece
+    for _ in range(2):
+        reads.reset()
+        assert none.lookup(None, NS, [all_ids[10]])  # type: ignore[arg-type]
+        assert reads.pieces == 1
+    one = reader(archive, [base])
+    one.lookup(None, NS, [all_ids[10]])  # type: ignore[arg-type]
+    size = one._piece_bytes
+    assert size > 0
+    small = reader(archive, [base], max_piece_bytes=size)  # room for one piece: the oldest goes
+    for i in (10, 1500, 2500):
+        small.lookup(None, NS, [all_ids[i]])  # type: ignore[arg-type]
+        assert small._piece_bytes <= size and len(small._piece_cache) == 1
+    reads.reset()
+    small.lookup(None, NS, [all_ids[2600]])  # type: ignore[arg-type]
+    assert reads.pieces == 0  # the newest piece stayed
+    small.lookup(None, NS, [all_ids[11]])  # type: ignore[arg-type]
+    assert reads.pieces == 1  # the first was evicted
 
 
 def test_footer_cache_is_bounded(archive: Archive, reads: Reads) -> None:

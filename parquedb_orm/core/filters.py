@@ -14,7 +14,10 @@ a value is refused with a typed error, never matched.
 
 from __future__ import annotations
 
+import heapq
+import operator
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -163,6 +166,98 @@ def matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
         elif not _match(_values(doc, key.split(".")), cond):
             return False
     return True
+
+
+Test = Callable[[dict[str, Any]], bool]
+Check = Callable[[list[Any]], bool]
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
+
+
+def compile_filter(flt: dict[str, Any]) -> Test:
+    """`matches(doc, flt)` as one function built once (a find tests every entity of a
+    namespace: interpreting the filter dict per document cost ~7 µs a document). Same
+    semantics: every branch ends in the same helpers `matches` uses."""
+    tests: list[Test] = []
+    for key, cond in flt.items():
+        if key in ("$and", "$or", "$nor"):
+            subs = [compile_filter(sub) for sub in cond]
+            tests.append(_all(subs) if key == "$and" else _any(subs) if key == "$or" else _negate(_any(subs)))
+        elif key == "$not":
+            tests.append(_negate(compile_filter(cond)))
+        else:
+            tests.append(_compile_field(key, cond))
+    if len(tests) == 1:
+        return tests[0]
+    return _all(tests)
+
+
+def _all(tests: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    return lambda x: all(t(x) for t in tests)
+
+
+def _any(tests: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    return lambda x: any(t(x) for t in tests)
+
+
+def _negate(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda x: not test(x)
+
+
+def _compile_field(key: str, cond: Any) -> Test:
+    check = _compile_cond(cond)
+    parts = key.split(".")
+    if len(parts) == 1:
+        # _values(doc, [key]) of a document: [doc[key]] or [_MISSING]
+        return lambda d: check([d.get(key, _MISSING)])
+    return lambda d: check(_values(d, parts))
+
+
+def _compile_op(op: str, arg: Any) -> Check:
+    if op == "$eq":
+        return lambda values: _eq(values, arg)
+    if op == "$ne":
+        return lambda values: not _eq(values, arg)
+    if op in _RANGE:
+        return _compile_range(op, arg)
+    if op == "$in":
+        return lambda values: any(_eq(values, item) for item in arg)
+    if op == "$nin":
+        return lambda values: not any(_eq(values, item) for item in arg)
+    if op == "$exists":
+        return lambda values: any(v is not _MISSING for v in values) == bool(arg)
+    if op == "$not":
+        return _negate(_compile_cond(arg))
+    raise UnknownOperatorError(f"unknown filter operator {op!r}; supported: {sorted(FIELD_OPERATORS)}")
+
+
+def _compile_cond(cond: Any) -> Check:
+    if not _is_operators(cond):
+        return lambda values: _eq(values, cond)
+    checks = [_compile_op(op, arg) for op, arg in cond.items()]
+    return checks[0] if len(checks) == 1 else _all(checks)
+
+
+def _compile_range(op: str, target: Any) -> Check:
+    if target is None or type(target) not in (int, float):
+        return lambda values: _range(values, target, op)
+    compare = _OPS[op]
+
+    def check(values: list[Any]) -> bool:
+        for value in values:
+            kind = type(value)
+            if kind is int or kind is float:  # a number against a number: _cmp's answer
+                if compare(value, target):
+                    return True
+            elif _cmp(value, target, op) or (isinstance(value, list) and any(_cmp(i, target, op) for i in value)):
+                return True
+        return False
+
+    return check
 
 
 def validate_filter(flt: object, _depth: int = 0) -> dict[str, Any]:
@@ -357,6 +452,51 @@ def validate_sort(sort: object) -> list[tuple[str, int]]:
             raise ValidationError(f"sort direction for {key!r} must be 1 or -1, got {direction!r}")
         out.append((key, direction))
     return out
+
+
+def _order_key(sort: list[tuple[str, int]]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    keys = [key for key, _direction in sort]
+    return lambda d: tuple(_sort_key(_resolve(d, key)) for key in keys)
+
+
+def page(
+    docs: list[dict[str, Any]],
+    sort: list[tuple[str, int]],
+    skip: int,
+    limit: int | None,
+    creation: Callable[[dict[str, Any]], Any],
+    created: Callable[[dict[str, Any]], Any],
+) -> list[dict[str, Any]]:
+    """`docs` in creation order (`creation`, a costly key), then stably by `sort`, sliced
+    `[skip:skip + limit]`. With a limit only the documents that can reach the page get the
+    costly key: those ordered before or level with the page's last one by `sort` (or by
+    `created`, the cheap first part of `creation`, when there is no sort). The answer is
+    the full sort's."""
+    if limit is not None and skip + limit < len(docs):
+        want = skip + limit
+        if want == 0:
+            return []
+        directions = {direction for _key, direction in sort}
+        if len(directions) <= 1:
+            if len(sort) == 1 and "." not in sort[0][0]:
+                field = sort[0][0]
+                keys = [d.get(field, _MISSING) for d in docs]
+                if not all(type(k) is int or type(k) is float for k in keys):
+                    keys = [(_sort_key(k),) for k in keys]
+                # else plain numbers: ordered among themselves as their _sort_key tuples are
+            elif sort:
+                keyf = _order_key(sort)
+                keys = [keyf(d) for d in docs]
+            else:
+                keys = [(created(d),) for d in docs]
+            descending = directions == {-1}
+            pick = heapq.nlargest if descending else heapq.nsmallest
+            edge = keys[pick(want, range(len(docs)), key=keys.__getitem__)[-1]]
+            docs = [d for d, k in zip(docs, keys, strict=True) if (k >= edge if descending else k <= edge)]
+    docs.sort(key=creation)
+    if sort:
+        docs = sort_docs(docs, sort)
+    return docs[skip:] if limit is None else docs[skip : skip + limit]
 
 
 def sort_docs(docs: list[dict[str, Any]], sort: list[tuple[str, int]]) -> list[dict[str, Any]]:

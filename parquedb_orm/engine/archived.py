@@ -7,11 +7,14 @@ does not start with `base-`) by `last_seq` descending, then base files (compacti
 the bulk file whose id-number range holds it. Inside a file only the row groups whose
 `number` min/max covers the id are read, and of them only id/version/seq/state/types.
 
-Caches hold no states: per file, the min/max of its key column per row group (bounded
-by `max_footers` files), its parsed footer (bounded by `max_footer_bytes`), and for
+Caches hold no decoded states: per file, the min/max of its key column per row group
+(bounded by `max_footers` files), its parsed footer (bounded by `max_footer_bytes`), for
 deltas the set of their ids (bounded by `max_delta_ids` ids in all; a delta beyond that
-is probed by its row-group ranges instead). A listed path never changes, so none of these
-go stale, in shared mode either; only manifest lists are re-read there.
+is probed by its row-group ranges instead), and the pieces point reads fetched, as the
+Arrow columns read (bounded by `max_piece_bytes`: a get of a neighbour in the same piece
+then costs a filter and one decode, not another ~1 ms read of the file). A listed path
+never changes, so none of these go stale, in shared mode either; only manifest lists are
+re-read there.
 """
 
 from __future__ import annotations
@@ -57,18 +60,22 @@ class ArchivedReads:
         max_footers: int = 1024,
         max_footer_bytes: int = 32 << 20,
         max_delta_ids: int = 1_000_000,
+        max_piece_bytes: int = 16 << 20,
     ) -> None:
         """`max_footers`: files whose row-group ranges stay cached (16 bytes a row group
         of an entities file); `max_footer_bytes`: parsed Parquet footers kept, by their
         serialized size (a footer kept saves re-reading it before each piece);
         `max_delta_ids`: ids of delta files held as id sets, all deltas together (8 bytes
-        an id)."""
+        an id); `max_piece_bytes`: point-read pieces kept (their Arrow buffers)."""
         self.known = known
         self.lock = known.lock
         self.archive = archive
         self.max_footers = max_footers
         self.max_footer_bytes = max_footer_bytes
         self.max_delta_ids = max_delta_ids
+        self.max_piece_bytes = max_piece_bytes
+        self._piece_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._piece_bytes = 0
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
         #: the whole manifest was read (preload) and every change since applied (`changed`)
         self._complete = False
@@ -210,6 +217,46 @@ class ArchivedReads:
         assert self.archive is not None
         return self.archive.read_row_groups(entry.path, groups, columns, metadata=metadata, check=Check.of(entry))
 
+    def _point_pieces(self, entry: manifest.Entry, groups: list[int], metadata: Any) -> Any:
+        """The point columns of these row groups, from the piece cache where it has them."""
+        import pyarrow as pa
+
+        if metadata is None and len(groups) > 1:  # no row counts to cut the read into pieces
+            return self._pieces(entry, groups, _POINT_COLUMNS, metadata)
+        path = entry.path
+        got: dict[int, Any] = {}
+        with self.lock:
+            for g in groups:
+                hit = self._piece_cache.get((path, g))
+                if hit is not None:
+                    self._piece_cache.move_to_end((path, g))
+                    got[g] = hit
+        missing = [g for g in groups if g not in got]
+        if missing:
+            table = self._pieces(entry, missing, _POINT_COLUMNS, metadata)
+            parts: dict[int, Any] = {}
+            if len(missing) == 1:
+                parts[missing[0]] = table
+            else:
+                offset = 0
+                for g in missing:
+                    rows = metadata.row_group(g).num_rows
+                    parts[g] = table.slice(offset, rows)
+                    offset += rows
+            got.update(parts)
+            with self.lock:
+                for g, part in parts.items():
+                    size = part.nbytes
+                    if size > self.max_piece_bytes or (path, g) in self._piece_cache:
+                        continue
+                    self._piece_cache[(path, g)] = part
+                    self._piece_bytes += size
+                while self._piece_bytes > self.max_piece_bytes and self._piece_cache:
+                    _k, old = self._piece_cache.popitem(last=False)
+                    self._piece_bytes -= old.nbytes
+        tables = [got[g] for g in groups]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
     def rows_by_number(self, entry: manifest.Entry, numbers: Iterable[int], columns: list[str]) -> Any:
         """The rows of an entities file whose `number` is one of `numbers`, reading only the
         pieces that can hold them (cached footer), as an Arrow table of `columns` (which
@@ -311,7 +358,7 @@ class ArchivedReads:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        table = self._pieces(entry, sorted(groups), _POINT_COLUMNS, metadata)
+        table = self._point_pieces(entry, sorted(groups), metadata)
         table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(probe, pa.string())))
         assert self.archive is not None
         with self.archive.decoding(entry.path):

@@ -99,11 +99,17 @@ class Reads:
             with self.lock:
                 if st.epoch != epoch:
                     continue
+                # an entity with unflushed events is folded once, when it is read or
+                # written, and cached: fold it here only if it is not cached (the cache is
+                # current: a single owner's commits, or shared mode's tail just refreshed)
+                tail, cache = st.tail, st.cache
                 seen: dict[str, Versioned] = {}
                 for eid, (version, seq, state) in archived.items():
-                    seen[eid] = fold(ns, (version, state), st.tail.get(eid), seq)
-                for eid, evs in st.tail.items():
+                    if eid in tail:
+                        seen[eid] = cache.get(eid) or fold(ns, (version, state), tail.get(eid), seq)
+                    else:
+                        seen[eid] = (version, state)
+                for eid in tail:
                     if eid not in seen:
-                        base = st.tail_base.get(eid, (0, None))
-                        seen[eid] = fold(ns, base, evs, 0)
+                        seen[eid] = cache.get(eid) or fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)
                 return seen

@@ -34,7 +34,7 @@ from parquedb_orm.core.events import (
     public,
     us_to_dt,
 )
-from parquedb_orm.core.filters import matches, sort_docs, validate_filter, validate_sort
+from parquedb_orm.core.filters import compile_filter, page, validate_filter, validate_sort
 from parquedb_orm.core.ids import check_id, check_namespace, decode_id, encode_id, split_ref
 from parquedb_orm.core.operators import LINK_OPERATORS, validate_update
 from parquedb_orm.core.unit import UnitOfWork
@@ -100,6 +100,14 @@ def _refs(value: object, op: str) -> list[str]:
     for item in items:
         split_ref(item)
     return items  # type: ignore[return-value]
+
+
+def _created(d: State) -> Any:
+    return d["createdAt"]
+
+
+def _creation(d: State) -> tuple[Any, int, str]:
+    return (d["createdAt"], decode_id(d["$id"].split("/", 1)[1]) or 0, d["$id"])
 
 
 class Store:
@@ -338,19 +346,14 @@ class Store:
         else:
             states = {eid: v[1] for eid, v in self._rt.reads.committed_all(conn, ns).items()}
         states.update(own)
-        docs = []
-        for st in states.values():
-            if st is None or ("deletedAt" in st and not include_deleted):
-                continue
-            if matches(st, flt):
-                docs.append(st)
+        test = compile_filter(flt)
+        docs = [
+            st for st in states.values() if st is not None and (include_deleted or "deletedAt" not in st) and test(st)
+        ]
         # creation order first (createdAt, then the id number: ids are issued in order; then
         # the id, for key ids), so ties of an explicit sort come out the same whichever path
         # found the documents
-        docs.sort(key=lambda d: (d["createdAt"], decode_id(d["$id"].split("/", 1)[1]) or 0, d["$id"]))
-        if order:
-            docs = sort_docs(docs, order)
-        docs = docs[skip:] if limit is None else docs[skip : skip + limit]
+        docs = page(docs, order, skip, limit, _creation, _created)
         return [copy.deepcopy(d) for d in docs]
 
     # ------------------------------------------------------------------ relationships

@@ -216,6 +216,12 @@ def check_filter(value: Any) -> None:
     out = _guard("filters", value, "matches", lambda: filters.matches(doc, res), (ParqueDBError,))
     if not isinstance(out, (bool, ParqueDBError)):
         raise Violation("filters", f"matches returned {out!r}", value)
+    if isinstance(out, bool):  # the compiled form find uses must agree with the interpreter
+        compiled = _guard(
+            "filters", value, "compile_filter", lambda: filters.compile_filter(res)(doc), (ParqueDBError,)
+        )
+        if compiled is not out:
+            raise Violation("filters", f"compile_filter gave {compiled!r}, matches gave {out!r}", value)
     for plain in (False, True):  # the archive's DuckDB translation of the same filter
         sql = _guard(
             "filters", value, "pushdown.to_sql", lambda p=plain: pushdown.to_sql(res, plain=p), (ParqueDBError,)
