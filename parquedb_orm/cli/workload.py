@@ -21,7 +21,7 @@ import random
 import sqlite3
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, create_engine, event
 
@@ -198,8 +198,9 @@ def _faithful_meter() -> Any:
     from types import SimpleNamespace
 
     # its constructor reads engine.dialect.name; then the Engine class: every engine of the process
-    exact = parquedb_meter.EngineMeter(SimpleNamespace(dialect=SimpleNamespace(name="sqlite")), max_records=0)
-    exact.engine = Engine
+    fake: Any = SimpleNamespace(dialect=SimpleNamespace(name="sqlite"))
+    exact = parquedb_meter.EngineMeter(fake, max_records=0)
+    exact.engine = cast(Any, Engine)
     return exact.install()
 
 

@@ -253,6 +253,9 @@ class Known:
         self.commits = 0
 
     def ns(self, name: str) -> NsState:
+        st = self._ns.get(name)  # a dict read is atomic: the lock only guards creating one
+        if st is not None:
+            return st
         with self.lock:
             st = self._ns.get(name)
             if st is None:
