@@ -58,9 +58,12 @@ How the lines are made fair:
   table order, each time on a fresh database, and reports the median rate and the range:
   a slow minute of the shared machine then hits every line alike.
 - **What is counted.** Statements and rows come from a separate metered pass of
-  ``--metered-ops`` ops (default 200; threads and processes as in the timed pass) right
-  after the timed pass of the first round, on the same store: the meter's per-statement callback would slow
-  the timed pass (the output prints by how much), so no meter is attached while timing.
+  ``--metered-ops`` ops (default 200; threads and processes as in the timed pass) after
+  every timed round, on a fresh store of the same line, in spawned processes: the
+  meter's per-statement callback would slow the timed pass (the output prints by how
+  much), and a listener once added to SQLAlchemy's ``Engine`` class leaves every engine
+  of that process dispatching events for good, so no meter is ever attached in the
+  process that times.
   A statement is one DBAPI ``execute`` / ``executemany``; BEGIN and COMMIT are not
   counted, on any line. On SQLite rows read / written are libSQL's counters (the faithful
   meter: the whole run re-executes itself under ``parquedb_meter.metered_env()``, so every
@@ -667,8 +670,11 @@ def _run_threads(wl: Workload, threads: int, ids: Iterator[int], *, seconds: flo
 
 
 def drive(wl: Workload, spec: Spec, cfg: Config, metered: bool, barrier: _Waiter | None = None) -> Measured:
-    """Warm-up, the timed pass, then (`metered`) the metered pass, on one opened workload.
-    An error says in which of them it happened."""
+    """Warm-up, then the timed pass or (`metered`) the metered pass, on one opened
+    workload. Never both in one process: a listener once added to SQLAlchemy's `Engine`
+    class leaves every engine's dispatch on for good (`_has_events` is never reset), which
+    would slow every later timed line, Core's and parquedb-orm's alike. An error says in
+    which of them it happened."""
     ids = itertools.count(1)
     phase = "warm-up"
     try:
@@ -677,10 +683,10 @@ def drive(wl: Workload, spec: Spec, cfg: Config, metered: bool, barrier: _Waiter
         gc.collect()
         if barrier is not None:
             barrier.wait(BARRIER_TIMEOUT)
-        phase = "timed pass"
-        res.ops, res.seconds = _run_threads(wl, spec.threads, ids, seconds=cfg.seconds)
-        res.rate = res.ops / res.seconds
         if not metered:
+            phase = "timed pass"
+            res.ops, res.seconds = _run_threads(wl, spec.threads, ids, seconds=cfg.seconds)
+            res.rate = res.ops / res.seconds
             return res
         if barrier is not None:
             barrier.wait(BARRIER_TIMEOUT)
@@ -720,8 +726,9 @@ def _worker(spec: Spec, target: Target, payload_: Payload, worker: int, cfg: Con
 
 
 def run_line(spec: Spec, target: Target, payload_: Payload, cfg: Config, metered: bool) -> Measured:
-    """One round of one line: in this process, or in `spec.processes` spawned ones."""
-    if spec.processes == 1:
+    """One round of one line: in this process, or in `spec.processes` spawned ones. A
+    metered pass always runs in spawned processes (see `drive`)."""
+    if spec.processes == 1 and not metered:
         wl = open_workload(spec, target, payload_, 0)
         try:
             return drive(wl, spec, cfg, metered)
@@ -811,8 +818,8 @@ def render(rows: list[Row], header: list[str], cfg: Config) -> str:
             continue
         faithful_backend = s.backend == "sqlite"
         ops = max(m.metered_ops, 1)
-        if m.metered_seconds and m.rates and m.rates[0]:  # the metered pass ran in round 1
-            slowdowns.append(1 - (m.metered_ops / m.metered_seconds) / m.rates[0])
+        if m.metered_seconds and m.rate:
+            slowdowns.append(1 - (m.metered_ops / m.metered_seconds) / m.rate)
         out.append(
             f"| {s.label} | {s.backend} | {where} | {m.rate:,.0f} "
             + (f"| {min(m.rates):,.0f}-{max(m.rates):,.0f} " if spread else "")
@@ -831,14 +838,15 @@ def render(rows: list[Row], header: list[str], cfg: Config) -> str:
     )
     meter_note = (
         f" The meter slows a line by up to {100 * max(slowdowns):.0f}% (median "
-        f"{100 * statistics.median(slowdowns):.0f}%; metered pass vs timed pass of the same round), which is why "
+        f"{100 * statistics.median(slowdowns):.0f}%; metered pass vs the line's timed pass), which is why "
         "it is kept out of the timed pass."
         if slowdowns
         else ""
     )
     out.append(
         f"- statements and rows per op: a separate metered pass of {cfg.metered_ops} ops per line (all its "
-        "threads / processes together) right after the timed pass, on the same store." + meter_note + " A "
+        "threads / processes together) after the timed rounds, on a fresh store of the line, in a process "
+        "of its own." + meter_note + " A "
         "statement is one DBAPI execute; BEGIN / COMMIT are not counted. Id blocks (one counter UPDATE per "
         "100 creates, on the store's side engine) are included, hence fractions."
     )
@@ -1023,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"... round {rnd + 1}/{cfg.rounds}: {row.spec.key}", file=sys.stderr, flush=True)
                 try:
                     target = prepare_target(row.spec, root, payload_, admin)
-                    m = run_line(row.spec, target, payload_, cfg, metered=rnd == 0)
+                    m = run_line(row.spec, target, payload_, cfg, metered=False)
                 except Exception as exc:
                     failed = True
                     first = (str(exc).strip().splitlines() or [""])[0].replace("|", "/")
@@ -1033,6 +1041,20 @@ def main(argv: list[str] | None = None) -> int:
                     row.measured = m
                 row.measured.rates.append(m.rate)
                 row.measured.rate = statistics.median(row.measured.rates)
+        for row in rows:  # the counts: one metered pass per line, on a fresh store, in its own process(es)
+            if row.error is not None or row.measured is None:
+                continue
+            print(f"... metered pass: {row.spec.key}", file=sys.stderr, flush=True)
+            try:
+                target = prepare_target(row.spec, root, payload_, admin)
+                m = run_line(row.spec, target, payload_, cfg, metered=True)
+            except Exception as exc:
+                failed = True
+                first = (str(exc).strip().splitlines() or [""])[0].replace("|", "/")
+                row.measured, row.error = None, f"{type(exc).__name__}: {first[:240]}"
+                continue
+            row.measured.counts = m.counts
+            row.measured.metered_ops, row.measured.metered_seconds = m.metered_ops, m.metered_seconds
         sqlite_settings = {r.measured.settings for r in rows if r.measured is not None and r.spec.backend == "sqlite"}
         if sqlite_settings:
             same = "yes" if sqlite_settings == {"wal/NORMAL"} else f"NO: {sorted(sqlite_settings)}"

@@ -216,16 +216,16 @@ class Relationships:
         """Every committed LINK/UNLINK from `ns/entity_id`, in sequence order: the pruned
         archived rows, then the unflushed ones (read first: a flush in between moves
         events from the tail to a file this then lists)."""
-        tail = [ev for ev in self._tail(conn, ns) if ev.from_id == entity_id]
+        tail = self._tail(conn, ns, source=entity_id)
         return _merge(self.archived.rel_events_of(conn, ns, entity_id), tail)
 
     def inbound_events(self, conn: Connection, ref: str) -> list[tuple[str, RelEvent]]:
         """Every committed LINK/UNLINK whose target is `ref`, whatever namespace filed it:
         (namespace, event), each namespace's in sequence order."""
-        tails = self._tails(conn)
+        tails = self._tails(conn, target=ref)
         per_ns: dict[str, tuple[list[RelEvent], list[RelEvent]]] = {}
         for ns, evs in tails.items():
-            per_ns[ns] = ([], [ev for ev in evs if ev.to == ref])
+            per_ns[ns] = ([], evs)
         if self.archived.archive is not None:
             for entry in self._all_rels_files(conn):
                 found = self._inbound_of_file(entry.path, ref, Check.of(entry))
@@ -234,28 +234,40 @@ class Relationships:
         return [(ns, ev) for ns in sorted(per_ns) for ev in _merge(*per_ns[ns])]
 
     # ------------------------------------------------------------------ the parts
-    def _tail(self, conn: Connection, ns: str) -> list[RelEvent]:
-        """One namespace's unflushed relationship events (memory, or its WAL rows in shared mode)."""
+    def _tail(self, conn: Connection, ns: str, *, source: str) -> list[RelEvent]:
+        """One namespace's unflushed relationship events from `source` (memory, or its WAL
+        rows in shared mode)."""
         if self.known.shared:
             rows = wal.read_unflushed(conn, wal.RELS, ns, rseq_key(ns))
-            return [ev for first, _l, recs in rows for ev in wal.decode_rel_events(wal.RELS, ns, first, recs)]
+            evs = [ev for first, _l, recs in rows for ev in wal.decode_rel_events(wal.RELS, ns, first, recs)]
+            return [ev for ev in evs if ev.from_id == source]
         self.ensure(conn)
         with self.lock:
             st = self.known.peek(ns)
-            return [] if st is None else list(st.rel_tail)
+            return [] if st is None else st.rel_tail.of_source(source)
 
-    def _tails(self, conn: Connection) -> dict[str, list[RelEvent]]:
-        """Every namespace's unflushed relationship events (shared mode: one statement)."""
+    def _tails(self, conn: Connection, *, target: str) -> dict[str, list[RelEvent]]:
+        """Every namespace's unflushed relationship events to `target` (shared mode: one
+        statement)."""
         if self.known.shared:
             names = self.known.namespaces(conn)
             rows = wal.read_many(conn, wal.RELS, [(n, None, rseq_key(n)) for n in names])
             return {
-                n: [ev for first, _l, recs in ns_rows for ev in wal.decode_rel_events(wal.RELS, n, first, recs)]
+                n: [
+                    ev
+                    for first, _l, recs in ns_rows
+                    for ev in wal.decode_rel_events(wal.RELS, n, first, recs)
+                    if ev.to == target
+                ]
                 for n, ns_rows in rows.items()
             }
         self.ensure(conn)
         with self.lock:
-            return {n: list(st.rel_tail) for n in self.known.names() if (st := self.known.peek(n)) and st.rel_tail}
+            return {
+                n: st.rel_tail.of_target(target)
+                for n in self.known.names()
+                if (st := self.known.peek(n)) and st.rel_tail
+            }
 
     def _all_rels_files(self, conn: Connection) -> list[manifest.Entry]:
         """Every namespace's rels files: one manifest statement (a single owner's first use

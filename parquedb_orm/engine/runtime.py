@@ -128,7 +128,7 @@ class Runtime:
                     if counters is not None:
                         counters[seq_key(ns)] = ev_mark
                 if rel_mark:
-                    st.rel_tail = [r for r in st.rel_tail if r.seq > rel_mark]
+                    st.rel_tail.trim(rel_mark)
                     if counters is not None:
                         counters[rseq_key(ns)] = rel_mark
                 total += n_ev + n_rel

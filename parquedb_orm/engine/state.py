@@ -226,7 +226,42 @@ class NsState:
     rel_tail_max: int = 0
     #: relationship events in the WAL above the flushed mark, in sequence order (valid
     #: while the relationship index is loaded)
-    rel_tail: list[RelEvent] = field(default_factory=list)
+    rel_tail: RelTail = field(default_factory=lambda: RelTail())
+
+
+class RelTail:
+    """A namespace's unflushed relationship events in sequence order, indexed by source id
+    and by target ref: `related` of one entity looks up its own events instead of
+    scanning every unflushed link (10,000 links: ~1 ms a call)."""
+
+    def __init__(self) -> None:
+        self._events: list[RelEvent] = []
+        self._from: dict[str, list[RelEvent]] = {}
+        self._to: dict[str, list[RelEvent]] = {}
+
+    def append(self, ev: RelEvent) -> None:
+        self._events.append(ev)
+        self._from.setdefault(ev.from_id, []).append(ev)
+        self._to.setdefault(ev.to, []).append(ev)
+
+    def trim(self, mark: int) -> None:
+        """Drop the events at or below `mark` (flushed)."""
+        kept = [ev for ev in self._events if ev.seq > mark]
+        self._events, self._from, self._to = [], {}, {}
+        for ev in kept:
+            self.append(ev)
+
+    def of_source(self, entity_id: str) -> list[RelEvent]:
+        return list(self._from.get(entity_id, ()))
+
+    def of_target(self, ref: str) -> list[RelEvent]:
+        return list(self._to.get(ref, ()))
+
+    def __iter__(self) -> Iterator[RelEvent]:
+        return iter(self._events)
+
+    def __len__(self) -> int:
+        return len(self._events)
 
 
 def fold(ns: str, base: Versioned, events: list[Event], after_seq: int) -> Versioned:
