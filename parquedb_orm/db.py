@@ -470,8 +470,15 @@ class ParqueDB:
 
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            with self.transaction() as tx:
-                return fn(tx, *args, **kwargs)
+            # transaction()'s steps without its generator (the single-op path: every µs counts)
+            tx = _Transaction(self)
+            try:
+                out = fn(tx.store, *args, **kwargs)
+            except BaseException:
+                tx.end(commit=False)
+                raise
+            tx.end(commit=True)
+            return out
         except VersionConflictError:
             if kwargs.get("expected_version") is not None:
                 raise
