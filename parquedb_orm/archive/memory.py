@@ -60,20 +60,68 @@ BACKEND = _choose_pool()
 import pyarrow as pa  # noqa: E402  (after the pool is chosen)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        fn = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _malloc_trim(libc: ctypes.CDLL | None) -> Callable[[int], int] | None:
+    try:
+        fn = libc.malloc_trim if libc is not None else None
+    except AttributeError:  # not glibc (musl, macOS): nothing to trim
+        return None
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
     return fn
 
 
-_trim = _malloc_trim()
+#: glibc's mallopt parameters (malloc.h) and the values fixed at import: glibc's own
+#: initial ones (128 KiB)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+THRESHOLD_BYTES = 128 * 1024
+#: what a user sets to choose glibc's thresholds (or its dynamic ones) themselves
+_GLIBC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def _fix_thresholds(libc: ctypes.CDLL | None) -> bool:
+    """Keep glibc's mmap and trim thresholds at their initial 128 KiB (unless the user set
+    them): returns whether they were fixed.
+
+    glibc raises both for good the first time a block it had mmap'd is freed: the mmap
+    threshold to that block's size, the trim threshold to twice that (up to 32 / 64 MiB).
+    After that, blocks below the new threshold come from the arenas, and a thread arena
+    keeps up to the trim threshold of free memory at its top, which `malloc_trim` does not
+    hand back (it trims only the main arena's top). Measured in the soak
+    (benchmarks/results/soak.md): glibc's free-but-kept memory grew from 22 to 102 MiB
+    over 420 s of 12 threads; with the thresholds fixed it stays near 30 MiB. A block of
+    128 KiB or more is then mmap'd and unmapped at its free, as before the first raise.
+    """
+    if libc is None or any(v in os.environ for v in _GLIBC_VARS):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = libc.mallopt
+    except AttributeError:  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # the mmap threshold first: setting either turns glibc's dynamic thresholds off
+    return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+
+
+_c = _libc()
+_trim = _malloc_trim(_c)
+#: glibc's thresholds were fixed at import (`_fix_thresholds`)
+FIXED_THRESHOLDS = _fix_thresholds(_c)
 
 
 def release() -> None:
