@@ -100,9 +100,10 @@ def _fix_thresholds(libc: ctypes.CDLL | None) -> bool:
     After that, blocks below the new threshold come from the arenas, and a thread arena
     keeps up to the trim threshold of free memory at its top, which `malloc_trim` does not
     hand back (it trims only the main arena's top). Measured in the soak
-    (benchmarks/results/soak.md): glibc's free-but-kept memory grew from 22 to 102 MiB
-    over 420 s of 12 threads; with the thresholds fixed it stays near 30 MiB. A block of
-    128 KiB or more is then mmap'd and unmapped at its free, as before the first raise.
+    (benchmarks/soak.py, 12 threads): glibc's free-but-kept memory 62 MiB at 300 s and
+    102 MiB at 350 s with the dynamic thresholds, 29 MiB and 52 MiB with them fixed (it
+    still grows, by fragmentation: 99 MiB at 1200 s). A block of 128 KiB or more is then
+    mmap'd and unmapped at its free, as before the first raise.
     """
     if libc is None or any(v in os.environ for v in _GLIBC_VARS):
         return False
