@@ -46,6 +46,7 @@ any error or invariant violation happened.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 NS = "items"
@@ -103,17 +105,67 @@ def duckdb_mib() -> float:
     return round(float(used) / 2**20, 1)
 
 
-def rss_mib() -> float:
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+def _mallinfo2() -> Any:
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc 2.33+
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def mem() -> dict[str, float]:
+    """MiB: the process's RSS, its anonymous and file-backed parts (/proc/self/status: the
+    file-backed part is mapped code and data, mostly the shared libraries' pages touched so
+    far) and, under glibc, the free memory glibc's arenas hold (mallinfo2: part of it
+    resident, part handed back by malloc_trim)."""
+    out = {"rss": float("nan"), "anon": float("nan"), "file": float("nan")}
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key = keys.get(line.split(":", 1)[0] + ":")
+        if key is not None:
+            out[key] = round(int(line.split()[1]) / 1024, 1)
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        out["glibc_free"] = round(info.fordblks / 2**20, 1)
+        out["glibc_in_use"] = round(info.uordblks / 2**20, 1)
+    return out
+
+
+def deep_mib(obj: Any) -> float:
+    """Python objects reachable from `obj` (each counted once), MiB: the record's own size."""
+    seen: set[int] = set()
+    stack, total = [obj], 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (type, type(sys))):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        elif hasattr(o, "__slots__"):
+            stack.extend(getattr(o, name) for name in o.__slots__ if hasattr(o, name))
+        elif hasattr(o, "__dict__"):
+            stack.append(o.__dict__)
+    return total / 2**20
 
 
 # --------------------------------------------------------------------------- the record
 
 
-@dataclass
+@dataclass(slots=True)
 class Expected:
     """What the writers committed for one entity (only its owner changes it; hot counters
     are changed by all, under the record's lock)."""
@@ -322,7 +374,7 @@ def sampler(db: Any, t0: float, every: float, stop: threading.Event, series: lis
             done: list[Stats]) -> None:  # fmt: skip
     while not stop.wait(every):
         st = db.stats()
-        series.append({"t": round(time.perf_counter() - t0, 1), "rss": round(rss_mib(), 1), "arrow": arrow_mib(),
+        series.append({"t": round(time.perf_counter() - t0, 1), **mem(), "arrow": arrow_mib(),
                        "duckdb": duckdb_mib(),
                        "flushes": st["flushes"],
                        "unflushed": st["unflushed_events"],
@@ -495,7 +547,20 @@ def flatness(series: list[dict[str, Any]], seconds: float, tolerance: float) -> 
     first, last = max(after[:third]), max(after[-third:])
     out.update(first_third_max=first, last_third_max=last, growth=last - first, flat=last - first <= tolerance)
     out["verdict"] = "flat" if out["flat"] else "NOT FLAT"
+    # the level between compactions (a merge's transient peak is in the maxima, not here)
+    out["first_third_median"], out["last_third_median"] = median(after[:third]), median(after[-third:])
+    out["slope_mib_per_min"] = _slope([s for s in series if s["t"] >= warmup])
+    tail = [s for s in series if s["t"] >= seconds * 2 / 3]
+    out["last_third_slope_mib_per_min"] = _slope(tail) if len(tail) >= 6 else None
     return out
+
+
+def _slope(samples: list[dict[str, Any]]) -> float:
+    """Least-squares slope of the RSS, MiB per minute."""
+    ts, rs = [s["t"] for s in samples], [s["rss"] for s in samples]
+    mt, mr = sum(ts) / len(ts), sum(rs) / len(rs)
+    den = sum((t - mt) ** 2 for t in ts)
+    return 60 * sum((t - mt) * (r - mr) for t, r in zip(ts, rs, strict=True)) / den if den else 0.0
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -537,7 +602,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     for j in range(args.readers)]  # fmt: skip
         series: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        series.append({"t": 0.0, "rss": round(rss_mib(), 1), "arrow": arrow_mib(), "flushes": db.stats()["flushes"],
+        series.append({"t": 0.0, **mem(), "arrow": arrow_mib(), "flushes": db.stats()["flushes"],
                        "unflushed": 0, "ops": 0})  # fmt: skip
         sam = threading.Thread(target=sampler, args=(db, t0, args.rss_every, stop, series, stats), daemon=True)
         sam.start()
@@ -560,7 +625,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sam.join(timeout=10)
         stuck = [t.name for t in threads if t.is_alive()]
         res["stuck_threads"] = stuck
-        series.append({"t": round(elapsed, 1), "rss": round(rss_mib(), 1), "arrow": arrow_mib(),
+        series.append({"t": round(elapsed, 1), **mem(), "arrow": arrow_mib(),
                        "flushes": db.stats()["flushes"], "unflushed": db.stats()["unflushed_events"],
                        "ops": sum(len(a) for s in stats for a in s.lat.values())})  # fmt: skip
         res["elapsed_s"] = elapsed
@@ -591,6 +656,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         res["rss"] = flatness(series, args.seconds, args.rss_tolerance)
         res["arrow_pool"] = _arrow_pool()
         res["record_entities"] = len(record.entities)
+        res["record_mib"] = deep_mib((record.entities, record.refs))
         res["latency_samples_mib"] = done * 4 / 2**20
 
         _log(f"load done: {done:,} ops in {elapsed:,.1f} s; final flush and consistency check")
@@ -661,6 +727,23 @@ def render(res: dict[str, Any], command: str, args: argparse.Namespace) -> str:
         "| RSS after warm-up: first third max / last third max, MiB | "
         + (f"{r['first_third_max']:,.1f} / {r['last_third_max']:,.1f}" if r["flat"] is not None else "n/a")
         + " |",
+        "| RSS after warm-up: first third median / last third median, MiB | "
+        + (f"{r['first_third_median']:,.1f} / {r['last_third_median']:,.1f}" if r["flat"] is not None else "n/a")
+        + " |",
+        "| RSS slope after warm-up / over the last third, MiB per minute | "
+        + (f"{r['slope_mib_per_min']:+,.2f} / " if r["flat"] is not None else "n/a / ")
+        + (f"{r['last_third_slope_mib_per_min']:+,.2f}" if r.get("last_third_slope_mib_per_min") is not None else "n/a")
+        + " |",
+        f"| RSS at the end: anonymous / file-backed, MiB | {res['rss_series'][-1]['anon']:,.1f} / "
+        f"{res['rss_series'][-1]['file']:,.1f} |",
+        "| glibc arenas at the end: in use / free (held, resident or trimmed), MiB | "
+        + (
+            f"{res['rss_series'][-1]['glibc_in_use']:,.1f} / {res['rss_series'][-1]['glibc_free']:,.1f}"
+            if "glibc_free" in res["rss_series"][-1]
+            else "n/a (not glibc)"
+        )
+        + " |",
+        f"| the writers' record at the end (Python objects), MiB | {res['record_mib']:,.2f} |",
         f"| pyarrow memory pool at the end | {res['arrow_pool']} |",
         f"| RSS verdict (tolerance {r['tolerance_mib']:,.0f} MiB, warm-up {r['warmup_s']:,.0f} s) | {r['verdict']} |",
         f"| consistency check | {'passed' if c['ok'] else 'FAILED'} |",
@@ -693,13 +776,13 @@ def render(res: dict[str, Any], command: str, args: argparse.Namespace) -> str:
         f"| archive files (*.parquet) | {files} |",
         f"| check, seconds | {c['seconds']:,.1f} |",
         "",
-        f"RSS series, MiB (every {args.rss_every:g} s; t in s: RSS (of it pyarrow's pool) [flushes so far]):",
+        f"RSS series, MiB (every {args.rss_every:g} s; t in s: RSS = anonymous + file-backed [flushes so far]):",
         "",
         "```",
     ]
     line: list[str] = []
     for s in res["rss_series"]:
-        line.append(f"{s['t']:>5.0f}: {s['rss']:6.1f} ({s['arrow']:5.1f}) [{s['flushes']}]")
+        line.append(f"{s['t']:>5.0f}: {s['rss']:6.1f} = {s['anon']:5.1f} + {s['file']:5.1f} [{s['flushes']}]")
         if len(line) == 5:
             out.append("   ".join(line))
             line = []
@@ -722,7 +805,8 @@ def render(res: dict[str, Any], command: str, args: argparse.Namespace) -> str:
         "- Latency is `time.perf_counter_ns` around the one call, in the calling thread (with the GIL shared by "
         "every thread, the flush thread included).",
         f"- The RSS includes the writers' record ({res['record_entities']:,} entities, with their op lists and "
-        f"link targets) and the latency samples ({res['latency_samples_mib']:,.2f} MiB): both grow with the run.",
+        f"link targets; {res['record_mib']:,.2f} MiB of Python objects at the end) and the latency samples "
+        f"({res['latency_samples_mib']:,.2f} MiB): both grow with the run.",
         "- The archive check reads `events/**/*.parquet` and `rels/**/*.parquet` with DuckDB directly (no "
         "manifest), after the load stopped, so no compaction was in flight.",
     ]

@@ -107,3 +107,28 @@ def test_one_hot_entity_is_not_packed_on_every_event(tmp_path: Path, monkeypatch
         assert db.flush().events == 2_061
     finally:
         db.close()
+
+
+def test_archived_states_are_dropped_once_find_no_longer_reads_the_namespace_whole(tmp_path: Path) -> None:
+    """The in-memory find's cache of a namespace's archived states (engine/archived.py
+    `states`) is kept only while the namespace has at most `max_archived_states` archived
+    rows: beyond, a flush drops it instead of growing it by every entity flushed; find
+    answers the same."""
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=MANUAL)
+    try:
+        archived = db.runtime.archived
+        archived.max_archived_states = 25
+        ids = [db.create("items", {"n": i})["$id"].split("/")[1] for i in range(20)]
+        db.flush()
+        assert [d["n"] for d in db.find("items", {"n": {"$gte": 15}}, sort={"n": 1})] == [15, 16, 17, 18, 19]
+        assert len(archived._archived_states["items"]) == 20  # cached: 20 rows <= 25
+        for i in range(20, 30):
+            db.create("items", {"n": i})
+        db.update("items", ids[0], {"$set": {"n": 100}})
+        db.flush()
+        assert "items" not in archived._archived_states  # 31 rows > 25: dropped, not grown
+        got = [d["n"] for d in db.find("items", {"n": {"$gte": 25}}, sort={"n": 1})]
+        assert got == [25, 26, 27, 28, 29, 100]
+        assert "items" not in archived._archived_states  # read again, not kept
+    finally:
+        db.close()

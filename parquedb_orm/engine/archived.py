@@ -44,6 +44,11 @@ _EVENT_COLUMNS = ["seq", "ts", "op", "id", "version", "actor", "data", "meta", "
 
 Latest = tuple[int, int, State | None]
 _T = TypeVar("_T")  # (version, seq of the last event folded in, state or None)
+#: a namespace's archived states are kept (`states`) only while its entities and bulk
+#: files hold at most this many rows: engine/store.py PUSHDOWN_ABOVE, past which find
+#: scans the files with DuckDB and never asks for them (without the bound, `learn` grew
+#: the dict by every entity flushed, for good: +1 KiB an entity in the soak)
+MAX_ARCHIVED_STATES = 20_000
 
 
 def is_base(entry: manifest.Entry) -> bool:
@@ -61,12 +66,15 @@ class ArchivedReads:
         max_footer_bytes: int = 32 << 20,
         max_delta_ids: int = 1_000_000,
         max_piece_bytes: int = 16 << 20,
+        max_archived_states: int = MAX_ARCHIVED_STATES,
     ) -> None:
         """`max_footers`: files whose row-group ranges stay cached (16 bytes a row group
         of an entities file); `max_footer_bytes`: parsed Parquet footers kept, by their
         serialized size (a footer kept saves re-reading it before each piece);
         `max_delta_ids`: ids of delta files held as id sets, all deltas together (8 bytes
-        an id); `max_piece_bytes`: point-read pieces kept (their Arrow buffers)."""
+        an id); `max_piece_bytes`: point-read pieces kept (their Arrow buffers);
+        `max_archived_states`: a namespace's states kept for its in-memory find (`states`)
+        while it has at most this many archived rows."""
         self.known = known
         self.lock = known.lock
         self.archive = archive
@@ -76,6 +84,7 @@ class ArchivedReads:
         self.max_piece_bytes = max_piece_bytes
         self._piece_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self._piece_bytes = 0
+        self.max_archived_states = max_archived_states
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
         #: the whole manifest was read (preload) and every change since applied (`changed`)
         self._complete = False
@@ -465,8 +474,18 @@ class ArchivedReads:
                 if old is None or old[0] <= value[0]:
                     merged[eid] = value
         with self.lock:
-            self._archived_states[ns] = merged
+            if self._states_fit(ns, len(merged)):
+                self._archived_states[ns] = merged
         return merged
+
+    def _states_fit(self, ns: str, held: int) -> bool:
+        """Whether a namespace's states may stay cached (caller holds the lock): at most
+        `max_archived_states` of them, and as many archived rows (those of the manifest
+        lists cached; a list not cached counts 0)."""
+        if held > self.max_archived_states:
+            return False
+        rows = sum(e.row_count for kind in ("entities", manifest.BULK) for e in self._manifest.get((kind, ns), ()))
+        return rows <= self.max_archived_states
 
     def learn(self, ns: str, latest: dict[str, Latest]) -> None:
         """A flush archived these latest states (caller holds the lock).
@@ -477,6 +496,8 @@ class ArchivedReads:
                 old = cached.get(eid)
                 if old is None or old[0] <= value[0]:
                     cached[eid] = value
+            if not self._states_fit(ns, len(cached)):
+                del self._archived_states[ns]  # find scans the files now (see MAX_ARCHIVED_STATES)
 
     def bulk_created(self, ns: str, states: list[tuple[str, State]]) -> None:
         """A commit listed a bulk file with these entities (caller holds the lock).
@@ -485,3 +506,5 @@ class ArchivedReads:
         if archived is not None:
             for eid, state in states:
                 archived[eid] = (1, 0, state)
+            if not self._states_fit(ns, len(archived)):
+                del self._archived_states[ns]
