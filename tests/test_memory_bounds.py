@@ -132,3 +132,41 @@ def test_archived_states_are_dropped_once_find_no_longer_reads_the_namespace_who
         assert "items" not in archived._archived_states  # read again, not kept
     finally:
         db.close()
+
+
+def test_appending_to_a_packed_entity_decodes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entities updated round-robin after a pack keep their packed history packed: a new
+    event waits beside it (no decode, no re-encode per write); reads see the whole list in
+    order, and the next pack joins the two as text."""
+    from parquedb_orm.core.events import UPDATE, Event
+    from parquedb_orm.engine import state
+
+    monkeypatch.setattr(state, "TAIL_LOOSE_EVENTS", 50)
+    tail = state.Tail()
+    ids = [f"e{k}" for k in range(10)]
+    seq = 0
+    for _round in range(6):  # 60 events: one pack at the 51st
+        for eid in ids:
+            seq += 1
+            tail.add(Event(seq, seq, UPDATE, eid, None, {"$set": {"n": seq}}, seq))
+    assert tail.packed == 1
+    unpacks = 0
+    real = state.Tail._unpack
+
+    def counting(text: str) -> list[Event]:
+        nonlocal unpacks
+        unpacks += 1
+        return real(text)
+
+    monkeypatch.setattr(state.Tail, "_unpack", staticmethod(counting))
+    for eid in ids[:5]:  # written again after the pack
+        seq += 1
+        tail.add(Event(seq, seq, UPDATE, eid, None, {"$set": {"n": seq}}, seq))
+    assert unpacks == 0
+    assert sum(isinstance(v, str) for v in tail._d.values()) >= 8
+    for eid in ids:
+        seqs = [ev.seq for ev in tail.get(eid)]
+        assert seqs == sorted(seqs) and len(seqs) == (7 if eid in ids[:5] else 6)
+    tail.pack()
+    assert all(isinstance(v, str) for v in tail._d.values()) and not tail._after
+    assert [ev.seq for ev in tail.get(ids[0])] == [1, 11, 21, 31, 41, 51, 61]

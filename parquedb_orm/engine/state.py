@@ -47,10 +47,14 @@ class Tail:
     unflushed tail (a manual flush policy, a bulk of updates) costs a fifth of the memory,
     and the reads that touch one entity decode only its events."""
 
-    __slots__ = ("_d", "_loose", "_next", "packed")
+    __slots__ = ("_after", "_d", "_loose", "_next", "packed")
 
     def __init__(self) -> None:
         self._d: dict[str, list[Event] | str] = {}
+        #: events appended to a packed entity since the last pack: appending never decodes
+        #: what was packed (100 entities updated round-robin after a pack would each
+        #: decode, then re-pack, their whole history on every write)
+        self._after: dict[str, list[Event]] = {}
         self._loose = 0  # events held as objects
         #: pack when `_loose` passes this: the bound above what stayed loose at the last
         #: pack, so an entity kept loose (the one being written) costs no pack per event
@@ -61,21 +65,14 @@ class Tail:
     def _unpack(text: str) -> list[Event]:
         return [Event(*rec) for rec in loads(text)]
 
-    def _list(self, eid: str) -> list[Event] | None:
-        v = self._d.get(eid)
-        if v is None or type(v) is list:
-            return v
-        assert isinstance(v, str)
-        evs = self._d[eid] = self._unpack(v)
-        self._loose += len(evs)
-        return evs
-
     def add(self, ev: Event) -> None:
-        evs = self._list(ev.id)
-        if evs is None:
+        v = self._d.get(ev.id)
+        if v is None:
             self._d[ev.id] = [ev]
+        elif type(v) is list:
+            v.append(ev)
         else:
-            evs.append(ev)
+            self._after.setdefault(ev.id, []).append(ev)
         self._loose += 1
         if self._loose > max(self._next, TAIL_LOOSE_EVENTS):
             self.pack(keep=ev.id)
@@ -91,6 +88,16 @@ class Tail:
                     kept = len(v)
                 else:
                     d[eid] = dumps([e.to_record() for e in v])
+        for eid, evs in self._after.items():
+            if eid == keep:
+                d[eid] = self._unpack(d[eid]) + evs  # type: ignore[arg-type]
+                kept = len(d[eid])
+            else:
+                # two JSON arrays of records joined as text: nothing decoded
+                head = d[eid]
+                assert isinstance(head, str)
+                d[eid] = head[:-1] + "," + dumps([e.to_record() for e in evs])[1:]
+        self._after = {}
         self._loose = kept
         self._next = kept + TAIL_LOOSE_EVENTS
         self.packed += 1
@@ -100,8 +107,12 @@ class Tail:
         v = self._d.get(eid)
         if v is None:
             return []
+        if type(v) is list:
+            return v
         # read without unpacking in place: a read does not make the entry loose again
-        return v if type(v) is list else self._unpack(v)  # type: ignore[arg-type]
+        evs = self._unpack(v)  # type: ignore[arg-type]
+        after = self._after.get(eid)
+        return evs + after if after else evs
 
     def __getitem__(self, eid: str) -> list[Event]:
         if eid not in self._d:
@@ -112,6 +123,7 @@ class Tail:
         old = self._d.get(eid)
         if type(old) is list:
             self._loose -= len(old)
+        self._loose -= len(self._after.pop(eid, ()))
         self._d[eid] = evs
         self._loose += len(evs)
 
@@ -119,6 +131,7 @@ class Tail:
         old = self._d.pop(eid)
         if type(old) is list:
             self._loose -= len(old)
+        self._loose -= len(self._after.pop(eid, ()))
 
     def __contains__(self, eid: object) -> bool:
         return eid in self._d
@@ -130,8 +143,8 @@ class Tail:
         return len(self._d)
 
     def items(self) -> Iterator[tuple[str, list[Event]]]:
-        for eid, v in self._d.items():
-            yield eid, (v if type(v) is list else self._unpack(v))  # type: ignore[arg-type]
+        for eid in list(self._d):
+            yield eid, self.get(eid)
 
     def values(self) -> Iterator[list[Event]]:
         for _eid, evs in self.items():
