@@ -95,7 +95,9 @@ def test_bulk_import(tmp_path: Path) -> None:
     # two chunks of 5 are bulk files (an INSERT of 2 manifest rows each); the last 2 rows are
     # fewer than create_many's bulk threshold (5): one WAL row, after its 3 reads
     assert "SQL: 6 statements, 5 rows written for 12 entities" in out
-    assert "archive: 4 Parquet files (2 in entities/, 2 of their CREATE events in events/)" in out
+    # and the flush after the import adds that WAL row's events file and its entity delta
+    # (entity_deltas/)
+    assert "archive: 6 Parquet files (2 in entities/, 3 of their CREATE events in events/)" in out
     assert "  ref='R0', name='n0', score=0\n" in out
     assert "DuckDB over the archive: 12 entities" in out
     # a column the store keeps itself: a clear message and exit status, no traceback
