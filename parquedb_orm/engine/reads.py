@@ -99,17 +99,14 @@ class Reads:
             with self.lock:
                 if st.epoch != epoch:
                     continue
-                # an entity with unflushed events is folded once, when it is read or
-                # written, and cached: fold it here only if it is not cached (the cache is
-                # current: a single owner's commits, or shared mode's tail just refreshed)
-                tail, cache = st.tail, st.cache
+                # folded here, not taken from the entity cache: a CI run of concurrent
+                # ORM sessions (tests/test_flask.py) once missed a committed entity when
+                # this read the cache; not understood yet, so the tail stays the source
+                tail = st.tail
                 seen: dict[str, Versioned] = {}
                 for eid, (version, seq, state) in archived.items():
-                    if eid in tail:
-                        seen[eid] = cache.get(eid) or fold(ns, (version, state), tail.get(eid), seq)
-                    else:
-                        seen[eid] = (version, state)
+                    seen[eid] = fold(ns, (version, state), tail.get(eid), seq) if eid in tail else (version, state)
                 for eid in tail:
                     if eid not in seen:
-                        seen[eid] = cache.get(eid) or fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)
+                        seen[eid] = fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)
                 return seen
