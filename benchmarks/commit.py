@@ -1024,18 +1024,26 @@ def main(argv: list[str] | None = None) -> int:
         header.append(f"WAL blob of one create: {len(payload_.create_blob)} bytes, of one update: "
                       f"{len(payload_.update_blob)} bytes (the raw and Core lines write the same blobs).")  # fmt: skip
         rows = [Row(spec, None) for spec in specs]
+
+        def attempt(row: Row, metered: bool) -> Measured | None:
+            """One pass of one line on a fresh store; a failure marks the row and the run."""
+            nonlocal failed
+            try:
+                target = prepare_target(row.spec, root, payload_, admin)
+                return run_line(row.spec, target, payload_, cfg, metered=metered)
+            except Exception as exc:
+                failed = True
+                first = (str(exc).strip().splitlines() or [""])[0].replace("|", "/")
+                row.measured, row.error = None, f"{type(exc).__name__}: {first[:240]}"
+                return None
+
         for rnd in range(cfg.rounds):  # round-robin: a slow minute of the machine hits every line alike
             for row in rows:
                 if row.error is not None:
                     continue
                 print(f"... round {rnd + 1}/{cfg.rounds}: {row.spec.key}", file=sys.stderr, flush=True)
-                try:
-                    target = prepare_target(row.spec, root, payload_, admin)
-                    m = run_line(row.spec, target, payload_, cfg, metered=False)
-                except Exception as exc:
-                    failed = True
-                    first = (str(exc).strip().splitlines() or [""])[0].replace("|", "/")
-                    row.measured, row.error = None, f"{type(exc).__name__}: {first[:240]}"
+                m = attempt(row, metered=False)
+                if m is None:
                     continue
                 if row.measured is None:
                     row.measured = m
@@ -1045,16 +1053,12 @@ def main(argv: list[str] | None = None) -> int:
             if row.error is not None or row.measured is None:
                 continue
             print(f"... metered pass: {row.spec.key}", file=sys.stderr, flush=True)
-            try:
-                target = prepare_target(row.spec, root, payload_, admin)
-                m = run_line(row.spec, target, payload_, cfg, metered=True)
-            except Exception as exc:
-                failed = True
-                first = (str(exc).strip().splitlines() or [""])[0].replace("|", "/")
-                row.measured, row.error = None, f"{type(exc).__name__}: {first[:240]}"
+            measured = row.measured
+            m = attempt(row, metered=True)
+            if m is None:
                 continue
-            row.measured.counts = m.counts
-            row.measured.metered_ops, row.measured.metered_seconds = m.metered_ops, m.metered_seconds
+            measured.counts = m.counts
+            measured.metered_ops, measured.metered_seconds = m.metered_ops, m.metered_seconds
         sqlite_settings = {r.measured.settings for r in rows if r.measured is not None and r.spec.backend == "sqlite"}
         if sqlite_settings:
             same = "yes" if sqlite_settings == {"wal/NORMAL"} else f"NO: {sorted(sqlite_settings)}"
