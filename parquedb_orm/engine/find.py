@@ -34,7 +34,7 @@ from parquedb_orm.archive.compact import scan_path
 from parquedb_orm.archive.files import DECODE_ERRORS, Archive, Check, read_failure
 from parquedb_orm.core import pushdown
 from parquedb_orm.core.events import State, Versioned
-from parquedb_orm.core.filters import matches
+from parquedb_orm.core.filters import compile_filter
 from parquedb_orm.core.ids import chunk_number
 from parquedb_orm.engine.runtime import Runtime
 from parquedb_orm.errors import ArchiveError, ParqueDBError
@@ -395,6 +395,7 @@ def _checked(ns: str, rows: list[_Row], flt: dict[str, Any], include_deleted: bo
         old = latest.get(eid)
         if old is None or old[0] < version:
             latest[eid] = (version, text, types, path)
+    test = compile_filter(flt)  # built once, tested per state
     out: dict[str, Versioned] = {}
     for eid, (version, text, types, path) in latest.items():
         if text is None:
@@ -408,7 +409,7 @@ def _checked(ns: str, rows: list[_Row], flt: dict[str, Any], include_deleted: bo
                 f"archive file {path} holds a state the store cannot decode (id {eid!r}, {type(exc).__name__}: "
                 f"{str(exc)[:200]}): the file is damaged; restore it from a backup"
             ) from None
-        if ("deletedAt" in state and not include_deleted) or not matches(state, flt):
+        if ("deletedAt" in state and not include_deleted) or not test(state):
             continue
         out[eid] = (version, state)
     return out
