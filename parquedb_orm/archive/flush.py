@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, text, update
@@ -104,6 +105,8 @@ class FlushSource(Protocol):
     def known_namespaces(self) -> list[str]: ...
 
     def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event] | None, list[RelEvent] | None]: ...
+
+    def retirable(self, ns: str, kind: str, mark: int) -> int: ...
 
     def tail_bases(self, ns: str, ids: Iterable[str]) -> dict[str, Versioned]: ...
 
@@ -308,10 +311,31 @@ class Flusher:
         # every namespace with WAL rows has a counter row (engine/commit.py, Committer._register);
         # read them here, under the flush lock, so one created since step 1 is kept too
         marks = counters
-        for table, attr, prefix in ((wal.EVENTS, "ev_last", "seq:"), (wal.RELS, "rel_last", "rseq:")):
+        cutoff = datetime.now(UTC) - timedelta(seconds=wal.RETAIN_SECONDS)
+        for kind, table, attr, prefix in (
+            ("e", wal.EVENTS, "ev_last", "seq:"),
+            ("r", wal.RELS, "rel_last", "rseq:"),
+        ):
             done = {ns: getattr(p, attr) for ns, p in plans.items() if (p.events if attr == "ev_last" else p.rels)}
             if not done:
                 continue
+            for ns, last in list(done.items()):
+                plan = plans[ns]
+                safe = self.rt.retirable(ns, kind, plan.ev_mark if kind == "e" else plan.rel_mark)
+                if safe < last:
+                    # rows another writer may still be numbering after stay until they are
+                    # RETAIN_SECONDS old (sql/wal.py): a scan of the rows this flush folded
+                    # that this process did not write itself, so rare and small
+                    young = conn.execute(
+                        select(func.min(table.c.first_seq)).where(
+                            table.c.ns == ns,
+                            table.c.first_seq > safe,
+                            table.c.first_seq <= last,
+                            table.c.created_at >= cutoff,
+                        )
+                    ).scalar()
+                    if young is not None:
+                        done[ns] = min(last, int(young) - 1)
             if swap:
                 names = {n.split(":", 1)[1] for n in marks if ":" in n} | set(done)
                 keep = {ns: done.get(ns, marks.get(f"{prefix}{ns}", 0)) for ns in sorted(names)}

@@ -93,9 +93,16 @@ class Committer:
         """Shared mode: the namespaces' highest sequences (one statement, one row read per
         namespace: its newest WAL row, which every flush keeps)."""
         floors = wal.seq_floors(conn, list(uow.events), list(uow.rel_events))
+        now = time.monotonic()
         with self.lock:
             for (kind, ns), floor in floors.items():
                 st = self.known.ns(ns)
+                nxt = st.next_seq if kind == "e" else st.rel_next_seq
+                if floor and floor >= (nxt or 1):
+                    # numbering after a row this process did not write (its own rows end
+                    # below its next number): that row's writer may be a single owner whose
+                    # next number this commit takes (Claim, archive/flush.py `_retire`)
+                    st.claims[kind].foreign_at = now
                 if kind == "e" and (st.next_seq or 0) <= floor:
                     st.next_seq = floor + 1
                 if kind == "r" and (st.rel_next_seq or 0) <= floor:
@@ -209,7 +216,7 @@ class Committer:
             # exact: only the key is checked; otherwise (a single owner, or PostgreSQL, where a
             # lock-free writer and then a flush may land between floor and insert) the mark too
             exact = self.known.shared and not caps.optimistic_numbering
-            if self._insert(conn, uow, check_marks=not exact):
+            if self._insert(conn, uow, exact=exact):
                 return
             self._contended_until = time.monotonic() + 1.0
             with self.lock:  # numbered again below: its versions are not in flight meanwhile
@@ -222,19 +229,41 @@ class Committer:
             "keep taking the same sequence numbers; retry the transaction"
         )
 
-    def _insert(self, conn: Connection, uow: UnitOfWork, *, check_marks: bool) -> bool:
-        """Write the unit's WAL rows; False (and nothing of them left) if any number was taken."""
+    def _insert(self, conn: Connection, uow: UnitOfWork, *, exact: bool) -> bool:
+        """Write the unit's WAL rows; False (and nothing of them left) if any number was taken.
+
+        `exact`: the numbers come from floors read under a lock every writer takes, so a
+        taken key is the only sign to look for. Otherwise a namespace's first row also
+        checks the flushed mark, except where this single owner inserted into it less than
+        OWNER_CHECK_SECONDS ago: a flush keeps the row that would have taken its number
+        (sql/wal.py), so the key alone tells, and the commit reads no row."""
         written: list[tuple[Table, list[dict[str, Any]]]] = []
-        for table, per_ns, mark in ((wal.EVENTS, uow.events, seq_key), (wal.RELS, uow.rel_events, rseq_key)):
+        now = time.monotonic()
+        for kind, table, per_ns, mark in (
+            ("e", wal.EVENTS, uow.events, seq_key),
+            ("r", wal.RELS, uow.rel_events, rseq_key),
+        ):
             rows = [r for ns, evs in per_ns.items() for r in wal.build_rows(ns, [e.to_record() for e in evs])]
             if not rows:
                 continue
-            marks = {ns: mark(ns) for ns in per_ns} if check_marks else None
+            marks: dict[str, str] | None = None
+            if not exact:
+                with self.lock:
+                    claims = {ns: self.known.ns(ns).claims[kind] for ns in per_ns}
+                marks = {
+                    ns: mark(ns)
+                    for ns, claim in claims.items()
+                    if self.known.shared or now - claim.inserted_at > wal.OWNER_CHECK_SECONDS
+                }
             if not wal.insert_unclaimed(conn, table, rows, marks):
                 # rare (the switch to shared mode): take back what of this unit went in
                 for done_table, done_rows in [*written, (table, rows)]:
                     wal.delete_own_rows(conn, done_table, done_rows)
                 return False
+            with self.lock:
+                for ns in per_ns:
+                    claim = self.known.ns(ns).claims[kind]
+                    claim.inserted_at = max(claim.inserted_at, now)
             written.append((table, rows))
         return True
 
@@ -271,6 +300,11 @@ class Committer:
                 old = before[(ns, eid)] = st.cache.get(eid)
                 if old is None or old[0] <= value[0]:
                     st.cache[eid] = value
+            for kind, per_ns in (("e", uow.events), ("r", uow.rel_events)):
+                for ns, items in per_ns.items():
+                    if items:
+                        claim = self.known.ns(ns).claims[kind]
+                        claim.own_last = max(claim.own_last, items[-1].seq)
             for ns, evs in uow.events.items():
                 st = self.known.ns(ns)
                 if st.tail_loaded and not self.known.shared:
@@ -348,4 +382,19 @@ class Committer:
     def abort(self, uow: UnitOfWork) -> None:
         """The unit's transaction ended without commit."""
         with self.lock:
+            # numbers it took were never written: another writer numbering from the table
+            # takes them, in a row whose key starts below this process's next number, where
+            # no key collides. So the namespace starts again as at this process's first
+            # commit to it: the next one loads its WAL tail and numbers from the table (its
+            # lock, or SQLite's write lock, is still held: no commit numbered since)
+            for kind, per_ns in (("e", uow.events), ("r", uow.rel_events)):
+                for ns, items in per_ns.items():
+                    if items and items[0].seq:
+                        self.known.restart(ns)
+                        st = self.known.ns(ns)
+                        if kind == "e":
+                            st.next_seq = None
+                        else:
+                            st.rel_next_seq = None
+                            self.rels.unload()
             self._release(uow)

@@ -19,8 +19,11 @@ the scan runs again with a larger limit if Python rejects too many of them.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection
@@ -85,11 +88,17 @@ def _duckdb() -> Any:
         if _db is None:
             import duckdb
 
+            # an in-memory DuckDB spills past its memory limit into ./.tmp of the current
+            # directory: the user's working directory, which may not be writable or be a
+            # project folder; a private temporary directory instead, removed at exit
+            tmp = tempfile.mkdtemp(prefix="parquedb-find-")
+            atexit.register(shutil.rmtree, tmp, True)
             _db = duckdb.connect(
                 config={
                     "memory_limit": MEMORY_LIMIT,
                     "threads": THREADS,
                     "preserve_insertion_order": False,
+                    "temp_directory": tmp,
                 }
             )
             _db.execute("SET parquet_metadata_cache = true")  # listed files never change

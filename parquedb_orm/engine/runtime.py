@@ -17,6 +17,7 @@ declares, which the methods below implement; `db.duckdb()` likewise through `Liv
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, Engine
@@ -30,7 +31,7 @@ from parquedb_orm.engine.reads import Reads
 from parquedb_orm.engine.rels import Relationships
 from parquedb_orm.engine.state import DEFAULT_CACHE_ENTRIES, Known
 from parquedb_orm.engine.tail import WalTail
-from parquedb_orm.sql import dialects, manifest
+from parquedb_orm.sql import dialects, manifest, wal
 from parquedb_orm.sql.counters import rseq_key, seq_key
 
 
@@ -88,6 +89,20 @@ class Runtime:
         return self.tail.memory(
             ns, ev_mark, rel_mark, committing=self.committer.in_flight, rels_loaded=self.rels.loaded
         )
+
+    def retirable(self, ns: str, kind: str, mark: int) -> int:
+        """The highest sequence up to which a flush may retire `ns`'s WAL rows (kind "e"
+        events, "r" relationships) whatever their age: the rows this single owner wrote
+        itself, numbering after its own. Above it, rows younger than wal.RETAIN_SECONDS
+        may hold another single owner's next number and are kept (sql/wal.py)."""
+        with self.known.lock:
+            st = self.known.peek(ns)
+            if st is None or self.known.shared:
+                return mark
+            claim = st.claims[kind]
+            if time.monotonic() - claim.foreign_at < wal.RETAIN_SECONDS:
+                return mark
+            return max(mark, claim.own_last)
 
     def tail_bases(self, ns: str, ids: Iterable[str]) -> dict[str, Versioned]:
         """States this process knew before each id's first WAL-tail event (single owner)."""

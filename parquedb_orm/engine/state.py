@@ -218,6 +218,22 @@ class NsCache:
 _DEFAULT_CACHE = EntityCache()
 
 
+@dataclass(slots=True)
+class Claim:
+    """A single owner's record of its numbering in one WAL table of one namespace: what lets
+    its commits skip reading the flushed mark (sql/wal.py, `insert_unclaimed`) and what a
+    flush may retire (archive/flush.py, `_retire`). Times are `time.monotonic()`."""
+
+    #: this process's last claiming insert: a row another writer put at this process's next
+    #: number was written after it
+    inserted_at: float = float("-inf")
+    #: the last time this process numbered after a row it had not written (a floor read
+    #: above its own numbers): its rows of the next RETAIN_SECONDS may be another writer's next
+    foreign_at: float = float("-inf")
+    #: highest sequence of a row this process committed (or found written before it joined)
+    own_last: int = 0
+
+
 @dataclass
 class NsState:
     """What this process knows of one namespace."""
@@ -240,6 +256,8 @@ class NsState:
     #: relationship events in the WAL above the flushed mark, in sequence order (valid
     #: while the relationship index is loaded)
     rel_tail: RelTail = field(default_factory=lambda: RelTail())
+    #: numbering claims per WAL table: "e" events_wal, "r" rels_wal
+    claims: dict[str, Claim] = field(default_factory=lambda: {"e": Claim(), "r": Claim()})
 
 
 class RelTail:
@@ -324,13 +342,20 @@ class Known:
                 next_seq=old.next_seq if old else None,
                 rel_next_seq=old.rel_next_seq if old else None,
                 cache=NsCache(self.cache),
+                claims=old.claims if old else {"e": Claim(), "r": Claim()},
             )
 
     def restart_all(self) -> None:
         """Forget every cache, keeping only the sequences this process assigned."""
         with self.lock:
             self._ns = {
-                name: NsState(name, next_seq=st.next_seq, rel_next_seq=st.rel_next_seq, cache=NsCache(self.cache))
+                name: NsState(
+                    name,
+                    next_seq=st.next_seq,
+                    rel_next_seq=st.rel_next_seq,
+                    cache=NsCache(self.cache),
+                    claims=st.claims,
+                )
                 for name, st in self._ns.items()
             }
 

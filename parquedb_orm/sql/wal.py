@@ -24,6 +24,14 @@ ROW_CAP_BYTES = 1_000_000
 #: Objects row is capped at 2 MB (compressed), so a bigger event could not be written
 MAX_EVENT_BYTES = 8 * 2**20
 
+#: A single owner's commits skip the flushed-mark check (`insert_unclaimed`) while its last
+#: insert into the namespace is younger than OWNER_CHECK_SECONDS; in exchange, a flush keeps
+#: any row that may be another writer's next number for RETAIN_SECONDS after it was written
+#: (archive/flush.py `_retire`), so that writer's next insert still meets it. The gap between
+#: the two covers a row's time from `created_at` to its COMMIT and clocks that disagree.
+OWNER_CHECK_SECONDS = 1.0
+RETAIN_SECONDS = 4.0
+
 EVENTS: Table = EventsWal.__table__  # type: ignore[assignment]
 RELS: Table = RelsWal.__table__  # type: ignore[assignment]
 
@@ -109,13 +117,17 @@ def insert_unclaimed(conn: Connection, table: Table, rows: list[dict[str, Any]],
     writes after this process's last one starts exactly at this process's next number:
     - while that row is in the table, its primary key is taken (the insert skips it);
     - once a flush has retired it, the namespace's flushed mark (counter `marks[ns]`) is
-      at or above it: each namespace's first row goes in only if the mark is below it.
-    Reading the mark is this commit's one row read once the namespace has been flushed (a
-    seek in `counters`; before the first flush the key is missing, and a missing key is
-    read for free). Not the WAL's own newest row: SQLite copies an INSERT's SELECT aside
-    when it reads the table it inserts into, and libSQL bills that 2 rows; any seek that
-    lands on a row is billed one read (measured with the faithful meter).
-    `marks` None: the numbers come from a floor just read (shared mode), only the key counts.
+      at or above it: a namespace's first row checked this way goes in only if the mark
+      is below it.
+    Reading the mark costs a row read (a seek in `counters` that lands on a row; before the
+    first flush the key is missing, and a missing key is read for free), so a single owner
+    checks it only for namespaces it last inserted into more than OWNER_CHECK_SECONDS ago:
+    a flush keeps such a row for RETAIN_SECONDS (archive/flush.py), so a busy owner meets
+    it as a taken key. Not the WAL's own newest row as the check: SQLite copies an INSERT's
+    SELECT aside when it reads the table it inserts into, and libSQL bills that 2 rows
+    (measured with the faithful meter).
+    `marks` None or without a row's namespace: only the key counts for it (a floor read
+    just now under a lock, in shared mode, or a recent insert of this single owner).
 
     Sent as the driver's own SQL (built once per shape): the expression language would
     spend more time building and caching this statement than the database takes to run it."""
@@ -131,7 +143,7 @@ def insert_unclaimed(conn: Connection, table: Table, rows: list[dict[str, Any]],
     for row in rows:
         for col, proc in zip(_COLUMNS, procs, strict=True):
             params.append(proc(row[col]) if proc is not None else row[col])
-        check = marks is not None and row["ns"] not in seen
+        check = marks is not None and row["ns"] in marks and row["ns"] not in seen
         seen.add(row["ns"])
         if check:
             assert marks is not None
