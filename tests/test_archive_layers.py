@@ -140,7 +140,7 @@ def test_point_lookup_reads_one_row_group(archive: Archive, reads: Reads) -> Non
     got = ar.lookup(None, NS, [all_ids[4321]])  # type: ignore[arg-type]
     assert got == {all_ids[4321]: (1, 5, state(all_ids[4321], 1, n=4321))}
     assert reads.pieces == 1 and reads.footers == 1
-    assert reads.groups[0][2] == ("id", "version", "seq", "state", "types")
+    assert reads.groups[0][2] == ("id", "number", "version", "seq", "state", "types")
     # footer cached: the next read is one piece, no footer
     reads.reset()
     got = ar.lookup(None, NS, [all_ids[9999], all_ids[9998], "nothere"])  # type: ignore[arg-type]
@@ -263,13 +263,13 @@ def test_bulk_files_answer_last_by_number_range(archive: Archive, reads: Reads) 
     got = ar.lookup(None, NS, [first[2999], second[7], second[100]])  # type: ignore[arg-type]
     assert got[first[2999]] == (1, 0, state(first[2999], 1, b=1))
     assert got[second[7]][0] == 2 and got[second[100]][2]["b"] == 2  # type: ignore[index]
-    point = [(p, g) for p, g, c in reads.groups if c == ("id", "version", "seq", "state", "types")]
+    point = [(p, g) for p, g, c in reads.groups if c == ("id", "number", "version", "seq", "state", "types")]
     assert sorted((p.rsplit("/", 1)[-1][:8], len(g)) for p, g in point) == [
         ("00000000", 1),
         ("bulk-000", 1),
         ("bulk-000", 1),
     ]
-    assert [c for _p, _g, c in reads.groups if c != ("id", "version", "seq", "state", "types")] == [
+    assert [c for _p, _g, c in reads.groups if c != ("id", "number", "version", "seq", "state", "types")] == [
         ("id",)
     ]  # the delta's id set
 

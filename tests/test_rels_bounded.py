@@ -328,11 +328,25 @@ def test_a_lookup_reads_only_the_row_groups_that_can_hold_it(
         reads.clear()
         out = rels._inbound_of_file(rel, "t/x3b")
         assert [(e.from_id, e.reverse, e.data) for e in out] == [("e00500", "back", {"k": 1})]
-        # t/x3b sorts inside every group's min/max: their `to` column, then the one match
+        # the first lookup in a file reads its `to` column (an index of which groups hold
+        # each target), then the one group that matches
         assert reads == [((0, 1, 2, 3, 4), ("to",)), ((2,), None)]
+        reads.clear()
+        assert len(rels._inbound_of_file(rel, "t/x3b")) == 1
+        assert reads == [((2,), None)]  # the index is kept: only the matching group
         reads.clear()
         assert rels._inbound_of_file(rel, "u/none") == []  # above every group's max: no read
         assert reads == []
         assert len(rels._inbound_of_file(rel, "t/x3")) == len([e for e in evs if e.to == "t/x3"])
+        # bounded: an index that would not fit is not kept (here: room for 7 targets, the
+        # file has 8), so each lookup reads the `to` column again
+        monkeypatch.setattr(rels_mod, "TO_INDEX_KEYS", 7)
+        rels._to_index.clear()
+        rels._to_keys = 0
+        reads.clear()
+        assert len(rels._inbound_of_file(rel, "t/x3b")) == 1
+        assert len(rels._inbound_of_file(rel, "t/x3b")) == 1
+        assert [cols for _g, cols in reads] == [("to",), None, ("to",), None]
+        assert rels._to_keys == 0 and not rels._to_index
     finally:
         db.close()

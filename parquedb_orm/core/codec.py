@@ -519,6 +519,12 @@ def _plain(value: Any, path: list[Any], paths: list[TypedPath]) -> Any:
         return value
     if t is dict or t is list or t is tuple:
         return _plain_container(value, path, paths)
+    if t is datetime:  # every state holds a few (createdAt, updatedAt): tagged and untagged at once
+        paths.append([list(path), "$date"])
+        if value.tzinfo is UTC:  # the store's own timestamps: already the canonical form
+            return datetime.isoformat(value)
+        tagged: Any = _enc_datetime(value, "")
+        return tagged["$date"]
     enc = _encoder_for(t)
     if enc is _conv_dict_nonstrict or enc is _conv_list_nonstrict:
         return _plain_container(value, path, paths)

@@ -38,7 +38,8 @@ from parquedb_orm.sql import manifest
 #: manifest kind of the CREATE events of a bulk file (events/ns=<ns>/bulk-*.parquet)
 BULK_EVENTS = "bulk_events"
 #: the columns a point read takes from an entities file
-_POINT_COLUMNS = ["id", "version", "seq", "state", "types"]  # `types`: only newer files have it
+#: `types`: only newer files have it; `number` (the rows' sort key) lets a probe seek its row
+_POINT_COLUMNS = ["id", "number", "version", "seq", "state", "types"]
 #: what an Event needs of an events row: not the before/after states, most of its bytes
 _EVENT_COLUMNS = ["seq", "ts", "op", "id", "version", "actor", "data", "meta", "types"]
 
@@ -82,7 +83,7 @@ class ArchivedReads:
         self.max_footer_bytes = max_footer_bytes
         self.max_delta_ids = max_delta_ids
         self.max_piece_bytes = max_piece_bytes
-        self._piece_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._piece_cache: OrderedDict[tuple[str, int, tuple[str, ...] | None], Any] = OrderedDict()
         self._piece_bytes = 0
         self.max_archived_states = max_archived_states
         self._manifest: dict[tuple[str, str], list[manifest.Entry]] = {}
@@ -192,6 +193,10 @@ class ArchivedReads:
         return found
 
     # ------------------------------------------------------------------ pieces
+    def metadata(self, entry: manifest.Entry) -> Any:
+        """A file's parsed footer from the footer cache (None when over its budget)."""
+        return self._footer(entry)[1]
+
     def _footer(self, entry: manifest.Entry) -> tuple[Ranges, Any]:
         """A file's row-group ranges and, while within budget, its parsed footer (None:
         read it again with the pieces)."""
@@ -228,21 +233,29 @@ class ArchivedReads:
 
     def _point_pieces(self, entry: manifest.Entry, groups: list[int], metadata: Any) -> Any:
         """The point columns of these row groups, from the piece cache where it has them."""
+        return self.cached_pieces(entry, groups, metadata, _POINT_COLUMNS)
+
+    def cached_pieces(
+        self, entry: manifest.Entry, groups: list[int], metadata: Any, columns: list[str] | None = None
+    ) -> Any:
+        """These row groups' `columns` (None: all), from the piece cache where it has them
+        (files never change; bounded by `max_piece_bytes`)."""
         import pyarrow as pa
 
         if metadata is None and len(groups) > 1:  # no row counts to cut the read into pieces
-            return self._pieces(entry, groups, _POINT_COLUMNS, metadata)
+            return self._pieces(entry, groups, columns, metadata)
         path = entry.path
+        cols = None if columns is None else tuple(columns)
         got: dict[int, Any] = {}
         with self.lock:
             for g in groups:
-                hit = self._piece_cache.get((path, g))
+                hit = self._piece_cache.get((path, g, cols))
                 if hit is not None:
-                    self._piece_cache.move_to_end((path, g))
+                    self._piece_cache.move_to_end((path, g, cols))
                     got[g] = hit
         missing = [g for g in groups if g not in got]
         if missing:
-            table = self._pieces(entry, missing, _POINT_COLUMNS, metadata)
+            table = self._pieces(entry, missing, columns, metadata)
             parts: dict[int, Any] = {}
             if len(missing) == 1:
                 parts[missing[0]] = table
@@ -256,9 +269,9 @@ class ArchivedReads:
             with self.lock:
                 for g, part in parts.items():
                     size = part.nbytes
-                    if size > self.max_piece_bytes or (path, g) in self._piece_cache:
+                    if size > self.max_piece_bytes or (path, g, cols) in self._piece_cache:
                         continue
-                    self._piece_cache[(path, g)] = part
+                    self._piece_cache[(path, g, cols)] = part
                     self._piece_bytes += size
                 while self._piece_bytes > self.max_piece_bytes and self._piece_cache:
                     _k, old = self._piece_cache.popitem(last=False)
@@ -368,7 +381,11 @@ class ArchivedReads:
         import pyarrow.compute as pc
 
         table = self._point_pieces(entry, sorted(groups), metadata)
-        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(probe, pa.string())))
+        rows = _seek(table, probe, left)
+        if rows is not None:
+            table = table.take(pa.array(rows, pa.int64()))
+        else:
+            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(probe, pa.string())))
         assert self.archive is not None
         with self.archive.decoding(entry.path):
             states = parquet.table_states(table)
@@ -383,18 +400,29 @@ class ArchivedReads:
 
     # ------------------------------------------------------------------ history
     def _rows_of(
-        self, entry: manifest.Entry, column: str, key: Any, value: str, columns: list[str] | None = None
+        self,
+        entry: manifest.Entry,
+        column: str,
+        key: Any,
+        value: str,
+        columns: list[str] | None = None,
+        *,
+        cached: bool = False,
     ) -> Any:
         """The rows of one file whose `column` equals `value`, from the row groups whose
         range of the file's key column covers `key`; None when no row group can. Only
-        `columns` are read (all when None; a column the file lacks is left out)."""
+        `columns` are read (all when None; a column the file lacks is left out).
+        `cached`: through the piece cache (relationship reads come back to the same pieces)."""
         import pyarrow.compute as pc
 
         ranges, metadata = self._footer(entry)
         groups = ranges.groups(key)
         if not groups:
             return None
-        table = self._pieces(entry, groups, columns, metadata)
+        if cached:
+            table = self.cached_pieces(entry, groups, metadata, columns)
+        else:
+            table = self._pieces(entry, groups, columns, metadata)
         return table.filter(pc.equal(table.column(column), value))
 
     def _decoded(self, entry: manifest.Entry, decode: Callable[[Any], _T], table: Any) -> _T:
@@ -436,7 +464,7 @@ class ArchivedReads:
             return []
         out: list[RelEvent] = []
         for entry in self.files(conn, "rels", ns):
-            table = self._rows_of(entry, "from_id", entity_id, entity_id)
+            table = self._rows_of(entry, "from_id", entity_id, entity_id, cached=True)
             if table is not None:
                 out.extend(self._decoded(entry, parquet.table_rel_events, table))
         out.sort(key=lambda r: r.seq)
@@ -508,3 +536,35 @@ class ArchivedReads:
                 archived[eid] = (1, 0, state)
             if not self._states_fit(ns, len(archived)):
                 del self._archived_states[ns]
+
+
+def _seek(table: Any, probe: list[str], numbers: dict[str, int]) -> list[int] | None:
+    """The rows of `table` holding the probed ids, found by binary search on its `number`
+    column (files are sorted by it): a few µs, where filtering the piece's ids costs tens.
+    None when any id is not found that way (a file without the column, or not sorted by
+    it): the caller filters the piece instead, so a miss is never taken for an answer."""
+    import bisect
+
+    where = table.schema.get_all_field_indices("number")
+    if len(where) != 1:
+        return None
+    column = table.column(where[0])
+    ids = table.column("id")
+    size = len(column)
+
+    def key(i: int) -> Any:
+        return column[i].as_py()
+
+    out: list[int] = []
+    for eid in probe:
+        n = numbers[eid]
+        i = bisect.bisect_left(range(size), n, key=key)
+        hit = False
+        while i < size and key(i) == n:
+            if ids[i].as_py() == eid:
+                out.append(i)
+                hit = True
+            i += 1
+        if not hit:
+            return None
+    return out

@@ -5,7 +5,9 @@ files of `ns` that can hold `from_id` = id (the files are sorted by (from_id, se
 the row groups whose from_id min/max cover it are read), plus the namespace's unflushed
 events, plus the caller's transaction (engine/store.py). Its inbound links fold the events
 whose `to` is the ref, filed under any namespace: the rels files are not sorted by `to`,
-so each file's `to` column is read first and whole rows only of the row groups that match.
+so each file's `to` column is read once into an index of which row groups hold each target
+(`TO_INDEX_KEYS` targets over every file, oldest file dropped first; files never change),
+and whole rows only of the row groups that match, through the archive's piece cache.
 
 Computed link sets are kept per (ref, direction) in an LRU bounded in refs and in links
 (`DEFAULT_LINK_CACHE_REFS`, `DEFAULT_LINK_CACHE_LINKS`), which a single owner's commits
@@ -38,6 +40,9 @@ DEFAULT_LINK_CACHE_REFS = 10_000
 #: and in links held per direction (a Link is ~0.5 KB in memory); a ref with more links
 #: than this is looked up on every use, not cached
 DEFAULT_LINK_CACHE_LINKS = 50_000
+
+#: targets held by the per-file `to` indexes (refs -> row groups; ~0.2 KB each), over every file
+TO_INDEX_KEYS = 65_536
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -135,6 +140,9 @@ class Relationships:
         self._rels_names: set[str] | None = None
         #: bumped by every commit with relationship events: a lookup that raced one is not cached
         self.epoch = 0
+        #: per rels file: target ref -> the row groups holding it (`_to_groups`)
+        self._to_index: OrderedDict[str, dict[str, tuple[int, ...]]] = OrderedDict()
+        self._to_keys = 0
 
     @property
     def loaded(self) -> bool:
@@ -228,7 +236,7 @@ class Relationships:
             per_ns[ns] = ([], evs)
         if self.archived.archive is not None:
             for entry in self._all_rels_files(conn):
-                found = self._inbound_of_file(entry.path, ref, Check.of(entry))
+                found = self._inbound_of_file(entry.path, ref, Check.of(entry), entry)
                 if found:
                     per_ns.setdefault(entry.ns, ([], []))[0].extend(found)
         return [(ns, ev) for ns in sorted(per_ns) for ev in _merge(*per_ns[ns])]
@@ -285,44 +293,63 @@ class Relationships:
         names = sorted(listed | set(self.known.namespaces(conn)))
         return [e for n in names for e in self.archived.files(conn, "rels", n)]
 
-    def _inbound_of_file(self, path: str, ref: str, check: Check | None = None) -> list[RelEvent]:
+    def _inbound_of_file(
+        self, path: str, ref: str, check: Check | None = None, entry: manifest.Entry | None = None
+    ) -> list[RelEvent]:
         """The events of one rels file whose `to` is `ref`. The file is sorted by from_id,
-        not by `to`: of the row groups whose `to` min/max cover the ref, only the `to`
-        column is read first, then whole rows of the row groups that hold a match. `check`:
-        the file's manifest check (archive/files.py reads it checked)."""
+        not by `to`: its `to` column is read once into an index (`_to_groups`), then whole
+        rows of the row groups that hold `ref` (through the piece cache when the file's
+        manifest `entry` is given). `check`: the file's manifest check (archive/files.py
+        reads it checked)."""
         import pyarrow.compute as pc
 
         archive = self.archived.archive
         assert archive is not None
-        meta = archive.footer(path, check)
-        names = meta.schema.to_arrow_schema().names
-        if "to" not in names:
-            raise ArchiveError(f"rels file {archive.path(path)} has no column 'to'")
-        index = names.index("to")
-        groups = [g for g in range(meta.num_row_groups) if _may_hold(meta.row_group(g).column(index), ref)]
+        meta = self.archived.metadata(entry) if entry is not None else None
+        if meta is None:
+            meta = archive.footer(path, check)
+        groups = self._to_groups(path, meta).get(ref)
         if not groups:
             return []
-        keys = archive.read_row_groups(path, groups, ["to"], metadata=meta).column(0)
-        hits: list[int] = []
-        start = 0
-        for g in groups:
-            n = meta.row_group(g).num_rows
-            if pc.any(pc.equal(keys.slice(start, n), ref)).as_py():
-                hits.append(g)
-            start += n
-        if not hits:
-            return []
-        table = archive.read_row_groups(path, hits, metadata=meta)
+        if entry is not None:
+            table = self.archived.cached_pieces(entry, list(groups), meta)
+        else:
+            table = archive.read_row_groups(path, list(groups), metadata=meta)
         with archive.decoding(path):
             return parquet.table_rel_events(table.filter(pc.equal(table.column("to"), ref)))
 
+    def _to_groups(self, path: str, meta: Any) -> dict[str, tuple[int, ...]]:
+        """Target ref -> row groups of one rels file, built from its `to` column (read once
+        while the index has room: of the groups whose min/max can hold any ref, all)."""
+        import pyarrow.compute as pc
 
-def _may_hold(chunk: Any, value: str) -> bool:
-    """A column chunk's min/max can hold `value` (no statistics: it may)."""
-    stats = chunk.statistics
-    if stats is None or not stats.has_min_max:
-        return True
-    lo, hi = stats.min, stats.max
-    if not isinstance(lo, str) or not isinstance(hi, str):
-        return True
-    return lo <= value <= hi
+        with self.lock:
+            hit = self._to_index.get(path)
+            if hit is not None:
+                self._to_index.move_to_end(path)
+                return hit
+        archive = self.archived.archive
+        assert archive is not None
+        names = meta.schema.to_arrow_schema().names
+        if "to" not in names:
+            raise ArchiveError(f"rels file {archive.path(path)} has no column 'to'")
+        groups = list(range(meta.num_row_groups))
+        index: dict[str, list[int]] = {}
+        if groups:
+            keys = archive.read_row_groups(path, groups, ["to"], metadata=meta).column(0)
+            start = 0
+            for g in groups:
+                n = meta.row_group(g).num_rows
+                for value in pc.unique(keys.slice(start, n)).to_pylist():
+                    if isinstance(value, str):
+                        index.setdefault(value, []).append(g)
+                start += n
+        out = {k: tuple(v) for k, v in index.items()}
+        with self.lock:
+            if path not in self._to_index and len(out) <= TO_INDEX_KEYS:
+                self._to_index[path] = out
+                self._to_keys += len(out)
+                while self._to_keys > TO_INDEX_KEYS:
+                    _p, old = self._to_index.popitem(last=False)
+                    self._to_keys -= len(old)
+        return out

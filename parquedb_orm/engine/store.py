@@ -11,7 +11,7 @@ import copy
 import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection
 
@@ -110,6 +110,24 @@ def _creation(d: State) -> tuple[Any, int, str]:
     return (d["createdAt"], decode_id(d["$id"].split("/", 1)[1]) or 0, d["$id"])
 
 
+class _Deferred:
+    """A connection opened on first use: a cold read served by the archive and the caches
+    (a single owner whose namespace's tail is loaded) needs none, and a pool checkout and
+    return cost about as much as the read itself."""
+
+    __slots__ = ("_conn", "_factory")
+
+    def __init__(self, factory: Callable[[], Connection]) -> None:
+        self._factory = factory
+        self._conn: Connection | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._factory()
+        return getattr(conn, name)
+
+
 class Store:
     """Operations bound to one unit of work and a way to get its SQL connection."""
 
@@ -143,7 +161,7 @@ class Store:
         hit = self._rt.reads.cached(ns, entity_id)  # no connection for a cache hit
         if hit is not None:
             return hit
-        return self._rt.reads.committed(self._connection(), ns, entity_id)
+        return self._rt.reads.committed(cast(Connection, _Deferred(self._connection)), ns, entity_id)
 
     def _existing(self, ns: str, entity_id: str, *, allow_deleted: bool = False) -> Versioned:
         version, state = self._current(ns, entity_id)
