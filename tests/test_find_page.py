@@ -78,3 +78,43 @@ def test_compiled_filter_is_matches(flt: Any, doc: dict[str, Any]) -> None:
     except Exception as exc:
         got = type(exc)
     assert got == expected
+
+
+def test_finds_with_nothing_committed_between_share_the_folded_states(tmp_path: Any, monkeypatch: Any) -> None:
+    """The small-namespace find folds the namespace once and reuses it until a commit
+    (engine/reads.py `committed_all`): every later change shows, and what a caller does to
+    the documents it got back changes nothing for the next find."""
+    import parquedb_orm as pq
+    from parquedb_orm.engine import reads as reads_mod
+
+    folds = 0
+    real = reads_mod.fold
+
+    def counting(*a: Any, **k: Any) -> Any:
+        nonlocal folds
+        folds += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(reads_mod, "fold", counting)
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "a", policy=pq.FlushPolicy(mode="manual"))
+    try:
+        made = db.create_many("posts", [{"n": i} for i in range(10)])
+        for e in made[:5]:
+            db.update("posts", e["$id"].split("/")[1], {"$inc": {"n": 100}})  # in the tail
+        q = {"n": {"$gte": 100}}
+        first = db.find("posts", q, sort={"n": -1})
+        assert [d["n"] for d in first] == [104, 103, 102, 101, 100]
+        after_first = folds
+        assert after_first >= 5
+        first[0]["n"] = -1  # the caller's copy
+        assert [d["n"] for d in db.find("posts", q, sort={"n": -1})] == [104, 103, 102, 101, 100]
+        assert folds == after_first  # nothing committed: no fold again
+        db.update("posts", made[9]["$id"].split("/")[1], {"$set": {"n": 500}})
+        assert [d["n"] for d in db.find("posts", q, sort={"n": -1}, limit=2)] == [500, 104]
+        assert folds > after_first
+        db.flush()
+        assert [d["n"] for d in db.find("posts", q, sort={"n": -1}, limit=2)] == [500, 104]
+        db.delete("posts", made[9]["$id"].split("/")[1])
+        assert [d["n"] for d in db.find("posts", q, sort={"n": -1}, limit=2)] == [104, 103]
+    finally:
+        db.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from parquedb_orm.core.events import Versioned, starts_entity
+from parquedb_orm.core.events import State, Versioned, starts_entity
 from parquedb_orm.engine.archived import ArchivedReads
 from parquedb_orm.engine.state import Known, NsState, fold
 from parquedb_orm.engine.tail import WalTail
@@ -18,6 +18,11 @@ class Reads:
         self.lock = known.lock
         self.tail = tail
         self.archived = archived
+        #: the last `committed_all` (namespace state, its epoch, the archived states it
+        #: folded, the result): finds with no commit in between reuse it; one namespace
+        #: only, so it holds at most one small namespace's states
+        self._all: tuple[NsState, int, object, dict[str, Versioned]] | None = None
+        self._all_states: tuple[dict[str, Versioned], dict[str, State | None]] | None = None
 
     def cached(self, ns: str, entity_id: str) -> Versioned | None:
         """A single owner's cached committed state, without touching SQL (None: not cached,
@@ -89,6 +94,18 @@ class Reads:
                     out[eid] = value
                 return out
 
+    def committed_states(self, conn: Connection, ns: str) -> dict[str, State | None]:
+        """`committed_all` without the versions (the same memo: do not modify it)."""
+        every = self.committed_all(conn, ns)
+        with self.lock:
+            memo = self._all_states
+            if memo is not None and memo[0] is every:
+                return memo[1]
+        states = {eid: v[1] for eid, v in every.items()}
+        with self.lock:
+            self._all_states = (every, states)
+        return states
+
     def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]:
         """Every entity of a namespace (the in-memory find of a small namespace): its
         archived states with the tail folded on. Not kept: the entity cache is bounded."""
@@ -99,6 +116,9 @@ class Reads:
             with self.lock:
                 if st.epoch != epoch:
                     continue
+                memo = self._all
+                if memo is not None and memo[0] is st and memo[1] == epoch and memo[2] is archived:
+                    return memo[3]  # nothing committed since: the same states (callers copy)
                 # folded here, not taken from the entity cache: a CI run of concurrent
                 # ORM sessions (tests/test_flask.py) once missed a committed entity when
                 # this read the cache; not understood yet, so the tail stays the source
@@ -109,4 +129,5 @@ class Reads:
                 for eid in tail:
                     if eid not in seen:
                         seen[eid] = fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)
+                self._all = (st, epoch, archived, seen)
                 return seen

@@ -362,8 +362,10 @@ class Store:
                 if eid not in own:
                     states[eid] = self._rt.reads.committed(conn, ns, eid)[1]
         else:
-            states = {eid: v[1] for eid, v in self._rt.reads.committed_all(conn, ns).items()}
-        states.update(own)
+            # the namespace's committed states, shared with the next find (not modified)
+            states = self._rt.reads.committed_states(conn, ns)
+        if own:
+            states = {**states, **own}
         test = compile_filter(flt)
         docs = [
             st for st in states.values() if st is not None and (include_deleted or "deletedAt" not in st) and test(st)
