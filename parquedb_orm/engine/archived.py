@@ -291,7 +291,7 @@ class ArchivedReads:
         groups = sorted({g for n in wanted for g in ranges.groups(n)})
         if not groups:
             return pa.table({c: pa.array([], pa.null()) for c in columns})
-        table = self._pieces(entry, groups, columns, metadata)
+        table = self.cached_pieces(entry, groups, metadata, columns)  # a warm find reads no file
         return table.filter(pc.is_in(table.column("number"), value_set=pa.array(wanted, pa.int64())))
 
     def _ids_of(self, entry: manifest.Entry) -> IdSet | None:
@@ -438,7 +438,8 @@ class ArchivedReads:
             return []
         out: list[Event] = []
         for entry in self.files(conn, "events", ns):
-            table = self._rows_of(entry, "id", entity_id, entity_id, _EVENT_COLUMNS)
+            # through the piece cache: history and as_of of one entity come back to its pieces
+            table = self._rows_of(entry, "id", entity_id, entity_id, _EVENT_COLUMNS, cached=True)
             if table is not None:
                 out.extend(self._decoded(entry, parquet.table_events, table))
         number = decode_id(entity_id)
