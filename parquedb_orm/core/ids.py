@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import zlib
+from collections import OrderedDict
 from functools import lru_cache
 
 from sqids import Sqids
@@ -81,7 +82,7 @@ def _maybe_blocked(entity_id: str, starts: frozenset[str], width: int) -> bool:
 
 #: ids this process encoded lately -> their numbers (oldest dropped first): a flush, get or
 #: update of an entity created lately decodes its id without sqids (~25 µs an id, pure Python)
-_RECENT: dict[str, int] = {}
+_RECENT: OrderedDict[str, int] = OrderedDict()  # popitem(last=False) is O(1); a dict's first key is not
 _RECENT_MAX = 1 << 15
 _RECENT_LOCK = threading.Lock()
 
@@ -93,7 +94,7 @@ def encode_id(number: int) -> str:
         entity_id = _sqids().encode([number])
     with _RECENT_LOCK:
         if len(_RECENT) >= _RECENT_MAX:
-            del _RECENT[next(iter(_RECENT))]
+            _RECENT.popitem(last=False)
         _RECENT[entity_id] = number
     return entity_id
 
