@@ -200,10 +200,7 @@ class Committer:
             # that lost the race, and every commit for a second after, queues on the
             # namespaces' lock instead (racing the other writers again costs more than waiting)
             contended = _attempt > 0 or time.monotonic() < self._contended_until
-            # a single owner numbering from memory takes no database lock: this process's
-            # committers take turns already (`_lock`), and another writer shows as a taken
-            # key; a floor read does (on MySQL its snapshot may predate the last commits)
-            lock = (caps.snapshot_reads and (self.known.shared or unknown)) or (
+            lock = caps.snapshot_reads or (
                 self.known.shared and not caps.single_writer and (not caps.optimistic_numbering or contended)
             )
             if lock:
