@@ -157,3 +157,32 @@ def test_numbers_of_a_rolled_back_commit_are_taken_again(kind: str, engine: Engi
         a.close()
         b.close()
         other.dispose()
+
+
+#: statements per single-owner create or update (BEGIN / COMMIT not counted): the WAL
+#: INSERT, and on MariaDB first the namespace's counter row locked (a plain read, then
+#: FOR UPDATE): without that lock, processes switching to shared mode deadlocked with
+#: single owners' INSERTs (tests/test_processes.py on CI)
+STATEMENTS_PER_COMMIT = {"sqlite-file": 1, "postgresql": 1, "mysql": 3}
+
+
+def test_statements_of_a_single_owner_commit(kind: str, engine: Engine, tmp_path: Path) -> None:
+    from parquedb_meter import EngineMeter
+
+    db = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual"))
+    em = EngineMeter(engine)
+    try:
+        first = db.create("posts", {"n": 0})  # the first commit loads the tail, reads the floor
+        db.create("posts", {"n": 1})
+        sqid = first["$id"].split("/")[1]
+        em.install()
+        for i in range(5):
+            before = em.meter.snapshot()["statements"]
+            db.create("posts", {"n": 10 + i})
+            assert em.meter.snapshot()["statements"] - before == STATEMENTS_PER_COMMIT[kind]
+            before = em.meter.snapshot()["statements"]
+            db.update("posts", sqid, {"$set": {"n": i}})
+            assert em.meter.snapshot()["statements"] - before == STATEMENTS_PER_COMMIT[kind]
+    finally:
+        em.uninstall()
+        db.close()
