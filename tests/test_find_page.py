@@ -118,3 +118,45 @@ def test_finds_with_nothing_committed_between_share_the_folded_states(tmp_path: 
         assert [d["n"] for d in db.find("posts", q, sort={"n": -1}, limit=2)] == [104, 103]
     finally:
         db.close()
+
+
+def test_a_commit_that_finishes_after_a_later_one_is_not_lost(tmp_path: Any, monkeypatch: Any) -> None:
+    """Finishes run after COMMIT, outside the write lock: a later commit's can run first
+    (ORM sessions, `group_commit=False`). The tail index must still hold both events (it
+    once skipped the late one: find then missed a committed entity)."""
+    import threading
+
+    import parquedb_orm as pq
+    from parquedb_orm.engine.commit import Committer
+
+    db = pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", policy=pq.FlushPolicy(mode="manual"), group_commit=False)
+    real = Committer.finish
+    first_done = threading.Event()
+    later_done = threading.Event()
+    calls = 0
+
+    def finish(self: Committer, uow: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first commit's finish waits for the next commit's
+            first_done.set()
+            assert later_done.wait(10)
+        real(self, uow)
+        if calls >= 2:
+            later_done.set()
+
+    try:
+        db.create("posts", {"n": 0})  # loads the tail
+        monkeypatch.setattr(Committer, "finish", finish)
+        worker = threading.Thread(target=lambda: db.create("posts", {"n": 1}))
+        worker.start()
+        assert first_done.wait(10)
+        db.create("posts", {"n": 2})  # commits and finishes while the first is not finished
+        worker.join(10)
+        monkeypatch.setattr(Committer, "finish", real)
+        assert sorted(d["n"] for d in db.find("posts")) == [0, 1, 2]
+        db.close()
+        with pq.ParqueDB(f"sqlite:///{tmp_path / 's.db'}", policy=pq.FlushPolicy(mode="manual")) as again:
+            assert sorted(d["n"] for d in again.find("posts")) == [0, 1, 2]
+    finally:
+        later_done.set()

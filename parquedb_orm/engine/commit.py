@@ -307,6 +307,18 @@ class Committer:
                         claim.own_last = max(claim.own_last, items[-1].seq)
             for ns, evs in uow.events.items():
                 st = self.known.ns(ns)
+                if (
+                    st.tail_loaded
+                    and evs
+                    and evs[0].seq <= st.tail_max
+                    and not any(e.seq == evs[0].seq for e in st.tail.get(evs[0].id))  # not read in already
+                ):
+                    # a later commit's finish ran first (finishes run after COMMIT, outside
+                    # the write lock: ORM sessions commit on their own): the tail index
+                    # takes events in sequence order only, so this namespace starts again
+                    # and its next use loads the tail from the table, where both are
+                    self.known.restart(ns)
+                    st = self.known.ns(ns)
                 if st.tail_loaded and not self.known.shared:
                     self._note_tail_bases(st, evs, before)
                 self.tail.append(st, evs)
