@@ -25,15 +25,20 @@ def seqs(db: pq.ParqueDB) -> list[int]:
     return sorted(int(s) for (s,) in db.duckdb().execute("SELECT seq FROM events WHERE ns = 'posts'").fetchall())
 
 
+def two_writers(kind: str, engine: Engine, tmp_path: Path) -> tuple[pq.ParqueDB, pq.ParqueDB, Engine]:
+    """Two stores on one database and archive, each with its own engine (as two processes
+    have): a on the fixture's engine, b on a new one (dispose it after)."""
+    policy = pq.FlushPolicy(mode="manual")
+    a = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=policy)
+    other = create_engine(url_of(kind, tmp_path))
+    return a, pq.ParqueDB(other, archive=tmp_path / "archive", policy=policy), other
+
+
 @pytest.mark.parametrize("flush_between", [False, True], ids=["row-in-wal", "row-flushed"])
 def test_a_second_writer_is_found_by_the_insert(
     kind: str, engine: Engine, tmp_path: Path, flush_between: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    archive = tmp_path / "archive"
-    policy = pq.FlushPolicy(mode="manual")
-    a = pq.ParqueDB(engine, archive=archive, policy=policy)
-    other = create_engine(url_of(kind, tmp_path))
-    b = pq.ParqueDB(other, archive=archive, policy=policy)
+    a, b, other = two_writers(kind, engine, tmp_path)
     try:
         first = a.create("posts", {"by": "a", "n": 1})  # a numbers from memory from now on
         b.create("posts", {"by": "b", "n": 1})  # b's first commit reads the floor: right after a's
@@ -76,11 +81,7 @@ def test_a_flush_keeps_the_row_a_busy_owner_collides_with(
       an event with a number b already took, and it is lost."""
     from parquedb_orm.sql import wal
 
-    archive = tmp_path / "archive"
-    policy = pq.FlushPolicy(mode="manual")
-    a = pq.ParqueDB(engine, archive=archive, policy=policy)
-    other = create_engine(url_of(kind, tmp_path))
-    b = pq.ParqueDB(other, archive=archive, policy=policy)
+    a, b, other = two_writers(kind, engine, tmp_path)
     try:
         first = a.create("posts", {"by": "a", "n": 1})
         a.create("posts", {"by": "a", "n": 2})  # a's mark check is behind it: a is busy
@@ -125,10 +126,8 @@ def test_numbers_of_a_rolled_back_commit_are_taken_again(kind: str, engine: Engi
     whose key starts below this owner's next number, and no key would collide."""
     from sqlalchemy import event
 
+    a, b, other = two_writers(kind, engine, tmp_path)
     policy = pq.FlushPolicy(mode="manual")
-    a = pq.ParqueDB(engine, archive=tmp_path / "archive", policy=policy)
-    other = create_engine(url_of(kind, tmp_path))
-    b = pq.ParqueDB(other, archive=tmp_path / "archive", policy=policy)
 
     def refuse(conn: object) -> None:
         raise RuntimeError("the commit fails")
