@@ -82,7 +82,7 @@ def test_compiled_filter_is_matches(flt: Any, doc: dict[str, Any]) -> None:
 
 def test_finds_with_nothing_committed_between_share_the_folded_states(tmp_path: Any, monkeypatch: Any) -> None:
     """The small-namespace find folds the namespace once and reuses it until a commit
-    (engine/reads.py `committed_all`): every later change shows, and what a caller does to
+    (engine/reads.py `committed_states`): every later change shows, and what a caller does to
     the documents it got back changes nothing for the next find."""
     import parquedb_orm as pq
     from parquedb_orm.engine import reads as reads_mod

@@ -18,11 +18,10 @@ class Reads:
         self.lock = known.lock
         self.tail = tail
         self.archived = archived
-        #: the last `committed_all` (namespace state, its epoch, the archived states it
+        #: the last `committed_states` (namespace state, its epoch, the archived states it
         #: folded, the result): finds with no commit in between reuse it; one namespace
         #: only, so it holds at most one small namespace's states
-        self._all: tuple[NsState, int, object, dict[str, Versioned]] | None = None
-        self._all_states: tuple[dict[str, Versioned], dict[str, State | None]] | None = None
+        self._all: tuple[NsState, int, object, dict[str, State | None]] | None = None
 
     def cached(self, ns: str, entity_id: str) -> Versioned | None:
         """A single owner's cached committed state, without touching SQL (None: not cached,
@@ -95,20 +94,9 @@ class Reads:
                 return out
 
     def committed_states(self, conn: Connection, ns: str) -> dict[str, State | None]:
-        """`committed_all` without the versions (the same memo: do not modify it)."""
-        every = self.committed_all(conn, ns)
-        with self.lock:
-            memo = self._all_states
-            if memo is not None and memo[0] is every:
-                return memo[1]
-        states = {eid: v[1] for eid, v in every.items()}
-        with self.lock:
-            self._all_states = (every, states)
-        return states
-
-    def committed_all(self, conn: Connection, ns: str) -> dict[str, Versioned]:
-        """Every entity of a namespace (the in-memory find of a small namespace): its
-        archived states with the tail folded on. Not kept: the entity cache is bounded."""
+        """Every entity's committed state in a namespace (the in-memory find of a small
+        namespace): its archived states with the tail folded on. Kept for the next call
+        until a commit to the namespace (one namespace only): callers must not modify it."""
         st = self.tail.ensure(conn, ns)
         while True:
             epoch = st.epoch
@@ -123,11 +111,11 @@ class Reads:
                 # ORM sessions (tests/test_flask.py) once missed a committed entity when
                 # this read the cache; not understood yet, so the tail stays the source
                 tail = st.tail
-                seen: dict[str, Versioned] = {}
+                seen: dict[str, State | None] = {}
                 for eid, (version, seq, state) in archived.items():
-                    seen[eid] = fold(ns, (version, state), tail.get(eid), seq) if eid in tail else (version, state)
+                    seen[eid] = fold(ns, (version, state), tail.get(eid), seq)[1] if eid in tail else state
                 for eid in tail:
                     if eid not in seen:
-                        seen[eid] = fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)
+                        seen[eid] = fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)[1]
                 self._all = (st, epoch, archived, seen)
                 return seen
