@@ -179,6 +179,17 @@ class Relationships:
 
     def append(self, st: NsState, events: list[RelEvent]) -> None:
         """A commit's own relationship events (caller holds the lock)."""
+        if (
+            self._loaded
+            and not self.known.shared
+            and events
+            and events[0].seq <= st.rel_tail_max
+            and not any(r.seq == events[0].seq for r in st.rel_tail.of_source(events[0].from_id))
+        ):
+            # a later commit's finish ran first (finishes run after COMMIT, outside the write
+            # lock): the tail takes events in sequence order only, and skipping this one
+            # would let a flush from memory miss it. Everything reloads from the table.
+            self.unload()
         if self._loaded and not self.known.shared:
             for rev in events:
                 if rev.seq > st.rel_tail_max:
@@ -189,11 +200,13 @@ class Relationships:
         self.epoch += 1
 
     def unload(self) -> None:
-        """Forget everything (another process writes this database too; caller holds the lock)."""
+        """Forget everything, every namespace's unflushed relationship events included: the
+        next use loads them again (caller holds the lock)."""
         self._loaded = False
         self._rels_names = None
         self.outbound.clear()
         self.inbound.clear()
+        self.known.forget_rel_tails()
 
     # ------------------------------------------------------------------ lookups
     def links(self, connection: Callable[[], Connection], ref: str, direction: str) -> dict[LinkKey, Link]:

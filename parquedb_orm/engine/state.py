@@ -333,17 +333,28 @@ class Known:
             return self._ns.get(name)
 
     def restart(self, name: str) -> None:
-        """Forget one namespace (another process flushed events this one never saw), but
-        not the numbers this process has reached in it."""
+        """Forget one namespace's entity memory (another process flushed events this one
+        never saw, or a late finish), but not the numbers this process has reached in it,
+        nor its relationship tail: that one belongs to the relationship index, loaded for
+        every namespace at once, and goes only with it (`forget_rel_tails`)."""
         with self.lock:
             old = self._ns.get(name)
-            self._ns[name] = NsState(
+            fresh = self._ns[name] = NsState(
                 name,
                 next_seq=old.next_seq if old else None,
                 rel_next_seq=old.rel_next_seq if old else None,
                 cache=NsCache(self.cache),
                 claims=old.claims if old else {"e": Claim(), "r": Claim()},
             )
+            if old is not None:
+                fresh.rel_tail, fresh.rel_tail_max = old.rel_tail, old.rel_tail_max
+
+    def forget_rel_tails(self) -> None:
+        """Drop every namespace's unflushed relationship events (the relationship index was
+        unloaded: its next load reads them all from the table)."""
+        with self.lock:
+            for st in self._ns.values():
+                st.rel_tail, st.rel_tail_max = RelTail(), 0
 
     def restart_all(self) -> None:
         """Forget every cache, keeping only the sequences this process assigned."""

@@ -1,0 +1,110 @@
+"""Finishes run after COMMIT, outside the write lock, so a later commit's finish can run
+before an earlier one's (ORM sessions, `group_commit=False`). The in-memory tails take
+events in sequence order only; a late event must never be dropped from them, or a flush
+served from memory would leave a committed event out of the archive.
+
+(The entity case, seen on CI as a find missing an entity, is
+tests/test_find_page.py::test_a_commit_that_finishes_after_a_later_one_is_not_lost.)"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import parquedb_orm as pq
+from parquedb_orm.engine.commit import Committer
+
+
+@contextmanager
+def first_finish_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], object]], None]]:
+    """Yields `run(late)`: `late` runs in a thread whose commit's finish waits until the
+    next commit made on the calling thread has finished."""
+    real = Committer.finish
+    held = threading.Event()
+    later_done = threading.Event()
+    calls = 0
+
+    def finish(self: Committer, uow: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            held.set()
+            assert later_done.wait(10)
+        real(self, uow)
+        if calls >= 2:
+            later_done.set()
+
+    workers: list[threading.Thread] = []
+
+    def run(late: Callable[[], object]) -> None:
+        worker = threading.Thread(target=late)
+        workers.append(worker)
+        worker.start()
+        assert held.wait(10)
+
+    monkeypatch.setattr(Committer, "finish", finish)
+    try:
+        yield run
+    finally:
+        later_done.set()
+        for w in workers:
+            w.join(10)
+        monkeypatch.setattr(Committer, "finish", real)
+
+
+def _open(path: Path) -> pq.ParqueDB:
+    return pq.ParqueDB(
+        f"sqlite:///{path / 's.db'}",
+        archive=path / "archive",
+        policy=pq.FlushPolicy(mode="manual"),
+        group_commit=False,
+    )
+
+
+def _targets(db: pq.ParqueDB, ref: str) -> list[str]:
+    return sorted(d["$id"] for d in db.related(ref, "refs"))
+
+
+def test_a_link_that_finishes_after_a_later_one_is_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _open(tmp_path)
+    try:
+        a, b, c, d = (db.create("posts", {"n": i})["$id"] for i in range(4))
+        db.link(a, "refs", b)  # loads the relationship tail
+        with first_finish_held(monkeypatch) as run:
+            run(lambda: db.link(a, "refs", c))
+            db.link(a, "refs", d)  # commits and finishes while the first is not finished
+        assert _targets(db, a) == sorted([b, c, d])
+        result = db.flush()
+        assert result.rel_events == 3
+        assert _targets(db, a) == sorted([b, c, d])
+    finally:
+        db.close()
+    with _open(tmp_path) as again:
+        assert _targets(again, a) == sorted([b, c, d])
+        con = again.duckdb()
+        assert con.execute("SELECT count(*) FROM rels").fetchone() == (3,)
+
+
+def test_an_entity_late_finish_keeps_the_unflushed_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entity case restarts its namespace's memory; that must not drop the namespace's
+    unflushed relationship events, which the relationship index still counts as loaded."""
+    db = _open(tmp_path)
+    try:
+        a, b = (db.create("posts", {"n": i})["$id"] for i in range(2))
+        db.link(a, "refs", b)
+        with first_finish_held(monkeypatch) as run:
+            run(lambda: db.create("posts", {"n": 2}))
+            db.create("posts", {"n": 3})
+        assert sorted(x["n"] for x in db.find("posts")) == [0, 1, 2, 3]
+        result = db.flush()
+        assert (result.events, result.rel_events) == (4, 1)
+    finally:
+        db.close()
+    with _open(tmp_path) as again:
+        assert _targets(again, a) == [b]
+        assert sorted(x["n"] for x in again.find("posts")) == [0, 1, 2, 3]
