@@ -72,6 +72,11 @@ class FlushResult:
         }
 
 
+#: the events of one namespace (and as many relationship events) that one chunk of a
+#: flush folds and writes; a flush of more commits a chunk at a time, so its memory is
+#: bounded by the chunk (a policy flush holds FlushPolicy.max_events, one chunk)
+CHUNK_EVENTS = 20_000
+
 #: test hook: a callable(step_name) run at each step, so crash tests can stop a flush there
 CRASH_HOOK: Any = None
 
@@ -104,7 +109,9 @@ class FlushSource(Protocol):
 
     def known_namespaces(self) -> list[str]: ...
 
-    def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event] | None, list[RelEvent] | None]: ...
+    def memory_tail(
+        self, ns: str, ev_mark: int, rel_mark: int, limit: int
+    ) -> tuple[list[Event] | None, list[RelEvent] | None, tuple[bool, bool]]: ...
 
     def retirable(self, ns: str, kind: str, mark: int) -> int: ...
 
@@ -168,7 +175,9 @@ class Flusher:
             _step("iceberg_published")
 
     # ------------------------------------------------------------------ steps
-    def _read(self, conn: Connection) -> tuple[dict[str, int], dict[str, _NsPlan]]:
+    def _read(self, conn: Connection) -> tuple[dict[str, int], dict[str, _NsPlan], bool]:
+        """The plans of one chunk, and whether a namespace had more than a chunk (the
+        flush then runs another)."""
         counters = load_all(conn)
         names = sorted({n.split(":", 1)[1] for n in counters if ":" in n} | set(self.rt.known_namespaces()))
         plans: dict[str, _NsPlan] = {}
@@ -177,21 +186,23 @@ class Flusher:
         ]
         # single owner with the tail in memory: the WAL rows need not be read again; the
         # namespaces that must be read are read together, one statement per table
-        need_ev: list[tuple[str, int | None, str]] = []
-        need_rel: list[tuple[str, int | None, str]] = []
+        # a namespace whose tail in memory is larger than a chunk is read from the table a
+        # chunk at a time (`big`); the others whole, as before
+        need_ev: dict[bool, list[tuple[str, int | None, str]]] = {False: [], True: []}
+        need_rel: dict[bool, list[tuple[str, int | None, str]]] = {False: [], True: []}
         for plan in all_plans:
-            events, rels = self.rt.memory_tail(plan.ns, plan.ev_mark, plan.rel_mark)
+            events, rels, big = self.rt.memory_tail(plan.ns, plan.ev_mark, plan.rel_mark, CHUNK_EVENTS)
             if events is not None:
                 plan.events = events
                 plan.from_memory = True
             else:
-                need_ev.append((plan.ns, plan.ev_mark, ""))
+                need_ev[big[0]].append((plan.ns, plan.ev_mark, ""))
             if rels is not None:
                 plan.rels = rels
             else:
-                need_rel.append((plan.ns, plan.rel_mark, ""))
-        ev_rows = wal.read_many(conn, wal.EVENTS, need_ev) if need_ev else {}
-        rel_rows = wal.read_many(conn, wal.RELS, need_rel) if need_rel else {}
+                need_rel[big[1]].append((plan.ns, plan.rel_mark, ""))
+        ev_rows, more_ev = _read_wal(conn, wal.EVENTS, need_ev)
+        rel_rows, more_rel = _read_wal(conn, wal.RELS, need_rel)
         for plan in all_plans:
             ns = plan.ns
             for first, _last, recs in ev_rows.get(ns, []):
@@ -202,7 +213,7 @@ class Flusher:
                 plan.ev_last = plan.events[-1].seq if plan.events else plan.ev_mark
                 plan.rel_last = plan.rels[-1].seq if plan.rels else plan.rel_mark
                 plans[ns] = plan
-        return counters, plans
+        return counters, plans, more_ev or more_rel
 
     def _fold(self, conn: Connection, plan: _NsPlan) -> list[parquet.EventRow]:
         """Apply the events to the touched entities' states; each state is encoded once
@@ -373,15 +384,27 @@ class Flusher:
         return lambda kind, ns: self.rt.archive_files(conn, kind, ns)
 
     def _flush(self) -> FlushResult:
+        """Flush a namespace whose unflushed tail (in this process's memory) is larger than
+        CHUNK_EVENTS in chunks of about that many events, each committed on its own and
+        exactly once, as a whole flush is: the memory such a flush takes is bounded by the
+        chunk (a manual policy, a bulk of updates). A backlog this process does not hold
+        (found at open, or in shared mode) is read whole, as it always was."""
         t0 = time.perf_counter()
         result = FlushResult()
+        while self._flush_chunk(result):
+            pass
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _flush_chunk(self, result: FlushResult) -> bool:
+        """One chunk into `result`; True if another chunk is due."""
         with self.rt.engine.connect() as conn:
-            _counters, plans = self._read(conn)
+            _counters, plans, more = self._read(conn)
             if not plans:
                 conn.rollback()
-                self.sweep(self.rt.known_namespaces())
-                result.seconds = time.perf_counter() - t0
-                return result
+                if not result.files and not result.skipped:
+                    self.sweep(self.rt.known_namespaces())
+                return False
             _step("wal_read")
             entries: list[manifest.Entry] = []
             for plan in plans.values():
@@ -395,9 +418,8 @@ class Flusher:
                 conn.rollback()
         _step("committed")
         if not ok:
-            result.skipped = True
-            result.seconds = time.perf_counter() - t0
-            return result
+            result.skipped = not result.files
+            return False
         # listed now: make them visible (a crash here leaves pending files the next open
         # or flush publishes; the store's own readers publish one they need themselves)
         for entry in entries:
@@ -405,14 +427,34 @@ class Flusher:
         _step("published")
         self.rt.flushed(plans_summary(plans), entries)
         self._published()
-        result.files = len(entries)
-        result.events = sum(len(p.events) for p in plans.values())
-        result.rel_events = sum(len(p.rels) for p in plans.values())
-        result.bytes = sum(e.bytes for e in entries)
-        result.namespaces = sorted(plans)
-        result.paths = [e.path for e in entries]
-        result.seconds = time.perf_counter() - t0
-        return result
+        result.files += len(entries)
+        result.events += sum(len(p.events) for p in plans.values())
+        result.rel_events += sum(len(p.rels) for p in plans.values())
+        result.bytes += sum(e.bytes for e in entries)
+        result.namespaces = sorted({*result.namespaces, *plans})
+        result.paths += [e.path for e in entries]
+        return more
+
+
+def _read_wal(
+    conn: Connection, table: Table, specs: dict[bool, list[tuple[str, int | None, str]]]
+) -> tuple[dict[str, list[tuple[int, int, list[Any]]]], bool]:
+    """The WAL rows above each namespace's mark: whole for specs[False] (one statement for
+    all of them), and for specs[True] only the rows that start at most CHUNK_EVENTS above it
+    (whole rows: a row's events are flushed together). Also whether a chunked namespace
+    may have more. One with rows only beyond its window (a gap in its numbers) is read
+    whole, so a flush never stops short of a committed row."""
+    rows = wal.read_many(conn, table, specs[False]) if specs[False] else {}
+    chunked = specs[True]
+    if not chunked:
+        return rows, False
+    part = wal.read_many(conn, table, chunked, span=CHUNK_EVENTS)
+    empty = [spec for spec in chunked if not part[spec[0]]]
+    if empty:
+        part.update(wal.read_many(conn, table, empty))
+    rows.update(part)
+    more = any(rs and rs[-1][1] - (spec[1] or 0) >= CHUNK_EVENTS for spec in chunked if (rs := part[spec[0]]))
+    return rows, more
 
 
 def plans_summary(

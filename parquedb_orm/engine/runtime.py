@@ -85,9 +85,11 @@ class Runtime:
     def known_namespaces(self) -> list[str]:
         return self.known.names()
 
-    def memory_tail(self, ns: str, ev_mark: int, rel_mark: int) -> tuple[list[Event] | None, list[RelEvent] | None]:
+    def memory_tail(
+        self, ns: str, ev_mark: int, rel_mark: int, limit: int
+    ) -> tuple[list[Event] | None, list[RelEvent] | None, tuple[bool, bool]]:
         return self.tail.memory(
-            ns, ev_mark, rel_mark, committing=self.committer.in_flight, rels_loaded=self.rels.loaded
+            ns, ev_mark, rel_mark, committing=self.committer.in_flight, rels_loaded=self.rels.loaded, limit=limit
         )
 
     def retirable(self, ns: str, kind: str, mark: int) -> int:

@@ -63,20 +63,23 @@ class WalTail:
                 return st
 
     def memory(
-        self, ns: str, ev_mark: int, rel_mark: int, *, committing: bool, rels_loaded: bool
-    ) -> tuple[list[Event] | None, list[RelEvent] | None]:
+        self, ns: str, ev_mark: int, rel_mark: int, *, committing: bool, rels_loaded: bool, limit: int
+    ) -> tuple[list[Event] | None, list[RelEvent] | None, tuple[bool, bool]]:
         """The namespace's unflushed entity and relationship events from memory, each only if
         memory is known to equal the WAL (single owner, that tail loaded, no commit in
-        flight); None for a part means: read it from the table."""
+        flight) and holds at most `limit` events; None for a part means: read it from the
+        table. The flags say which part was refused for its size: that one is flushed in
+        chunks read from the table (taking one chunk from memory would unpack all of it)."""
         with self.lock:
             st = self.known.peek(ns)
             if self.known.shared or committing or st is None:
-                return None, None
+                return None, None, (False, False)
             events = None
-            if st.tail_loaded:
+            big = (st.tail_loaded and st.tail_events > limit, rels_loaded and len(st.rel_tail) > limit)
+            if st.tail_loaded and not big[0]:
                 events = sorted((e for evs in st.tail.values() for e in evs if e.seq > ev_mark), key=lambda e: e.seq)
-            rels = [r for r in st.rel_tail if r.seq > rel_mark] if rels_loaded else None
-            return events, rels
+            rels = [r for r in st.rel_tail if r.seq > rel_mark] if rels_loaded and not big[1] else None
+            return events, rels, big
 
     def trim(self, st: NsState, ev_mark: int, latest: dict[str, Versioned] | None = None) -> None:
         """Drop what a flush moved to the archive (caller holds the lock). `latest`: the

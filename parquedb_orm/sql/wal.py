@@ -232,12 +232,13 @@ def read_unflushed(conn: Connection, table: Table, ns: str, mark_counter: str) -
 
 
 def read_many(
-    conn: Connection, table: Table, specs: list[tuple[str, int | None, str]]
+    conn: Connection, table: Table, specs: list[tuple[str, int | None, str]], *, span: int | None = None
 ) -> dict[str, list[tuple[int, int, list[Any]]]]:
     """Several namespaces' WAL rows in ONE statement (a seek per namespace, UNION ALL).
 
     spec = (ns, after, mark_counter): rows with first_seq > after, or, when after is None,
-    above the flushed mark kept in counter `mark_counter`."""
+    above the flushed mark kept in counter `mark_counter`. `span`: only rows whose
+    first_seq is at most `span` above that floor (a flush's bounded chunk)."""
     out: dict[str, list[tuple[int, int, list[Any]]]] = {ns: [] for ns, _a, _m in specs}
     if not specs:
         return out
@@ -246,11 +247,10 @@ def read_many(
         floor: Any = after
         if after is None:
             floor = func.coalesce(select(Counter.value).where(Counter.name == mark_counter).scalar_subquery(), -1)
-        parts.append(
-            select(table.c.ns, table.c.first_seq, table.c.last_seq, table.c.events).where(
-                table.c.ns == ns, table.c.first_seq > floor
-            )
-        )
+        where = [table.c.ns == ns, table.c.first_seq > floor]
+        if span is not None:
+            where.append(table.c.first_seq <= floor + span)
+        parts.append(select(table.c.ns, table.c.first_seq, table.c.last_seq, table.c.events).where(*where))
     stmt = union_all(*parts) if len(parts) > 1 else parts[0]
     rows = sorted(conn.execute(stmt).all(), key=lambda r: (r[0], r[1]))
     for ns, first, last, blob in rows:
