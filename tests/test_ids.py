@@ -20,3 +20,42 @@ def test_recent_ids_decode_from_a_bounded_map(monkeypatch: pytest.MonkeyPatch) -
         assert ids.decode_id(made[5] + "x") is None
     finally:
         ids._RECENT.clear()
+
+
+def test_id_blocks_grow_while_busy_and_start_small_again_when_idle(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy namespace reserves blocks twice as large each time (up to MAX_BLOCK): 1,000
+    creates cost 4 counter reservations, not 10; after an idle spell blocks are 100 again."""
+    from pathlib import Path
+
+    import parquedb_orm as pq
+    from parquedb_orm.engine import ids as pool
+    from parquedb_orm.sql.counters import DEFAULT_BLOCK
+
+    clock = [1000.0]
+    monkeypatch.setattr(pool.time, "monotonic", lambda: clock[0])
+    db = pq.ParqueDB(f"sqlite:///{Path(str(tmp_path)) / 's.db'}", policy=pq.FlushPolicy(mode="manual"))
+    sizes: list[int] = []
+    real = db.runtime.ids.reserve_block
+
+    def spy(conn: object, ns: str, count: int, reserved: object = None) -> object:
+        sizes.append(count)
+        return real(conn, ns, count, reserved)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(db.runtime.ids, "reserve_block", spy)
+    try:
+        for i in range(3_000):
+            db.create("posts", {"n": i})
+        assert sizes == [100, 200, 400, 800, 1_000, 1_000]
+        assert pool.MAX_BLOCK == 1_000 and DEFAULT_BLOCK == 100
+        sizes.clear()
+        for i in range(500):  # the last block still has 500 ids left
+            db.create("posts", {"n": i})
+        clock[0] += pool.BUSY_SECONDS + 1
+        db.create("posts", {"n": 0})
+        assert sizes == [100]
+        numbers = sorted(ids.decode_id(d["$id"].split("/")[1]) or 0 for d in db.find("posts"))
+        assert len(set(numbers)) == 3_501
+    finally:
+        db.close()

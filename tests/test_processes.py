@@ -10,7 +10,6 @@ itself to shared mode).
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import queue
 import traceback
@@ -24,6 +23,7 @@ from sqlalchemy import Engine, select
 
 import parquedb_orm as pq
 from parquedb_orm.core.ids import decode_id
+from parquedb_orm.engine.ids import MAX_BLOCK
 from parquedb_orm.sql.models import Counter
 
 NS = "things"
@@ -31,7 +31,17 @@ WORKERS = 4
 PER_WORKER = 150
 FIRST_RUN = 50  # created (and the store closed) before the workers start: a restart
 AFTER = 10  # the test process itself, after everyone else has exited
-ID_BLOCK = 100  # ids are reserved in blocks of this many (counters.DEFAULT_BLOCK)
+ID_BLOCK = 100  # ids are reserved in blocks of this many at first (counters.DEFAULT_BLOCK)
+
+
+def reserved_for(n: int) -> int:
+    """The most ids a process creating `n` reserves: blocks of ID_BLOCK that double while
+    they run out fast, up to engine/ids.MAX_BLOCK."""
+    total, block = 0, ID_BLOCK
+    while total < n:
+        total += block
+        block = min(2 * block, MAX_BLOCK)
+    return total
 TIMEOUT = 120.0
 
 BACKENDS = [
@@ -161,9 +171,9 @@ def test_ids_unique_across_restart_and_concurrent_processes(
     assert all(n is not None for n in numbers)
     assert max(n for n in numbers if n is not None) <= value
     lifetimes = {"first": FIRST_RUN, **{f"w{i}": PER_WORKER for i in range(WORKERS)}, "after": AFTER}
-    reserved = sum(math.ceil(n / ID_BLOCK) * ID_BLOCK for n in lifetimes.values())  # 100 + 4*200 + 100
+    reserved = sum(reserved_for(n) for n in lifetimes.values())  # 100 + 4*300 + 100
     assert value <= reserved + 10, (value, reserved)
-    assert value <= len(every) + len(lifetimes) * ID_BLOCK
+    assert value <= len(every) + sum(reserved_for(n) - n for n in lifetimes.values()) + 10
 
 
 @pytest.mark.parametrize("engine", BACKENDS, indirect=True)
