@@ -629,6 +629,7 @@ class ParqueDB:
             "shared": rt.shared,
             "group_commits": self._group.stats.groups,
             "grouped_units": self._group.stats.units,
+            "deadlock_retries": self._group.stats.deadlock_retries,
             "archive": rt.archive.uri if rt.archive else None,
             "flushes": sched.flushes if sched else 0,
             "last_flush": sched.last_result.as_dict() if sched and sched.last_result else None,

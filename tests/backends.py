@@ -154,4 +154,3 @@ def backend_fixtures(backends: list[str]) -> tuple[Any, Any]:
             yield eng
 
     return kind, engine
-

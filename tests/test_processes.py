@@ -42,6 +42,8 @@ def reserved_for(n: int) -> int:
         total += block
         block = min(2 * block, MAX_BLOCK)
     return total
+
+
 TIMEOUT = 120.0
 
 BACKENDS = [

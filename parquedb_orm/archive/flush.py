@@ -392,7 +392,7 @@ class Flusher:
         t0 = time.perf_counter()
         result = FlushResult()
         while self._flush_chunk(result):
-            pass
+            memory.release()  # a chunk's freed Arrow and C memory, before the next one
         result.seconds = time.perf_counter() - t0
         return result
 

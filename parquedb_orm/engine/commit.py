@@ -200,7 +200,12 @@ class Committer:
             # that lost the race, and every commit for a second after, queues on the
             # namespaces' lock instead (racing the other writers again costs more than waiting)
             contended = _attempt > 0 or time.monotonic() < self._contended_until
-            lock = caps.snapshot_reads or (
+            # a single owner numbering from memory takes no database lock: this process's
+            # committers take turns already (`_lock`), and another writer shows as a taken
+            # key; a floor read does (on MySQL its snapshot may predate the last commits).
+            # A switch to shared mode can then deadlock a locking reader against a lock-free
+            # inserter: InnoDB rolls one back, and the group committer runs it again.
+            lock = (caps.snapshot_reads and (self.known.shared or unknown)) or (
                 self.known.shared and not caps.single_writer and (not caps.optimistic_numbering or contended)
             )
             if lock:

@@ -10,6 +10,7 @@ together): this module is not used there.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,11 +37,17 @@ class _Pending:
     error: BaseException | None = None
 
 
+#: runs of one commit the server may roll back to break deadlocks before its error surfaces
+DEADLOCK_ATTEMPTS = 8
+
+
 @dataclass
 class GroupStats:
     groups: int = 0
     units: int = 0
     rows_saved: int = 0
+    #: commits run again after the server rolled them back to break a deadlock
+    deadlock_retries: int = 0
 
 
 def merge(units: list[UnitOfWork]) -> UnitOfWork:
@@ -234,6 +241,23 @@ class GroupCommitter:
 
     def _commit_units(self, units: list[UnitOfWork]) -> None:
         merged = units[0] if len(units) == 1 else merge(units)
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                self._commit_once(merged)
+                break
+            except Exception as exc:
+                # the server rolled the whole transaction back to break a deadlock (InnoDB,
+                # while processes switch to shared mode): nothing of it was written, and the
+                # abort made its namespaces number from the table again
+                if attempt == DEADLOCK_ATTEMPTS - 1 or not dialects.rolled_back_to_retry(exc):
+                    raise
+                self.stats.deadlock_retries += 1
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # jittered: the rivals part
+        self.rt.committer.finish(merged)
+        self.stats.groups += 1
+        self.stats.units += len(units)
+
+    def _commit_once(self, merged: UnitOfWork) -> None:
         held = self.enabled  # without group commit, several threads commit at once: each its own
         try:
             if held:
@@ -251,9 +275,6 @@ class GroupCommitter:
         except BaseException:
             self.rt.committer.abort(merged)
             raise
-        self.rt.committer.finish(merged)
-        self.stats.groups += 1
-        self.stats.units += len(units)
 
 
 def _current_error() -> BaseException:

@@ -276,6 +276,28 @@ def lock_namespaces(conn: Connection, namespaces: list[str], side: Engine | None
             conn.execute(stmt)
 
 
+#: driver error codes of a transaction the server rolled back to break a deadlock or a
+#: lock wait: the whole transaction may run again. MySQL/MariaDB: 1213 deadlock, 1205 lock
+#: wait timeout; PostgreSQL: SQLSTATE 40P01 deadlock, 40001 serialization failure
+_MYSQL_RETRYABLE = frozenset({1205, 1213})
+_PG_RETRYABLE = frozenset({"40P01", "40001"})
+
+
+def rolled_back_to_retry(exc: BaseException) -> bool:
+    """Did the server abort this transaction to resolve contention (so running it again is
+    the remedy), rather than refuse it?"""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_RETRYABLE or getattr(orig, "pgcode", None) in _PG_RETRYABLE:
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    code = args[0] if args else None
+    return isinstance(code, int) and code in _MYSQL_RETRYABLE
+
+
 def in_own_transaction(engine: Engine, fn: Callable[[Connection], T], attempts: int = 5) -> T:
     """`fn` in a short transaction of its own, run again when it loses a race: a duplicate
     key, or a deadlock (InnoDB gap-locks a missing row that an UPDATE or a locking read
