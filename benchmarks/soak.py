@@ -58,6 +58,7 @@ import tempfile
 import threading
 import time
 import traceback
+import tracemalloc
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -370,6 +371,16 @@ def reader(db: Any, seed: int, record: Record, writers: list[str], pacer: Pacer,
             stats.error(kind, exc)
 
 
+def _growth(before: Any, after: Any, top: int) -> list[str]:
+    """The allocation sites whose live Python memory grew most from the end of the warm-up
+    to the end of the load (tracemalloc, `--trace-memory`)."""
+    lines = []
+    for stat in after.compare_to(before, "traceback")[:top]:
+        frames = " <- ".join(f"{os.path.relpath(f.filename)}:{f.lineno}" for f in stat.traceback[:4])
+        lines.append(f"{stat.size_diff / 2**20:+8.2f} MiB {stat.count_diff:+9,d} blocks  {frames}")
+    return lines
+
+
 def sampler(db: Any, t0: float, every: float, stop: threading.Event, series: list[dict[str, Any]],
             done: list[Stats]) -> None:  # fmt: skip
     while not stop.wait(every):
@@ -610,14 +621,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             t.start()
         deadline = t0 + args.seconds
         next_log = t0 + 30
+        warm_snapshot = None
         while (now := time.perf_counter()) < deadline:
             time.sleep(min(1.0, deadline - now))
+            if args.trace_memory and warm_snapshot is None and now - t0 >= max(10.0, args.seconds / 5):
+                warm_snapshot = tracemalloc.take_snapshot()
             if time.perf_counter() >= next_log and series:
                 s = series[-1]
                 _log(f"{s['t']:,.0f} s: {s['ops']:,} ops, RSS {s['rss']:,.1f} MiB (DuckDB {s['duckdb']:,.1f}), "
                      f"{s['flushes']} flushes, "
                      f"{s['unflushed']:,} unflushed")  # fmt: skip
                 next_log += 30
+        if args.trace_memory and warm_snapshot is not None:
+            res["memory_growth"] = _growth(warm_snapshot, tracemalloc.take_snapshot(), args.trace_memory)
         stop.set()
         for t in threads:
             t.join(timeout=120)
@@ -839,6 +855,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache-entries", type=int, default=None,
                     help="the store's entity cache bound (default: the library's, 20,000); a bound the run's "
                     "entities pass shows whether memory stays flat once every cache is full")  # fmt: skip
+    ap.add_argument("--trace-memory", type=int, default=0, metavar="N",
+                    help="trace Python allocations (tracemalloc, slower) and print the N sites that grew most "
+                    "after the warm-up")  # fmt: skip
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for soak.md (default benchmarks/results/)")
     ap.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
@@ -853,6 +872,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tmp.name) if tmp is not None else Path(args.keep)
     workdir.mkdir(parents=True, exist_ok=True)
     _log(f"{args.seconds:g} s at {args.rate:g} ops/s, {args.writers} writers + {args.readers} readers, in {workdir}")
+    if args.trace_memory:
+        tracemalloc.start(8)
     try:
         res = run(args, workdir)
     finally:
@@ -860,6 +881,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
     command = " ".join(["python -m benchmarks.soak", *raw])
     report = render(res, command, args)
+    if res.get("memory_growth"):
+        report += "\nPython allocation sites that grew most after the warm-up (tracemalloc):\n\n"
+        report += "\n".join(f"    {line}" for line in res["memory_growth"]) + "\n"
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.md").write_text(report)
