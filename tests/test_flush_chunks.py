@@ -40,9 +40,13 @@ def _build(db: pq.ParqueDB) -> tuple[list[str], int, int]:
 
 def _glob(archive: Path, folder: str) -> list[Any]:
     """Every archived row of the folder with a sequence (bulk files are seq 0), as a glob reader sees it."""
-    return duckdb.sql(
-        f"SELECT seq FROM read_parquet('{archive}/{folder}/**/*.parquet', hive_partitioning=false) WHERE seq > 0"
-    ).fetchall()
+    con = duckdb.connect()  # its own: DuckDB's default connection is shared by the whole process
+    try:
+        return con.execute(
+            f"SELECT seq FROM read_parquet('{archive}/{folder}/**/*.parquet', hive_partitioning=false) WHERE seq > 0"
+        ).fetchall()
+    finally:
+        con.close()
 
 
 def _expected(ids: list[str]) -> dict[str, int]:
