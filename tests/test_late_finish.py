@@ -108,3 +108,58 @@ def test_an_entity_late_finish_keeps_the_unflushed_links(tmp_path: Path, monkeyp
     with _open(tmp_path) as again:
         assert _targets(again, a) == [b]
         assert sorted(x["n"] for x in again.find("posts")) == [0, 1, 2, 3]
+
+
+def test_late_events_of_other_entities_join_the_tails_without_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The common case (the two commits touched different entities and links): the late
+    events go into the tails in sequence order; nothing is reloaded from the table."""
+    from parquedb_orm.engine.rels import Relationships
+    from parquedb_orm.engine.state import Known
+
+    reloads: list[str] = []
+    real_restart, real_unload = Known.restart, Relationships.unload
+    monkeypatch.setattr(Known, "restart", lambda self, ns: (reloads.append(ns), real_restart(self, ns))[1])
+    monkeypatch.setattr(Relationships, "unload", lambda self: (reloads.append("rels"), real_unload(self))[1])
+    db = _open(tmp_path)
+    try:
+        a, b, c = (db.create("posts", {"n": i})["$id"] for i in range(3))
+        db.link(a, "refs", b)
+        with first_finish_held(monkeypatch) as run:
+            run(lambda: db.create("posts", {"n": 3}))
+            db.create("posts", {"n": 4})
+        with first_finish_held(monkeypatch) as run:
+            run(lambda: db.link(b, "refs", c))
+            db.link(a, "refs", c)
+        assert reloads == []
+        assert sorted(x["n"] for x in db.find("posts")) == [0, 1, 2, 3, 4]
+        assert _targets(db, a) == sorted([b, c]) and _targets(db, b) == [c]
+        assert sorted(d["$id"] for d in db.related(c, "refs", direction="inbound")) == sorted([a, b])
+        result = db.flush()
+        assert (result.events, result.rel_events) == (5, 3)
+    finally:
+        db.close()
+    with _open(tmp_path) as again:
+        assert sorted(x["n"] for x in again.find("posts")) == [0, 1, 2, 3, 4]
+        assert _targets(again, a) == sorted([b, c]) and _targets(again, b) == [c]
+
+
+def test_a_late_link_of_a_pair_unlinked_later_reloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late link whose pair a later commit unlinked: applying it now would resurrect the
+    link in the caches, so the relationship index reloads from the table."""
+    db = _open(tmp_path)
+    try:
+        a, b = (db.create("posts", {"n": i})["$id"] for i in range(2))
+        db.link(a, "refs", b)
+        db.unlink(a, "refs", b)
+        with first_finish_held(monkeypatch) as run:
+            run(lambda: db.link(a, "refs", b))
+            db.unlink(a, "refs", b)
+        assert _targets(db, a) == []
+        assert db.flush().rel_events == 4
+        assert _targets(db, a) == []
+    finally:
+        db.close()
+    with _open(tmp_path) as again:
+        assert _targets(again, a) == []

@@ -312,21 +312,24 @@ class Committer:
                         claim.own_last = max(claim.own_last, items[-1].seq)
             for ns, evs in uow.events.items():
                 st = self.known.ns(ns)
-                if (
+                late = (
                     st.tail_loaded
-                    and evs
+                    and bool(evs)
                     and evs[0].seq <= st.tail_max
                     and not any(e.seq == evs[0].seq for e in st.tail.get(evs[0].id))  # not read in already
-                ):
+                )
+                if late and not self.tail.takes_late(st, evs):
                     # a later commit's finish ran first (finishes run after COMMIT, outside
-                    # the write lock: ORM sessions commit on their own): the tail index
-                    # takes events in sequence order only, so this namespace starts again
-                    # and its next use loads the tail from the table, where both are
+                    # the write lock: ORM sessions commit on their own) and touched the same
+                    # entity: its events cannot stay in order, so this namespace starts
+                    # again and its next use loads the tail from the table, where both are.
+                    # (Other entities' late events just join the tail: `takes_late`.)
                     self.known.restart(ns)
                     st = self.known.ns(ns)
+                    late = False
                 if st.tail_loaded and not self.known.shared:
                     self._note_tail_bases(st, evs, before)
-                self.tail.append(st, evs)
+                self.tail.append(st, evs, late=late)
                 st.epoch += 1
             for ns, revs in uow.rel_events.items():
                 self.rels.append(self.known.ns(ns), revs)

@@ -179,17 +179,27 @@ class Relationships:
 
     def append(self, st: NsState, events: list[RelEvent]) -> None:
         """A commit's own relationship events (caller holds the lock)."""
-        if (
+        late = (
             self._loaded
             and not self.known.shared
-            and events
+            and bool(events)
             and events[0].seq <= st.rel_tail_max
             and not any(r.seq == events[0].seq for r in st.rel_tail.of_source(events[0].from_id))
-        ):
+        )
+        if late:
             # a later commit's finish ran first (finishes run after COMMIT, outside the write
-            # lock): the tail takes events in sequence order only, and skipping this one
-            # would let a flush from memory miss it. Everything reloads from the table.
-            self.unload()
+            # lock): skipping these events would let a flush from memory miss them. They go
+            # in in sequence order, unless a later event concerns the same link: then the
+            # cached links may be wrong, and everything reloads from the table.
+            if any(st.rel_tail.later_on_pair(rev) for rev in events):
+                self.unload()
+            else:
+                for rev in events:
+                    st.rel_tail.insert(rev)
+                    self.outbound.apply(f"{st.name}/{rev.from_id}", st.name, rev)
+                    self.inbound.apply(rev.to, st.name, rev)
+                self.epoch += 1
+                return
         if self._loaded and not self.known.shared:
             for rev in events:
                 if rev.seq > st.rel_tail_max:

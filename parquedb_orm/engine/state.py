@@ -102,6 +102,14 @@ class Tail:
         self._next = kept + TAIL_LOOSE_EVENTS
         self.packed += 1
 
+    def takes_after(self, eid: str, seq: int) -> bool:
+        """Whether an event numbered `seq` can go at the end of the entity's events in
+        sequence order (not checked for a packed entity: False, the caller starts afresh)."""
+        v = self._d.get(eid)
+        if v is None:
+            return True
+        return type(v) is list and (not v or v[-1].seq < seq)
+
     def get(self, eid: str) -> list[Event]:
         """The entity's unflushed events (empty: none)."""
         v = self._d.get(eid)
@@ -274,6 +282,19 @@ class RelTail:
         self._events.append(ev)
         self._from.setdefault(ev.from_id, []).append(ev)
         self._to.setdefault(ev.to, []).append(ev)
+
+    def insert(self, ev: RelEvent) -> None:
+        """An event numbered below the last one (a late finish), in sequence order."""
+        import bisect
+
+        for events in (self._events, self._from.setdefault(ev.from_id, []), self._to.setdefault(ev.to, [])):
+            events.insert(bisect.bisect(events, ev.seq, key=lambda e: e.seq), ev)
+
+    def later_on_pair(self, ev: RelEvent) -> bool:
+        """Whether an event numbered after `ev` concerns the same (source, predicate, target)."""
+        return any(
+            e.seq > ev.seq and e.predicate == ev.predicate and e.to == ev.to for e in self._from.get(ev.from_id, ())
+        )
 
     def trim(self, mark: int) -> None:
         """Drop the events at or below `mark` (flushed)."""

@@ -104,11 +104,30 @@ class WalTail:
         with self.lock:
             return any(ev.op == "CREATE" for ev in st.tail.get(entity_id))
 
-    def append(self, st: NsState, events: list[Event]) -> None:
-        """A commit's own events (caller holds the lock)."""
+    @staticmethod
+    def takes_late(st: NsState, events: list[Event]) -> bool:
+        """Whether a commit whose finish runs after a later commit's can add its events:
+        each entity's events stay in sequence order (the common case: the two commits
+        touched different entities). False: the namespace starts afresh instead."""
+        last: dict[str, int] = {}
+        for ev in events:
+            if ev.id in last:
+                if last[ev.id] >= ev.seq:
+                    return False
+            elif not st.tail.takes_after(ev.id, ev.seq):
+                return False
+            last[ev.id] = ev.seq
+        return True
+
+    def append(self, st: NsState, events: list[Event], *, late: bool = False) -> None:
+        """A commit's own events (caller holds the lock). `late`: numbered below events
+        already in the tail (its finish ran after a later commit's; `takes_late` said yes)."""
         if st.tail_loaded:
             for ev in events:
                 if ev.seq > st.tail_max:
                     st.tail.add(ev)
                     st.tail_max = ev.seq
+                    st.tail_events += 1
+                elif late:
+                    st.tail.add(ev)
                     st.tail_events += 1
