@@ -154,3 +154,4 @@ def backend_fixtures(backends: list[str]) -> tuple[Any, Any]:
             yield eng
 
     return kind, engine
+

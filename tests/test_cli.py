@@ -47,16 +47,8 @@ def run_all(*commands: list[str], env: dict[str, str] | None = None) -> list[sub
     """Independent commands, started together (each process spends about a second on imports)."""
     full = {k: v for k, v in os.environ.items() if k not in ("PARQUEDB_URL", "PARQUEDB_ARCHIVE")}
     full.update(env or {})
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "parquedb_orm.cli", *args],
-            env=full,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for args in commands
-    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "parquedb_orm.cli", *args], env=full, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
     done = []
     for args, proc in zip(commands, procs, strict=True):
         out, err = proc.communicate(timeout=120)
@@ -137,15 +129,8 @@ def in_process(
 
 
 def test_commands_on_a_missing_file_create_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    for words in (
-        ["stats"],
-        ["current"],
-        ["downgrade", "base"],
-        ["flush", "--archive", "/missing/a"],
-        ["inspect", "a/b"],
-        ["sql", "SELECT 1"],
-        ["export", "--to", "/missing/out", "--archive", "/m/a"],
-    ):
+    for words in (["stats"], ["current"], ["downgrade", "base"], ["flush", "--archive", "/missing/a"],
+                  ["inspect", "a/b"], ["sql", "SELECT 1"], ["export", "--to", "/missing/out", "--archive", "/m/a"]):
         code, out, err = in_process(capsys, *words, "--url", "sqlite:////missing/dir/s.db")
         assert (code, out) == (1, ""), (words, code, out, err)
         assert err.strip() == f"parquedb {words[0]}: error: no database at /missing/dir/s.db (nothing was created)"
@@ -239,7 +224,8 @@ def test_flush_then_stats(kind: str, tmp_path: Path) -> None:
         assert stats["wal"]["events"]["users"]["flushed_to_seq"] == 6
         assert stats["wal"]["rels"]["users"]["flushed_to_seq"] == 1
         assert stats["archive"]["files"] == 3 and stats["archive"]["bytes"] == result["bytes"]
-        assert {k: v["rows"] for k, v in stats["archive"]["by_kind"].items()} == {"events": 6, "rels": 1, "entities": 5}
+        assert {k: v["rows"] for k, v in stats["archive"]["by_kind"].items()} == {"events": 6, "rels": 1,
+                                                                                  "entities": 5}
 
 
 # --------------------------------------------------------------------------- the demo's store
@@ -261,15 +247,10 @@ def test_demo_measures_three_systems(demo: tuple[Path, dict[str, Any]]) -> None:
     assert data["commits_per_system"] == len(wl.ops) == 250
     ours, rows = data["systems"]["parquedb"], data["systems"]["row_per_change"]
     # the audit layout's figures follow from its code: 2 statements per create / link, 3 per update
-    creates, links, updates = (
-        sum(1 for op in wl.ops if op[0] in kinds)
-        for kinds in (("create", "order_create"), ("link",), ("update", "order_update"))
-    )
+    creates, links, updates = (sum(1 for op in wl.ops if op[0] in kinds)
+                               for kinds in (("create", "order_create"), ("link",), ("update", "order_update")))
     assert (rows["statements"], rows["rows_written"], rows["rows_returned"]) == (
-        2 * creates + 2 * links + 3 * updates,
-        2 * (creates + links + updates),
-        updates,
-    )
+        2 * creates + 2 * links + 3 * updates, 2 * (creates + links + updates), updates)
     assert rows["rows_stored"] == creates + links + len(wl.ops)  # live rows + one change row each
     assert ours["commits"] == 250
     assert ours["flush"]["events"] == creates + updates and ours["flush"]["rel_events"] == links
@@ -313,9 +294,8 @@ def test_demo_refuses_a_foreign_database(tmp_path: Path, capsys: pytest.CaptureF
     con = sqlite3.connect(tmp_path / "parquedb-demo.db")
     con.execute("CREATE TABLE precious (x)")
     con.close()
-    code, _out, err = in_process(
-        capsys, "demo", "--url", f"sqlite:///{tmp_path / 'parquedb-demo.db'}", "--archive", str(tmp_path / "a")
-    )
+    code, _out, err = in_process(capsys, "demo", "--url", f"sqlite:///{tmp_path / 'parquedb-demo.db'}",
+                                 "--archive", str(tmp_path / "a"))
     assert code == 2 and "not a parquedb demo database (tables: precious)" in err
     store = tmp_path / "store.db"  # a store of the app's: its tables alone do not make it the demo's
     pq.ParqueDB(f"sqlite:///{store}").close()
@@ -323,19 +303,16 @@ def test_demo_refuses_a_foreign_database(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2 and "is not a parquedb demo database" in err and store.stat().st_size > 0
     (tmp_path / "archive").mkdir()
     (tmp_path / "archive" / "events").mkdir()
-    code, _out, err = in_process(
-        capsys, "demo", "--url", f"sqlite:///{tmp_path / 'new.db'}", "--archive", str(tmp_path / "archive")
-    )
+    code, _out, err = in_process(capsys, "demo", "--url", f"sqlite:///{tmp_path / 'new.db'}",
+                                 "--archive", str(tmp_path / "archive"))
     assert code == 2 and "is not a parquedb demo archive" in err and (tmp_path / "archive" / "events").is_dir()
     assert (tmp_path / "parquedb-demo.db").exists()
 
 
 def _store_env(demo: tuple[Path, dict[str, Any]]) -> dict[str, str]:
     cwd, _data = demo
-    return {
-        "PARQUEDB_URL": f"sqlite:///{cwd / 'parquedb-demo.db'}",
-        "PARQUEDB_ARCHIVE": str(cwd / "parquedb-demo-archive"),
-    }
+    return {"PARQUEDB_URL": f"sqlite:///{cwd / 'parquedb-demo.db'}", "PARQUEDB_ARCHIVE": str(cwd /
+                                                                                            "parquedb-demo-archive")}
 
 
 def test_sql_over_the_archive(demo: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
@@ -377,16 +354,13 @@ def test_export_parquet_and_iceberg(
 ) -> None:
     env = _store_env(demo)
     iceberg = importlib.util.find_spec("pyiceberg") is not None
-    proc, *ice_run = run_all(
-        ["export", "--to", str(tmp_path / "out"), "--json"],
-        *([["export", "--to", str(tmp_path / "ice"), "--format", "iceberg", "--json"]] if iceberg else []),
-        env=env,
-    )
+    proc, *ice_run = run_all(["export", "--to", str(tmp_path / "out"), "--json"],
+                             *([["export", "--to", str(tmp_path / "ice"), "--format", "iceberg", "--json"]]
+                               if iceberg else []), env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    counts = {
-        name: papq.read_table(tmp_path / "out" / f"{name}.parquet").num_rows for name in ("events", "rels", "entities")
-    }
+    counts = {name: papq.read_table(tmp_path / "out" / f"{name}.parquet").num_rows for name in ("events", "rels",
+                                                                                                "entities")}
     assert counts == result["rows"] == {"events": 150, "rels": 100, "entities": 80}
     code, _out, err = in_process(capsys, "export", "--to", str(tmp_path / "out"), env=env)
     assert code == 2 and err.strip().endswith("exists and is not an empty folder")
@@ -395,9 +369,8 @@ def test_export_parquet_and_iceberg(
     from pyiceberg.catalog.sql import SqlCatalog
 
     assert ice_run[0].returncode == 0, ice_run[0].stderr
-    catalog = SqlCatalog(
-        "export", uri=f"sqlite:///{tmp_path / 'ice' / 'catalog.db'}", warehouse=(tmp_path / "ice").as_uri()
-    )
+    catalog = SqlCatalog("export", uri=f"sqlite:///{tmp_path / 'ice' / 'catalog.db'}",
+                         warehouse=(tmp_path / "ice").as_uri())
     scanned = {name: catalog.load_table(("parquedb", name)).scan().to_arrow().num_rows for name in counts}
     assert scanned == counts
 
@@ -410,9 +383,7 @@ def test_bench_in_process_and_heads(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     assert data["archive"] is None and data["scale"] == 1 and data["commits_per_system"] == 250
     assert (data["systems"]["row_per_change"]["statements"], data["systems"]["row_per_change"]["rows_stored"]) == (
-        570,
-        430,
-    )
+        570, 430)
     assert data["systems"]["parquedb"]["flush"]["events"] == 150
     code, out, _err = in_process(capsys, "heads")
     assert (code, out.split()) == (0, list(pq.migrate.heads()))
@@ -432,9 +403,7 @@ def test_commands_on_a_database_without_the_store(tmp_path: Path, capsys: pytest
     for words in (["stats"], ["sql", "SELECT 1"], ["inspect", "a/b"]):
         code, out, err = in_process(capsys, *words, "--url", f"sqlite:///{tmp_path / 'other.db'}")
         assert (code, out) == (1, "")
-        assert err.startswith(
-            f"parquedb {words[0]}: error: no parquedb store in sqlite:///{tmp_path / 'other.db'} "
-            "(missing tables: archive_manifest, counters"
-        ), err
+        assert err.startswith(f"parquedb {words[0]}: error: no parquedb store in sqlite:///{tmp_path / 'other.db'} "
+                              "(missing tables: archive_manifest, counters"), err
         assert err.strip().endswith("run `parquedb upgrade --url URL`")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # read-only: no -wal / -shm either

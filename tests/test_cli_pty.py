@@ -28,15 +28,8 @@ def _env() -> dict[str, str]:
 
 
 def _on_terminal(args: list[str], cwd: Path) -> str:
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "parquedb_orm.cli", *args],
-        cwd=str(cwd),
-        env=_env(),
-        encoding="utf-8",
-        dimensions=(50, 200),
-        timeout=120,
-    )
+    child = pexpect.spawn(sys.executable, ["-m", "parquedb_orm.cli", *args], cwd=str(cwd), env=_env(),
+                          encoding="utf-8", dimensions=(50, 200), timeout=120)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
@@ -44,15 +37,8 @@ def _on_terminal(args: list[str], cwd: Path) -> str:
 
 
 def _piped(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "parquedb_orm.cli", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return subprocess.run([sys.executable, "-m", "parquedb_orm.cli", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_demo_on_a_terminal_renders_rich_tables(tmp_path: Path) -> None:

@@ -191,11 +191,9 @@ UPDATE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     # top-level names only: mongomock does not implement dotted $rename
     "$rename": st.dictionaries(st.sampled_from(["a", "b", "n"]), st.sampled_from(["a", "b", "m"]), max_size=1),
 }
-UPDATES = (
-    st.lists(st.sampled_from(sorted(UPDATE_FIELDS)), min_size=1, max_size=2, unique=True)
-    .flatmap(lambda ops: st.fixed_dictionaries({op: UPDATE_FIELDS[op] for op in ops}))
-    .filter(lambda u: all(u.values()))
-)
+UPDATES = st.lists(st.sampled_from(sorted(UPDATE_FIELDS)), min_size=1, max_size=2, unique=True).flatmap(
+    lambda ops: st.fixed_dictionaries({op: UPDATE_FIELDS[op] for op in ops})
+).filter(lambda u: all(u.values()))
 ROOT = st.fixed_dictionaries(
     {}, optional={"a": VALUES, "b": VALUES, "c": st.one_of(SUBDOCS, SCALARS), "l": st.lists(ITEMS, max_size=3),
                   "n": st.one_of(NUMS, st.none())}
@@ -277,7 +275,9 @@ def _excuse(doc: dict[str, Any], update: dict[str, Any], error: Exception | None
         if value is None or cur is None:
             return True  # mongomock compares None with Python's <, even with None
         num = (int, float)
-        return cur is not _GONE and not ((isinstance(value, num) and isinstance(cur, num)) or type(value) is type(cur))
+        return cur is not _GONE and not (
+            (isinstance(value, num) and isinstance(cur, num)) or type(value) is type(cur)
+        )
 
     if _touches(doc, update, cross_type):
         return "mongomock-cross-type-min-max"
@@ -330,16 +330,12 @@ def test_updates_agree_with_mongomock(doc: dict[str, Any], update: dict[str, Any
 def test_every_known_difference_is_named_and_used() -> None:
     """Runs last in this file: a KNOWN entry nothing above used is stale (the generators
     leave some out on purpose: those are marked as such in their reason)."""
-    unused = (
-        set(KNOWN)
-        - used
-        - {
-            "mongomock-bool-is-number",
-            "mongomock-gte-null",
-            "mongomock-no-mul",
-            "parquedb-no-document-ordering",
-        }
-    )
+    unused = set(KNOWN) - used - {
+        "mongomock-bool-is-number",
+        "mongomock-gte-null",
+        "mongomock-no-mul",
+        "parquedb-no-document-ordering",
+    }
     if not used:
         pytest.skip("run with the differential tests above")
     assert "parquedb-new-field-order" in used and "mongomock-conflicts" in used, used

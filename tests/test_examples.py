@@ -161,9 +161,8 @@ def test_analytics(tmp_path: Path) -> None:
     png = tmp_path / "events_per_second.png"
     check_png(png)
     # 4 rounds 0.4 s apart span more than a second: at least 2 one-second bars (more on a slow machine)
-    m = re.search(
-        r"chart: events_per_second.png \(([0-9,]+) bytes\): (\d+) bars of seconds, 52 events in 3 namespaces", out4
-    )
+    m = re.search(r"chart: events_per_second.png \(([0-9,]+) bytes\): (\d+) bars of seconds, 52 events in 3 namespaces",
+                  out4)
     assert m and int(m[1].replace(",", "")) == png.stat().st_size and int(m[2]) >= 2
     bars = re.findall(r"^  \d\d:\d\d:\d\d  comments=(\d+)  posts=(\d+)  users=(\d+)$", out4, re.M)
     assert len(bars) == int(m[2]) and [sum(int(b[i]) for b in bars) for i in range(3)] == [24, 24, 4]

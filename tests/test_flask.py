@@ -52,7 +52,6 @@ def test_flask_sqlalchemy_threads_store_equals_committed_rows(url: str) -> None:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     if url.startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"timeout": 60}}
-
     class Base(DeclarativeBase):  # one per run: each run declares its own model
         pass
 

@@ -199,7 +199,9 @@ def latest(rows: Counter[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Any, .
 
 def summaries(cat: SqlCatalog, name: str) -> list[dict[str, str]]:
     tbl = cat.load_table(("parquedb", name))
-    return [{"operation": str(s.summary.operation.value), **s.summary.additional_properties} for s in tbl.snapshots()]
+    return [
+        {"operation": str(s.summary.operation.value), **s.summary.additional_properties} for s in tbl.snapshots()
+    ]
 
 
 # ---------------------------------------------------------------------------- publish + read

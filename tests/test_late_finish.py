@@ -1,10 +1,8 @@
 """Finishes run after COMMIT, outside the write lock, so a later commit's finish can run
-before an earlier one's (ORM sessions, `group_commit=False`). The in-memory tails take
-events in sequence order only; a late event must never be dropped from them, or a flush
-served from memory would leave a committed event out of the archive.
-
-(The entity case, seen on CI as a find missing an entity, is
-tests/test_find_page.py::test_a_commit_that_finishes_after_a_later_one_is_not_lost.)"""
+before an earlier one's (ORM sessions, `group_commit=False`). A late event must never be
+dropped from the in-memory tails, or a flush served from memory would leave a committed
+event out of the archive; it joins them in sequence order, and only when a later commit
+touched the same entity or link does the namespace (or the relationship index) reload."""
 
 from __future__ import annotations
 
@@ -68,6 +66,22 @@ def _open(path: Path) -> pq.ParqueDB:
 
 def _targets(db: pq.ParqueDB, ref: str) -> list[str]:
     return sorted(d["$id"] for d in db.related(ref, "refs"))
+
+
+def test_a_commit_that_finishes_after_a_later_one_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entity case, seen on CI as a find missing a committed entity (the tail once
+    skipped the late event)."""
+    db = _open(tmp_path)
+    try:
+        db.create("posts", {"n": 0})  # loads the tail
+        with first_finish_held(monkeypatch) as run:
+            run(lambda: db.create("posts", {"n": 1}))
+            db.create("posts", {"n": 2})  # commits and finishes while the first is not finished
+        assert sorted(d["n"] for d in db.find("posts")) == [0, 1, 2]
+    finally:
+        db.close()
+    with _open(tmp_path) as again:
+        assert sorted(d["n"] for d in again.find("posts")) == [0, 1, 2]
 
 
 def test_a_link_that_finishes_after_a_later_one_is_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,11 +63,8 @@ class S3Server:
 
     def filesystem(self) -> pafs.S3FileSystem:
         return pafs.S3FileSystem(
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            endpoint_override=self.endpoint,
-            scheme="http",
-            region=REGION,
+            access_key=self.access_key, secret_key=self.secret_key, endpoint_override=self.endpoint,
+            scheme="http", region=REGION,
         )
 
     def uri(self, prefix: str) -> str:
@@ -133,14 +130,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "S3_BUCKET": BUCKET,
     }
     args = [
-        weed,
-        "mini",
-        f"-dir={where / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-master.telemetry=false",
+        weed, "mini", f"-dir={where / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
     (where / "data").mkdir()
@@ -186,7 +177,7 @@ def objects(server: S3Server, prefix: str) -> list[str]:
         pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
     )
     root = f"{BUCKET}/{prefix}/"
-    return sorted(i.path[len(root) :] for i in infos if i.type == pafs.FileType.File)
+    return sorted(i.path[len(root):] for i in infos if i.type == pafs.FileType.File)
 
 
 def everything(db: pq.ParqueDB, refs: list[str]) -> list[Any]:
@@ -194,17 +185,10 @@ def everything(db: pq.ParqueDB, refs: list[str]) -> list[Any]:
     for ref in refs:
         ns, eid = ref.split("/")
         full = db.get(ns, eid, include_deleted=True)
-        out.append(
-            (
-                ref,
-                db.get(ns, eid),
-                full,
-                db.history(ref),
-                db.related(ref),
-                db.related(ref, direction="inbound"),
-                [db.get(ns, eid, as_of=v, include_deleted=True) for v in range(1, (full or {}).get("version", 0) + 1)],
-            )
-        )
+        out.append((
+            ref, db.get(ns, eid), full, db.history(ref), db.related(ref), db.related(ref, direction="inbound"),
+            [db.get(ns, eid, as_of=v, include_deleted=True) for v in range(1, (full or {}).get("version", 0) + 1)],
+        ))
     for ns in ("users", "posts", "tags"):
         out.append(db.find(ns, include_deleted=True))
         out.append(db.find(ns, {"score": {"$gte": 2}}, sort={"score": -1}))
@@ -216,10 +200,7 @@ def test_archive_on_s3(s3: S3Server, prefix: str, tmp_path: Path) -> None:
 
     def open_db() -> pq.ParqueDB:
         return pq.ParqueDB(
-            url,
-            archive=s3.uri(prefix),
-            archive_options=s3.options(),
-            policy=pq.FlushPolicy(mode="manual"),
+            url, archive=s3.uri(prefix), archive_options=s3.options(), policy=pq.FlushPolicy(mode="manual"),
         )
 
     db = open_db()

@@ -191,9 +191,8 @@ def test_sessions_joined_to_an_outside_connection_are_refused(tmp_path: Path) ->
         maker = sessionmaker(engine)
         handle = pq.enable(maker)
         try:
-            with (
-                maker(bind=conn, join_transaction_mode="create_savepoint") as s,
-                pytest.raises(pq.ConfigurationError, match="Connection"),
+            with maker(bind=conn, join_transaction_mode="create_savepoint") as s, pytest.raises(
+                pq.ConfigurationError, match="Connection"
             ):
                 pq.store(s).create("posts", {"n": 1})
         finally:

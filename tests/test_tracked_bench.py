@@ -96,16 +96,8 @@ def test_faithful_rows(tmp_path: Path) -> None:
             pytest.fail(f"faithful SQLite meter unavailable under CI: {exc}")
         pytest.skip(f"faithful SQLite meter unavailable: {exc}")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(METER_DIR), str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(N)],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(N)], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     pq, plain, raw = res["parquedb"], res["plain"], res["raw"]
