@@ -51,6 +51,32 @@ class Reads:
             return hit
         return self._load(conn, st, [entity_id])[entity_id]
 
+    def presence(self, conn: Connection, ns: str, entity_id: str) -> bool | None:
+        """Whether the entity is committed and live (True), deleted (False) or absent (None),
+        as `committed` would tell, but without reading its document from the archive where
+        nothing of it is in the WAL tail (`ArchivedReads.presence`: a link's endpoints)."""
+        st = self.known.ns(ns)
+        if not self.known.shared:
+            with self.lock:
+                hit = st.cache.get(entity_id)
+            if hit is not None:
+                return _presence_of(hit[1])
+        st = self.tail.ensure(conn, ns)
+        while True:
+            epoch = st.epoch
+            with self.lock:
+                hit = st.cache.get(entity_id)
+                pending = entity_id in st.tail_base or bool(st.tail.get(entity_id))
+            if hit is not None:
+                return _presence_of(hit[1])
+            if pending:  # unflushed events of it: fold them (the tail was just refreshed)
+                return _presence_of(self.committed(conn, ns, entity_id, fresh=True)[1])
+            found = self.archived.presence(conn, ns, entity_id)
+            with self.lock:
+                if st.epoch == epoch:
+                    return found
+            # a commit or flush moved the tail meanwhile: look again
+
     def prefetch(self, conn: Connection, ns: str, ids: list[str]) -> None:
         """Cache the committed state of many ids with one batched archive lookup, where
         `committed` would look up one id at a time (a flush of a thousand tracked rows)."""
@@ -119,3 +145,7 @@ class Reads:
                         seen[eid] = fold(ns, st.tail_base.get(eid, (0, None)), tail.get(eid), 0)[1]
                 self._all = (st, epoch, archived, seen)
                 return seen
+
+
+def _presence_of(state: State | None) -> bool | None:
+    return None if state is None else "deletedAt" not in state

@@ -171,6 +171,23 @@ class Store:
             )
         return version, state
 
+    def _check_exists(self, ns: str, entity_id: str) -> None:
+        """`_existing` where only existence matters (a link's endpoints): a cold entity's
+        archived document is not read, only whether it is live."""
+        key = (ns, entity_id)
+        if key in self._uow.overlay:
+            self._existing(ns, entity_id)
+            return
+        hit = self._rt.reads.cached(ns, entity_id)
+        if hit is not None:
+            self._existing(ns, entity_id)
+            return
+        alive = self._rt.reads.presence(cast(Connection, _Deferred(self._connection)), ns, entity_id)
+        if not alive:
+            raise EntityNotFoundError(
+                f"entity {ns}/{entity_id} does not exist" + ("" if alive is None else " (deleted)")
+            )
+
     def _record(self, ns: str, entity_id: str, base_version: int, ev: Event, state: State | None) -> None:
         key = (ns, entity_id)
         uow = self._w
@@ -398,8 +415,8 @@ class Store:
                 raise ValidationError(f"link data must be a dict, got {type(data).__name__}")
             check_serialisable(data, "link data")
         _check_actor(actor)
-        self._existing(from_ns, from_id)
-        self._existing(to_ns, to_id)
+        self._check_exists(from_ns, from_id)
+        self._check_exists(to_ns, to_id)
         ev = RelEvent(0, now_us(), LINK, from_id, predicate, to_ref, reverse, actor, copy.deepcopy(data))
         uow = self._w
         uow.add_rel(from_ns, ev)
