@@ -56,12 +56,17 @@ def _expected(ids: list[str]) -> dict[str, int]:
     return n
 
 
+def _chunked_store(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[pq.ParqueDB, Path]:
+    """A manual-policy store whose flushes take chunks of CHUNK events, and its archive."""
+    monkeypatch.setattr(flush_mod, "CHUNK_EVENTS", CHUNK)
+    archive = tmp_path / "archive"
+    return pq.ParqueDB(engine, archive=archive, policy=pq.FlushPolicy(mode="manual")), archive
+
+
 def test_a_large_flush_commits_chunk_by_chunk(
     kind: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flush_mod, "CHUNK_EVENTS", CHUNK)
-    archive = tmp_path / "archive"
-    db = pq.ParqueDB(engine, archive=archive, policy=pq.FlushPolicy(mode="manual"))
+    db, archive = _chunked_store(engine, tmp_path, monkeypatch)
     steps: list[str] = []
     monkeypatch.setattr(flush_mod, "CRASH_HOOK", steps.append)
     try:
@@ -91,9 +96,7 @@ class _Stop(Exception):
 def test_a_flush_stopped_between_chunks_resumes_exactly_once(
     kind: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flush_mod, "CHUNK_EVENTS", CHUNK)
-    archive = tmp_path / "archive"
-    db = pq.ParqueDB(engine, archive=archive, policy=pq.FlushPolicy(mode="manual"))
+    db, archive = _chunked_store(engine, tmp_path, monkeypatch)
     committed = 0
 
     def hook(step: str) -> None:

@@ -402,7 +402,7 @@ class Flusher:
             _counters, plans, more = self._read(conn)
             if not plans:
                 conn.rollback()
-                if not result.files and not result.skipped:
+                if not result.files:  # nothing pending at all: sweep what a crash left
                     self.sweep(self.rt.known_namespaces())
                 return False
             _step("wal_read")

@@ -396,7 +396,6 @@ class ArchivedReads:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        table = None
         if narrow and metadata is not None and {"created_at", "deleted_at"} <= set(metadata.schema.names):
             table = self.cached_pieces(entry, sorted(groups), metadata, _PRESENCE_COLUMNS)
         else:

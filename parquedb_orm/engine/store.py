@@ -89,6 +89,10 @@ def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
     return data
 
 
+def _not_found(ns: str, entity_id: str, *, deleted: bool) -> EntityNotFoundError:
+    return EntityNotFoundError(f"entity {ns}/{entity_id} does not exist" + (" (deleted)" if deleted else ""))
+
+
 def _check_version(expected: object) -> int | None:
     if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
         raise ValidationError(f"expected_version must be a non-negative int, got {expected!r}")
@@ -166,27 +170,19 @@ class Store:
     def _existing(self, ns: str, entity_id: str, *, allow_deleted: bool = False) -> Versioned:
         version, state = self._current(ns, entity_id)
         if state is None or ("deletedAt" in state and not allow_deleted):
-            raise EntityNotFoundError(
-                f"entity {ns}/{entity_id} does not exist" + ("" if state is None else " (deleted)")
-            )
+            raise _not_found(ns, entity_id, deleted=state is not None)
         return version, state
 
     def _check_exists(self, ns: str, entity_id: str) -> None:
         """`_existing` where only existence matters (a link's endpoints): a cold entity's
-        archived document is not read, only whether it is live."""
-        key = (ns, entity_id)
-        if key in self._uow.overlay:
-            self._existing(ns, entity_id)
-            return
-        hit = self._rt.reads.cached(ns, entity_id)
-        if hit is not None:
+        archived document is not read, only whether it is live (`Reads.presence`, which
+        also answers from the entity cache)."""
+        if (ns, entity_id) in self._uow.overlay:
             self._existing(ns, entity_id)
             return
         alive = self._rt.reads.presence(cast(Connection, _Deferred(self._connection)), ns, entity_id)
         if not alive:
-            raise EntityNotFoundError(
-                f"entity {ns}/{entity_id} does not exist" + ("" if alive is None else " (deleted)")
-            )
+            raise _not_found(ns, entity_id, deleted=alive is not None)
 
     def _record(self, ns: str, entity_id: str, base_version: int, ev: Event, state: State | None) -> None:
         key = (ns, entity_id)
