@@ -10,7 +10,7 @@ that turns events into state: the live calls and every replay go through it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,9 @@ class Event:
     version: int  # entity version after this event
     #: request metadata stored with the event (e.g. a remote address), or None
     meta: Any = None
+    #: the record's JSON as its commit wrote it to the WAL: the tail packs that text
+    #: instead of encoding the event again (None: decoded from a row, or not written yet)
+    text: str | None = field(default=None, compare=False, repr=False)
 
     def to_record(self) -> list[Any]:
         rec = [self.seq, self.ts, self.op, self.id, self.actor, self.data, self.version]
@@ -143,7 +146,9 @@ def apply_event(ns: str, state: State | None, ev: Event) -> State | None:
     """The state after `ev`; None means the entity does not exist (never created, hard-deleted)."""
     when = us_to_dt(ev.ts)
     if ev.op == CREATE:
-        data = clone(ev.data)
+        # shallow: the state shares the event's nested values (neither is changed in
+        # place: updates fold into a clone, callers get a clone), one copy fewer a create
+        data = dict(ev.data)
         entity: State = {"$id": f"{ns}/{ev.id}", "$type": data.pop("$type", ns)}
         entity.update(data)
         entity.update(version=ev.version, createdAt=when, createdBy=ev.actor, updatedAt=when, updatedBy=ev.actor)

@@ -248,7 +248,10 @@ class Committer:
             ("e", wal.EVENTS, uow.events, seq_key),
             ("r", wal.RELS, uow.rel_events, rseq_key),
         ):
-            rows = [r for ns, evs in per_ns.items() for r in wal.build_rows(ns, [e.to_record() for e in evs])]
+            if kind == "e":
+                rows = [r for ns, evs in uow.events.items() for r in wal.build_event_rows(ns, evs)]
+            else:
+                rows = [r for ns, rs in uow.rel_events.items() for r in wal.build_rows(ns, [e.to_record() for e in rs])]
             if not rows:
                 continue
             marks: dict[str, str] | None = None

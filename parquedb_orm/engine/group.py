@@ -186,7 +186,7 @@ class GroupCommitter:
         return ok
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
-        admitted = self._admit(batch)
+        admitted = self._admit(batch) if len(batch) > 1 else batch  # one unit cannot clash with itself
         if not admitted:
             return
         try:

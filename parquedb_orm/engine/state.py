@@ -40,6 +40,12 @@ TAIL_LOOSE_EVENTS = 20_000
 _generations = itertools.count(1)
 
 
+def _packed(events: list[Event]) -> str:
+    """The events as one JSON array of records: the text each one's commit encoded for
+    the WAL where it kept it (`Event.text`; the same bytes `dumps` gives), else encoded."""
+    return "[" + ",".join(e.text if e.text is not None else dumps(e.to_record()) for e in events) + "]"
+
+
 class Tail:
     """One namespace's unflushed events per entity, in memory: the events of the last
     TAIL_LOOSE_EVENTS appended stay objects; beyond, every entity's list is packed into
@@ -87,7 +93,7 @@ class Tail:
                 if eid == keep:
                     kept = len(v)
                 else:
-                    d[eid] = dumps([e.to_record() for e in v])
+                    d[eid] = _packed(v)
         for eid, evs in self._after.items():
             if eid == keep:
                 d[eid] = self._unpack(d[eid]) + evs  # type: ignore[arg-type]
@@ -96,7 +102,7 @@ class Tail:
                 # two JSON arrays of records joined as text: nothing decoded
                 head = d[eid]
                 assert isinstance(head, str)
-                d[eid] = head[:-1] + "," + dumps([e.to_record() for e in evs])[1:]
+                d[eid] = head[:-1] + "," + _packed(evs)[1:]
         self._after = {}
         self._loose = kept
         self._next = kept + TAIL_LOOSE_EVENTS

@@ -48,11 +48,13 @@ def _chunks(records: list[list[Any]], parts: list[str]) -> Iterator[tuple[list[l
         yield records[start:], parts[start:]
 
 
-def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
+def build_rows(ns: str, records: list[list[Any]], parts: list[str] | None = None) -> list[dict[str, Any]]:
     """Encoded rows for records already numbered (record[0] is the sequence). Each record
-    is encoded once: its size decides the split and its text goes into the row."""
+    is encoded once (`parts`: the caller did it): its size decides the split and its text
+    goes into the row."""
     now = datetime.now(UTC)
-    parts = [codec.dumps(rec) for rec in records]
+    if parts is None:
+        parts = [codec.dumps(rec) for rec in records]
     for rec, text_ in zip(records, parts, strict=True):
         if len(text_) > MAX_EVENT_BYTES:
             raise ValidationError(
@@ -60,6 +62,10 @@ def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
                 f"{MAX_EVENT_BYTES:,} (sql/wal.MAX_EVENT_BYTES, docs/limits.md): keep large blobs "
                 "outside the entity and store a reference"
             )
+    if len(parts) == 1:  # the single-op commit: no split to look for
+        seq = records[0][0]
+        return [{"ns": ns, "first_seq": seq, "last_seq": seq, "event_count": 1,
+                 "events": codec.encode_json(f"[{parts[0]}]"), "created_at": now}]  # fmt: skip
     return [
         {
             "ns": ns,
@@ -71,6 +77,15 @@ def build_rows(ns: str, records: list[list[Any]]) -> list[dict[str, Any]]:
         }
         for batch, texts in _chunks(records, parts)
     ]
+
+
+def build_event_rows(ns: str, events: list[Event]) -> list[dict[str, Any]]:
+    """`build_rows` for entity events; each keeps its record's text (the tail packs it)."""
+    records = [e.to_record() for e in events]
+    parts = [codec.dumps(rec) for rec in records]
+    for e, text_ in zip(events, parts, strict=True):
+        e.text = text_
+    return build_rows(ns, records, parts)
 
 
 _COLUMNS = ("ns", "first_seq", "last_seq", "event_count", "events", "created_at")
