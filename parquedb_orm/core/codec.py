@@ -458,7 +458,38 @@ _TAGGED_DECODER = json.JSONDecoder(object_hook=_hook)
 def dumps(value: object) -> str:
     """Compact JSON with the non-JSON types tagged; raises SerializationError (naming the
     path inside `value`) on anything else."""
+    if _json_native(value, 0):  # nothing to tag or refuse: the C encoder alone (a commit's records)
+        return _ENCODER.encode(value)
     return _encode(lambda: _conv(value, "", False))
+
+
+def _json_native(value: object, depth: int) -> bool:
+    """Whether `value` is JSON as it stands: dicts with str keys, lists, str, int, bool,
+    None, finite floats (exact types), within the depth bound. Cheaper than the converting
+    walk, which then runs only for values that need it (and raises for the bad ones)."""
+    t = type(value)
+    if t is dict:
+        items: Any = value.values()  # type: ignore[attr-defined]
+        for key in value:  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return False
+    elif t is list:
+        items = value
+    else:
+        return t is str or t is int or t is bool or value is None or (t is float and value - value == 0.0)  # type: ignore[operator]
+    if depth >= MAX_VALUE_DEPTH:
+        return False
+    for item in items:
+        ti = type(item)
+        if ti is str or ti is int or ti is bool or item is None:
+            continue
+        if ti is float:
+            if item - item != 0.0:
+                return False
+            continue
+        if not _json_native(item, depth + 1):
+            return False
+    return True
 
 
 def _encode(build: Callable[[], object]) -> str:

@@ -85,6 +85,9 @@ def _check_data(data: object, deep: bool = True) -> dict[str, Any]:
         raise ValidationError(f"$type must be a non-empty string, got {data['$type']!r}")
     if deep:
         for key, value in data.items():  # top-level "$type" is allowed; nested "$" keys are not
+            t = type(value)
+            if t is str or t is int or t is bool or value is None:
+                continue  # a scalar needs no walk
             check_serialisable(value, key)
     return data
 

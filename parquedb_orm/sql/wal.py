@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from parquedb_orm.core import codec
 from parquedb_orm.core.events import Event, RelEvent
 from parquedb_orm.errors import ValidationError
+from parquedb_orm.sql import dialects
 from parquedb_orm.sql.models import Counter, EventsWal, RelsWal
 
 #: A commit's events of one namespace go to one row unless the encoded JSON exceeds
@@ -120,8 +121,8 @@ def _unclaimed_sql(family: str, paramstyle: str, table: str, checked: tuple[bool
 
 
 @lru_cache(maxsize=32)
-def _processors(dialect: Any, table: Table) -> tuple[Any, ...]:
-    return tuple(table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in _COLUMNS)
+def _processors(dialect: Any, table: Table) -> tuple[tuple[str, Any], ...]:
+    return tuple((c, table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) for c in _COLUMNS)
 
 
 def insert_unclaimed(conn: Connection, table: Table, rows: list[dict[str, Any]], marks: dict[str, str] | None) -> bool:
@@ -148,21 +149,19 @@ def insert_unclaimed(conn: Connection, table: Table, rows: list[dict[str, Any]],
     spend more time building and caching this statement than the database takes to run it."""
     if not rows:
         return True
-    from parquedb_orm.sql import dialects
-
     dialect = conn.dialect
     procs = _processors(dialect, table)
     params: list[Any] = []
     checked = []
     seen: set[str] = set()
     for row in rows:
-        for col, proc in zip(_COLUMNS, procs, strict=True):
-            params.append(proc(row[col]) if proc is not None else row[col])
-        check = marks is not None and row["ns"] in marks and row["ns"] not in seen
-        seen.add(row["ns"])
+        params += [row[col] if proc is None else proc(row[col]) for col, proc in procs]
+        ns = row["ns"]
+        check = marks is not None and ns in marks and ns not in seen
+        seen.add(ns)
         if check:
             assert marks is not None
-            params += [marks[row["ns"]], row["first_seq"]]
+            params += [marks[ns], row["first_seq"]]
         checked.append(check)
     sql = _unclaimed_sql(dialects.family(conn), dialect.paramstyle, table.name, tuple(checked))
     raw = _plain_sqlite(conn)
@@ -226,8 +225,6 @@ def seq_floors(conn: Connection, events_ns: list[str], rels_ns: list[str]) -> di
         params[f"e{i}_ns"], params[f"e{i}_c"] = ns, f"seq:{ns}"
     for i, ns in enumerate(rels_ns):
         params[f"r{i}_ns"], params[f"r{i}_c"] = ns, f"rseq:{ns}"
-    from parquedb_orm.sql import dialects
-
     locking = dialects.capabilities(conn).snapshot_reads
     rows = conn.execute(_floors_sql(len(events_ns), len(rels_ns), locking), params).all()
     return {(str(k), str(ns)): int(w or 0) for k, ns, w in rows}
