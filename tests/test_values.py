@@ -676,3 +676,43 @@ def test_find_with_pushdown_equals_memory_path(tmp_path: Path, monkeypatch: pyte
             monkeypatch.undo()
             assert sorted(d["$id"] for d in got) == sorted(d["$id"] for d in expected), flt
             assert got == expected or sorted(got, key=lambda d: d["$id"]) == sorted(expected, key=lambda d: d["$id"])
+
+
+def test_native_fast_path_encodes_as_the_converting_path() -> None:
+    """dumps sends JSON-native values straight to a reused C encoder; the text must be the
+    very text the converting walk and json.JSONEncoder give (floats, big ints, unicode,
+    nesting), and anything else must still go through the walk."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    scalars = (
+        hs.none()
+        | hs.booleans()
+        | hs.integers(min_value=-(2**70), max_value=2**70)
+        | hs.floats(allow_nan=False, allow_infinity=False)
+        | hs.text(max_size=8)
+    )
+    values = hs.recursive(
+        scalars,
+        lambda inner: hs.lists(inner, max_size=4) | hs.dictionaries(hs.text(max_size=4), inner, max_size=4),
+        max_leaves=20,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(values)
+    def same(value: Any) -> None:
+        reference = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode(value)
+        assert codec.dumps(value) == reference
+        assert codec._json_native(value, 0)
+
+    same()
+    # not native: converted (tuples, datetimes) or refused (NaN, non-str keys, too deep)
+    assert codec.dumps({"a": (1, 2)}) == '{"a":[1,2]}'
+    assert codec.dumps([datetime(2020, 1, 1)]) == '[{"$date":"2020-01-01T00:00:00"}]'
+    for bad in (float("nan"), {"a": [float("inf")]}, {1: "x"}):
+        with pytest.raises(pq.errors.SerializationError):
+            codec.dumps(bad)
+    deep: Any = 1
+    for _ in range(codec.MAX_VALUE_DEPTH + 20):
+        deep = [deep]
+    assert not codec._json_native(deep, 0)

@@ -10,6 +10,7 @@ that turns events into state: the live calls and every replay go through it.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,7 @@ Versioned = tuple[int, State | None]
 
 
 def now_us() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    return time.time_ns() // 1000  # the same clock as datetime.now(UTC), without the object
 
 
 def us_to_dt(us: int) -> datetime:
