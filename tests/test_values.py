@@ -716,3 +716,42 @@ def test_native_fast_path_encodes_as_the_converting_path() -> None:
     for _ in range(codec.MAX_VALUE_DEPTH + 20):
         deep = [deep]
     assert not codec._json_native(deep, 0)
+
+
+def test_plain_fast_path_matches_the_typed_walk() -> None:
+    """plain_dumps (the archive's JSON) takes a fast path for JSON-native values and for
+    states whose only typed values are top-level UTC datetimes; its text and typed paths
+    must be the walk's, for those shapes and for every other (which fall back to it)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    def walk(value: Any) -> tuple[str, Any]:
+        paths: list[Any] = []
+        text = codec._encode(lambda: codec._plain(value, [], paths))
+        return text, paths or None
+
+    utc = hs.datetimes(timezones=hs.just(UTC))
+    odd = hs.datetimes() | hs.decimals(allow_nan=False, allow_infinity=False) | hs.dates() | hs.uuids()
+    scalars = (
+        hs.none()
+        | hs.booleans()
+        | hs.integers()
+        | hs.floats(allow_nan=False, allow_infinity=False)
+        | hs.text(max_size=6)
+    )
+    nested = hs.recursive(
+        scalars | odd,
+        lambda inner: hs.lists(inner, max_size=3) | hs.dictionaries(hs.text(max_size=3), inner, max_size=3),
+        max_leaves=10,
+    )
+    states = hs.dictionaries(hs.text(max_size=5), scalars | utc | odd | nested, max_size=8)
+
+    @settings(max_examples=300, deadline=None)
+    @given(states | nested)
+    def same(value: Any) -> None:
+        assert codec.plain_dumps(value) == walk(value)
+
+    same()
+    state = {"$id": "p/1", "n": 1, "createdAt": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "tags": ["a"]}
+    text = '{"$id":"p/1","n":1,"createdAt":"2026-01-02T03:04:05.000006+00:00","tags":["a"]}'
+    assert codec.plain_dumps(state) == (text, [[["createdAt"], "$date"]])

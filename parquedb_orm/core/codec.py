@@ -536,9 +536,39 @@ def plain_dumps(value: object) -> tuple[str, list[TypedPath] | None]:
     Decimal/UUID/time as text, timedelta as integer microseconds, bytes as base64, enum
     members and custom types as their plain value) and the paths of its typed values
     (None when it has none), which `plain_loads` re-applies: lossless, like `dumps`."""
+    fast = _plain_fast(value)
+    if fast is not None:
+        return fast
     paths: list[TypedPath] = []
     text = _encode(lambda: _plain(value, [], paths))
     return text, paths or None
+
+
+def _plain_fast(value: object) -> tuple[str, list[TypedPath] | None] | None:
+    """`plain_dumps` of the common shapes without the typed walk: a JSON-native value, or a
+    state (a dict whose only typed values are the store's own UTC timestamps at the top
+    level). None: anything else, left to the walk (which converts or refuses it)."""
+    if _NATIVE_ENCODER is None:
+        return None
+    if type(value) is not dict:
+        return ("".join(_NATIVE_ENCODER(value, 0)), None) if _json_native(value, 0) else None
+    out: dict[str, Any] | None = None
+    paths: list[TypedPath] = []
+    for key, item in value.items():
+        if type(key) is not str:
+            return None
+        t = type(item)
+        if t is str or t is int or t is bool or item is None:
+            continue
+        if t is datetime and item.tzinfo is UTC:
+            if out is None:
+                out = dict(value)
+            out[key] = datetime.isoformat(item)
+            paths.append([[key], "$date"])
+            continue
+        if not _json_native(item, 1):
+            return None
+    return "".join(_NATIVE_ENCODER(value if out is None else out, 0)), paths or None
 
 
 def untag(text: str) -> tuple[str, list[TypedPath] | None]:
