@@ -106,6 +106,37 @@ def duckdb_mib() -> float:
     return round(float(used) / 2**20, 1)
 
 
+def _sqlite_memory_used() -> Any:
+    """`sqlite3_memory_used` of the libsqlite3 this process's sqlite3 module runs on (its
+    page caches, statements and schema of every connection), or None."""
+    import sqlite3  # noqa: F401  (loads the library)
+
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split()[-1]
+        if "libsqlite3" in path and path.startswith("/"):
+            try:
+                fn = ctypes.CDLL(path).sqlite3_memory_used
+            except (OSError, AttributeError):
+                return None
+            fn.restype = ctypes.c_int64
+            return fn
+    return None
+
+
+_SQLITE_MEMORY_USED: Any = None
+
+
+def sqlite_mib() -> float | None:
+    """MiB SQLite's allocator holds now (every connection's page cache, statements and
+    schema): a part of RSS bounded by the pool's connections x their cache_size."""
+    global _SQLITE_MEMORY_USED
+    if _SQLITE_MEMORY_USED is None:
+        _SQLITE_MEMORY_USED = _sqlite_memory_used() or False
+    if _SQLITE_MEMORY_USED is False:
+        return None
+    return round(_SQLITE_MEMORY_USED() / 2**20, 1)
+
+
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
@@ -386,7 +417,8 @@ def sampler(db: Any, t0: float, every: float, stop: threading.Event, series: lis
     while not stop.wait(every):
         st = db.stats()
         series.append({"t": round(time.perf_counter() - t0, 1), **mem(), "arrow": arrow_mib(),
-                       "duckdb": duckdb_mib(),
+                       "duckdb": duckdb_mib(), "sqlite": sqlite_mib(),
+                       "cached": len(db.runtime.known.cache),  # entity cache entries (bounded)
                        "flushes": st["flushes"],
                        "unflushed": st["unflushed_events"],
                        "ops": sum(len(a) for s in done for a in s.lat.values())})  # fmt: skip
@@ -805,6 +837,19 @@ def render(res: dict[str, Any], command: str, args: argparse.Namespace) -> str:
     if line:
         out.append("   ".join(line))
     out += ["```", ""]
+    # where the resident memory sits, about every 30 s: what each bounded part holds
+    parts = [s for s in res["rss_series"] if "sqlite" in s]
+    step = max(1, round(30 / args.rss_every))
+    if parts:
+        out += ["Parts of the RSS over the run, MiB (glibc: malloc's heap in use / free; Arrow's pool; DuckDB's "
+                "find connection; SQLite's allocator, every connection's page cache; entities in the store's cache):",
+                "", "| t, s | RSS | glibc in use | glibc free | Arrow | DuckDB | SQLite | cached entities |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for s in [*parts[::step], *([parts[-1]] if (len(parts) - 1) % step else [])]:
+            cells = [s.get(k) for k in ("glibc_in_use", "glibc_free", "arrow", "duckdb", "sqlite")]
+            shown = " | ".join("-" if v is None else f"{v:,.1f}" for v in cells)
+            out.append(f"| {s['t']:.0f} | {s['rss']:,.1f} | {shown} | {s.get('cached', 0):,} |")
+        out.append("")
     problems = [*res["error_messages"], *res["violation_messages"], *c["problems"],
                 *(f"thread did not stop: {t}" for t in res["stuck_threads"])]  # fmt: skip
     if problems:

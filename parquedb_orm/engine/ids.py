@@ -100,6 +100,19 @@ class IdBlocks:
         connection would wait on ourselves, so the block is reserved inside it and kept
         in `local` (the unit of work's) instead, and logged in `reserved`.
         """
+        if count == 1:  # the single create: one number from the pool, under one lock
+            with self._lock:
+                ranges = self._free.get(ns)
+                if ranges:
+                    r = ranges[0]
+                    number = r[0]
+                    if len(r) == 1:
+                        ranges.pop(0)
+                    else:
+                        ranges[0] = r[1:]
+                    if number > self._issued.get(ns, 0):
+                        self._issued[ns] = number
+                    return [number]
         out = self.take(ns, count) or []
         while len(out) < count:
             while local and len(out) < count:
