@@ -258,7 +258,17 @@ def _reexec(args: argparse.Namespace) -> None:
 
         env = metered_env(env)
     except Exception as exc:
-        _log(f"WARNING: faithful meter unavailable ({type(exc).__name__}: {exc}); rows will be n/a")
+        # this interpreter may lack what the meter imports (a bare python3): ask the one
+        # the workers run on, which the benchmark venv equips
+        probe = ("import json, os, sys; sys.path.insert(0, sys.argv[1]); from parquedb_meter import metered_env; "
+                 "print(json.dumps(metered_env(dict(os.environ))))")  # fmt: skip
+        done = subprocess.run([python, "-c", probe, str(REPO / "tools" / "meter")], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        if done.returncode == 0:
+            env = json.loads(done.stdout)
+        else:
+            why = done.stderr.strip().splitlines()[-1:] or [f"{type(exc).__name__}: {exc}"]
+            _log(f"WARNING: faithful meter unavailable ({why[0]}); rows will be n/a")
     env[_CHILD_FLAG] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     argv = [python, "-m", "benchmarks.blog", *sys.argv[1:]]
