@@ -119,13 +119,10 @@ def _texts(values: list[Encoded | None]) -> pa.Array:
     return pa.array([None if v is None else v[0] for v in values], JSON)
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(separators=) builds one per call
-
-
 def _types(columns: dict[str, list[Encoded | None]], n: int) -> pa.Array:
     """The `types` column: per row, the typed paths of each JSON column that has some."""
     out: list[str | None] = [None] * n
-    encode_row = _COMPACT.encode
+    encode_row = codec.dumps  # plain JSON (paths of str keys and tags): the prebuilt C encoder
     items = list(columns.items())
     for i in range(n):
         row = {c: v[1] for c, values in items if (v := values[i]) is not None and v[1]}
