@@ -63,10 +63,6 @@ def build_rows(ns: str, records: list[list[Any]], parts: list[str] | None = None
                 f"{MAX_EVENT_BYTES:,} (sql/wal.MAX_EVENT_BYTES, docs/limits.md): keep large blobs "
                 "outside the entity and store a reference"
             )
-    if len(parts) == 1:  # the single-op commit: no split to look for
-        seq = records[0][0]
-        return [{"ns": ns, "first_seq": seq, "last_seq": seq, "event_count": 1,
-                 "events": codec.encode_json(f"[{parts[0]}]"), "created_at": now}]  # fmt: skip
     return [
         {
             "ns": ns,
