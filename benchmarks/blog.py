@@ -203,6 +203,7 @@ def run_worker(name: str, scale: float, seed: int, workdir: Path, result: Path |
     try:
         run("open", "0 open (schema)", 1, system.open)
         opened = True
+        out["settings"] = system.settings_read_back()  # on the system's own connection, not metered
         run("bulk", "1 bulk create", len(wl.users) + len(wl.posts), bulk)
         run("comments", "2 comments (1/commit)", len(wl.comments), comments)
         run("updates", "3 updates (1/commit)", len(wl.updates), updates)

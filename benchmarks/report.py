@@ -174,7 +174,9 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
     faithful = all(r.get("faithful") for r in results.values())
     if faithful:
         add("Rows read / written: faithful SQLite meter (libSQL counters, as Cloudflare D1 / Durable Objects and "
-            "Turso bill them). Every system on its own SQLite file (WAL journal, synchronous=NORMAL) in the same run.")
+            "Turso bill them). Every system on its own SQLite file in the same run, set to WAL journal and "
+            "synchronous=NORMAL; the Totals table gives what each read back with PRAGMA on a connection of its "
+            "own engine.")
     else:
         add("**The faithful meter was NOT active** (rows read / written are n/a); statements and seconds only.")
     add("")
@@ -187,8 +189,9 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
     # -- totals ----------------------------------------------------------------
     add("## Totals")
     add("")
-    add("| system | rows written | rows read | SQL statements | seconds | SQL bytes (db + -wal) | archive bytes |")
-    add("|---|---:|---:|---:|---:|---:|---:|")
+    add("| system | rows written | rows read | SQL statements | seconds | SQL bytes (db + -wal) | archive bytes "
+        "| journal / synchronous read back |")
+    add("|---|---:|---:|---:|---:|---:|---:|---|")
     for name in names:
         r = results[name]
         t = r.get("total", {})
@@ -198,7 +201,7 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
                                           " **(errors)**" if err else "")
         add(f"| {label} | {_n(t.get('rows_written'))} | {_n(t.get('rows_read'))} | {_n(t.get('statements'))} | "
             f"{_n(t.get('seconds'))} | {_bytes(b.get('sql'))} | "
-            f"{_bytes(b.get('archive')) if name == 'parquedb' else '—'} |")
+            f"{_bytes(b.get('archive')) if name == 'parquedb' else '—'} | {r.get('settings', 'n/a')} |")
     add("")
 
     # -- per phase, one table per metric -----------------------------------------

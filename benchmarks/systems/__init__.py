@@ -32,6 +32,9 @@ LABELS: dict[str, str] = {
 }
 
 
+SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
 class BenchSystem(ABC):
     """One system under test. Every write call is one commit (bulk_create: one per call)."""
 
@@ -73,6 +76,22 @@ class BenchSystem(ABC):
     def flush(self) -> dict[str, Any]:
         """Move history out of the SQL database, if the system does that (default: nothing)."""
         return {}
+
+    def sql_engine(self) -> Any:
+        """The SQLAlchemy engine the system writes through (None: it has none)."""
+        return getattr(self, "engine", None)
+
+    def settings_read_back(self) -> str:
+        """journal_mode / synchronous as a connection of the system's own engine reads them
+        back with PRAGMA (synchronous is per connection: a connection of our own would
+        show SQLite's default, not the system's)."""
+        engine = self.sql_engine()
+        if engine is None:
+            return "n/a"
+        with engine.connect() as conn:
+            journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        return f"{journal}/{SYNC_NAMES.get(sync, sync)}"
 
     # -- reads -----------------------------------------------------------------
     @abstractmethod

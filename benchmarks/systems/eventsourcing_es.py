@@ -25,7 +25,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from benchmarks.systems import BenchSystem, Doc, Handle, apply_update
+from benchmarks.systems import BenchSystem, Doc, Handle, apply_update, sqlite_pragmas
 
 SNAPSHOT_INTERVAL = 10
 _LOG_PAGE = 1_000
@@ -66,12 +66,22 @@ class System(BenchSystem):
         self._projection: dict[str, dict[UUID, Doc]] | None = None
 
     def _connect(self) -> BlogApp:
-        return BlogApp(env={
+        app = BlogApp(env={
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": self.url,
             "AGGREGATE_CACHE_MAXSIZE": "0",  # <= 0: unbounded cache
             "AGGREGATE_CACHE_FASTFORWARD": "n",
         })
+        # every system's journal settings (WAL, synchronous=NORMAL): the datastore's own
+        # engine left a rollback journal and FULL (read back), so it gets them on every
+        # connection from now on, and the connections made while it set up are dropped
+        engine = app.recorder.datastore.engine  # type: ignore[attr-defined]
+        sqlite_pragmas(engine)
+        engine.dispose()
+        return app
+
+    def sql_engine(self) -> Any:
+        return None if self.app is None else self.app.recorder.datastore.engine  # type: ignore[attr-defined]
 
     def open(self) -> None:
         self.app = self._connect()

@@ -46,6 +46,9 @@ class System(BenchSystem):
             self.db.close()
             self.db = None
 
+    def sql_engine(self) -> Any:
+        return None if self.db is None else self.db.engine
+
     # -- writes ----------------------------------------------------------------
     @staticmethod
     def _sqid(state: Doc) -> str:

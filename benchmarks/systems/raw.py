@@ -45,7 +45,7 @@ from typing import Any
 
 from parquedb_meter import SQLite3Meter
 
-from benchmarks.systems import BenchSystem, Doc, Handle, apply_update
+from benchmarks.systems import SYNC_NAMES, BenchSystem, Doc, Handle, apply_update
 from parquedb_orm.sql.dialects import sqlite_file_pragmas
 
 #: naive's schema, as SQLAlchemy compiles `benchmarks.systems.naive.metadata` for SQLite
@@ -140,12 +140,18 @@ class System(BenchSystem):
         pragmas = {p: con.execute(f"PRAGMA {p}").fetchone()[0] for p in ("journal_mode", "synchronous",
                                                                           "busy_timeout")}
         if pragmas != self.pragmas:
-            sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(pragmas["synchronous"], pragmas["synchronous"])
+            sync = SYNC_NAMES.get(pragmas["synchronous"], pragmas["synchronous"])
             self.notes.append(f"SQLite settings read back with PRAGMA: journal_mode={pragmas['journal_mode']}, "
                               f"synchronous={sync}, busy_timeout={pragmas['busy_timeout']} ms")
             self.pragmas = pragmas
         self.con = con
         self.sql = SQLite3Meter(con)
+
+    def settings_read_back(self) -> str:
+        if not self.pragmas:
+            return "n/a"
+        sync = self.pragmas["synchronous"]
+        return f"{self.pragmas['journal_mode']}/{SYNC_NAMES.get(sync, sync)}"
 
     def open(self) -> None:
         self._connect()
