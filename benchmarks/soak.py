@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -106,11 +107,11 @@ def duckdb_mib() -> float:
     return round(float(used) / 2**20, 1)
 
 
+@functools.cache
 def _sqlite_memory_used() -> Any:
     """`sqlite3_memory_used` of the libsqlite3 this process's sqlite3 module runs on (its
-    page caches, statements and schema of every connection), or None."""
-    import sqlite3  # noqa: F401  (loads the library)
-
+    page caches, statements and schema of every connection), or None (sqlite3, imported
+    above, has loaded it)."""
     for line in Path("/proc/self/maps").read_text().splitlines():
         path = line.split()[-1]
         if "libsqlite3" in path and path.startswith("/"):
@@ -123,18 +124,11 @@ def _sqlite_memory_used() -> Any:
     return None
 
 
-_SQLITE_MEMORY_USED: Any = None
-
-
 def sqlite_mib() -> float | None:
     """MiB SQLite's allocator holds now (every connection's page cache, statements and
     schema): a part of RSS bounded by the pool's connections x their cache_size."""
-    global _SQLITE_MEMORY_USED
-    if _SQLITE_MEMORY_USED is None:
-        _SQLITE_MEMORY_USED = _sqlite_memory_used() or False
-    if _SQLITE_MEMORY_USED is False:
-        return None
-    return round(_SQLITE_MEMORY_USED() / 2**20, 1)
+    used = _sqlite_memory_used()
+    return None if used is None else round(used() / 2**20, 1)
 
 
 class _MallInfo2(ctypes.Structure):
