@@ -22,6 +22,29 @@ def test_recent_ids_decode_from_a_bounded_map(monkeypatch: pytest.MonkeyPatch) -
         ids._RECENT.clear()
 
 
+def test_an_import_leaves_the_recent_ids_alone(tmp_path: object) -> None:
+    """create_many's ids are not remembered: a 1,000-entity import neither grows the map
+    nor pushes out the ids single creates put there (their flush decodes them from it)."""
+    from pathlib import Path
+
+    import parquedb_orm as pq
+
+    ids._RECENT.clear()
+    db = pq.ParqueDB(f"sqlite:///{Path(str(tmp_path)) / 's.db'}", archive=str(Path(str(tmp_path)) / "a"),
+                     policy=pq.FlushPolicy(mode="manual"))  # fmt: skip
+    try:
+        single = db.create("posts", {"n": 0})["$id"].split("/", 1)[1]
+        before = dict(ids._RECENT)
+        made = db.create_many("posts", [{"n": i} for i in range(1, 1_001)])
+        assert dict(ids._RECENT) == before and single in ids._RECENT
+        # and they decode all the same, through sqids: one reserved block, in order
+        numbers = [ids.decode_id(s["$id"].split("/", 1)[1]) for s in made[:50]]
+        assert numbers == list(range(numbers[0] or 0, (numbers[0] or 0) + 50))
+    finally:
+        db.close()
+        ids._RECENT.clear()
+
+
 def test_id_blocks_grow_while_busy_and_start_small_again_when_idle(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,3 +82,4 @@ def test_id_blocks_grow_while_busy_and_start_small_again_when_idle(
         assert len(set(numbers)) == 3_501
     finally:
         db.close()
+        ids._RECENT.clear()

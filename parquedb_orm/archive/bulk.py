@@ -48,7 +48,7 @@ def write_bulk(
     ids: list[str] = []
     jsons: list[parquet.Encoded] = []
     for number, data in zip(numbers, datas, strict=True):
-        eid = encode_id(number)
+        eid = encode_id(number, remember=False)
         type_ = data.pop("$type", ns)
         state: State = {"$id": f"{ns}/{eid}", "$type": type_}
         state.update(data)
