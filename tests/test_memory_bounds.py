@@ -170,3 +170,56 @@ def test_appending_to_a_packed_entity_decodes_nothing(monkeypatch: pytest.Monkey
     tail.pack()
     assert all(isinstance(v, str) for v in tail._d.values()) and not tail._after
     assert [ev.seq for ev in tail.get(ids[0])] == [1, 11, 21, 31, 41, 51, 61]
+
+
+def test_a_trim_decodes_only_the_entities_it_reaches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunked flush trims the tail after every chunk: entities whose first event is
+    above the mark stay packed and are not decoded; an entity cut in two stays packed with
+    its later events; the counts and first versions left are returned."""
+    from parquedb_orm.core.events import UPDATE, Event
+    from parquedb_orm.engine import state
+
+    monkeypatch.setattr(state, "TAIL_LOOSE_EVENTS", 12)
+    tail = state.Tail()
+    seq = 0
+    for eid, count in (("a", 4), ("b", 3), ("c", 5)):  # a: 1-4, b: 5-7, c: 8-12
+        for version in range(2, 2 + count):
+            seq += 1
+            tail.add(Event(seq, seq, UPDATE, eid, None, {"$set": {"n": seq}}, version))
+    tail.add(Event(13, 13, UPDATE, "d", None, {"$set": {"n": 13}}, 2))  # the pack leaves d loose
+    tail.add(Event(14, 14, UPDATE, "a", None, {"$set": {"n": 14}}, 6))  # waits beside a's packed text
+    assert tail.packed == 1 and isinstance(tail._d["c"], str) and type(tail._d["d"]) is list
+    unpacked: list[str] = []
+    real = state.Tail._unpack
+    monkeypatch.setattr(state.Tail, "_unpack", staticmethod(lambda text: unpacked.append(text) or real(text)))
+
+    removed, changed = tail.trim(6)  # all of a's packed events, and b's first two
+    assert (removed, changed) == (6, {"a": 6, "b": 4})
+    assert len(unpacked) == 2  # a and b; c (first event 8) and d (13) are left as they are
+    assert isinstance(tail._d["a"], str) and isinstance(tail._d["b"], str) and isinstance(tail._d["c"], str)
+    assert [e.seq for e in tail.get("a")] == [14] and [e.seq for e in tail.get("b")] == [7]
+    assert [e.seq for e in tail.get("c")] == [8, 9, 10, 11, 12] and not tail._after
+
+    removed, changed = tail.trim(13)
+    assert (removed, changed) == (7, {"b": None, "c": None, "d": None})
+    assert list(tail) == ["a"] and [e.version for e in tail.get("a")] == [6]
+
+
+def test_a_relationship_trim_cuts_the_flushed_head_in_place() -> None:
+    from parquedb_orm.core.events import RelEvent
+    from parquedb_orm.engine.state import RelTail
+
+    rt = RelTail()
+    pairs = [("a", "x/1"), ("b", "x/1"), ("a", "x/2"), ("c", "x/3"), ("a", "x/1")]
+    for seq, (src, to) in enumerate(pairs, start=1):
+        rt.append(RelEvent(seq, seq, "link", src, "refs", to, None, None, None))
+    index = rt._from
+    rt.trim(3)
+    assert rt._from is index  # not rebuilt
+    assert [e.seq for e in rt] == [4, 5]
+    assert [e.seq for e in rt.of_source("a")] == [5] and rt.of_source("b") == []
+    assert [e.seq for e in rt.of_target("x/1")] == [5] and rt.of_target("x/2") == []
+    assert sorted(rt._from) == ["a", "c"] and sorted(rt._to) == ["x/1", "x/3"]
+    rt.insert(RelEvent(2, 2, "link", "z", "refs", "x/9", None, None, None))  # a late event below the mark
+    rt.trim(4)  # out of order: the index is rebuilt, exactly
+    assert [e.seq for e in rt] == [5] and sorted(rt._from) == ["a"] and sorted(rt._to) == ["x/1"]

@@ -46,6 +46,15 @@ def _packed(events: list[Event]) -> str:
     return "[" + ",".join(e.text if e.text is not None else dumps(e.to_record()) for e in events) + "]"
 
 
+def _first_seq(packed: str) -> int:
+    """The sequence of the first record of a packed entity (`[[seq,ts,...],...]`: events
+    are packed in sequence order), read without decoding the rest; above every mark when
+    nothing is packed."""
+    if len(packed) < 3:
+        return 1 << 62
+    return int(packed[2 : packed.index(",", 2)])
+
+
 class Tail:
     """One namespace's unflushed events per entity, in memory: the events of the last
     TAIL_LOOSE_EVENTS appended stay objects; beyond, every entity's list is packed into
@@ -107,6 +116,41 @@ class Tail:
         self._loose = kept
         self._next = kept + TAIL_LOOSE_EVENTS
         self.packed += 1
+
+    def trim(self, mark: int) -> tuple[int, dict[str, int | None]]:
+        """Drop the events numbered at or below `mark` (a flush archived them). Returns how
+        many went and, per entity that lost some, the version of its first event left (None:
+        none left). An entity whose first event is above the mark is left as it is, packed
+        or not: a chunked flush trims after every chunk, and decoding every packed entity
+        each time (as objects kept loose until the next pack) cost the flush its memory."""
+        removed = 0
+        changed: dict[str, int | None] = {}
+        d = self._d
+        for eid in list(d):
+            v = d[eid]
+            if type(v) is list:
+                if v and v[0].seq > mark:
+                    continue
+                kept = [e for e in v if e.seq > mark]
+                self._loose -= len(v) - len(kept)
+            else:
+                assert isinstance(v, str)
+                if _first_seq(v) > mark:
+                    continue
+                after = self._after.pop(eid, [])
+                self._loose -= len(after)
+                whole = self._unpack(v) + after
+                kept = [e for e in whole if e.seq > mark]
+                v = whole
+            removed += len(v) - len(kept)
+            if kept:
+                # a packed entity stays packed: its events are not made loose objects again
+                d[eid] = kept if type(d[eid]) is list else _packed(kept)
+                changed[eid] = kept[0].version
+            else:
+                del d[eid]
+                changed[eid] = None
+        return removed, changed
 
     def takes_after(self, eid: str, seq: int) -> bool:
         """Whether an event numbered `seq` can go at the end of the entity's events in
@@ -303,11 +347,31 @@ class RelTail:
         )
 
     def trim(self, mark: int) -> None:
-        """Drop the events at or below `mark` (flushed)."""
-        kept = [ev for ev in self._events if ev.seq > mark]
-        self._events, self._from, self._to = [], {}, {}
-        for ev in kept:
-            self.append(ev)
+        """Drop the events at or below `mark` (flushed): the lists lose their flushed head,
+        in place. (Rebuilding the index from the events kept, after every chunk of a large
+        flush, allocated a second copy of it.)"""
+        cut = 0
+        events = self._events
+        while cut < len(events) and events[cut].seq <= mark:
+            cut += 1
+        if any(ev.seq <= mark for ev in events[cut:]):  # not in sequence order: rebuild
+            kept = [ev for ev in events if ev.seq > mark]
+            self._events, self._from, self._to = [], {}, {}
+            for ev in kept:
+                self.append(ev)
+            return
+        flushed = events[:cut]
+        for index, keys in ((self._from, {ev.from_id for ev in flushed}), (self._to, {ev.to for ev in flushed})):
+            for key in keys:
+                lst = index[key]
+                i = 0
+                while i < len(lst) and lst[i].seq <= mark:
+                    i += 1
+                if i == len(lst):
+                    del index[key]
+                else:
+                    del lst[:i]
+        del events[:cut]
 
     def of_source(self, entity_id: str) -> list[RelEvent]:
         return list(self._from.get(entity_id, ()))

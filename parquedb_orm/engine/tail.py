@@ -84,18 +84,14 @@ class WalTail:
     def trim(self, st: NsState, ev_mark: int, latest: dict[str, Versioned] | None = None) -> None:
         """Drop what a flush moved to the archive (caller holds the lock). `latest`: the
         states the flush archived, the new base of an entity whose later events stay."""
-        for eid in list(st.tail):
-            kept = [e for e in st.tail[eid] if e.seq > ev_mark]
-            st.tail_events -= len(st.tail[eid]) - len(kept)
-            if kept:
-                st.tail[eid] = kept
-                base = None if latest is None else latest.get(eid)
-                if base is not None and base[0] == kept[0].version - 1:
-                    st.tail_base[eid] = base
-                else:
-                    st.tail_base.pop(eid, None)
+        removed, changed = st.tail.trim(ev_mark)
+        st.tail_events -= removed
+        # an entity the flush did not reach keeps its base: its first event is the same
+        for eid, first_version in changed.items():
+            base = None if latest is None or first_version is None else latest.get(eid)
+            if base is not None and base[0] == (first_version or 0) - 1:
+                st.tail_base[eid] = base
             else:
-                del st.tail[eid]
                 st.tail_base.pop(eid, None)
         for eid in [e for e in st.tail_base if e not in st.tail]:
             del st.tail_base[eid]
