@@ -141,6 +141,9 @@ class Runtime:
                 st = self.known.ns(ns)
                 if ev_mark:
                     self.tail.trim(st, ev_mark, {eid: (v, state) for eid, (v, _seq, state) in latest.items()})
+                    # the tail no longer holds what the files now do: a read that looked
+                    # the archive up before this must look again (Reads._load)
+                    st.epoch += 1
                     self.archived.learn(ns, latest)
                     if counters is not None:
                         counters[seq_key(ns)] = ev_mark
