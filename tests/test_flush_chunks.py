@@ -123,3 +123,29 @@ def test_a_flush_stopped_between_chunks_resumes_exactly_once(
         assert len(_glob(archive, "rels")) == n_links
         assert {d["$id"].split("/")[1]: d["n"] for d in again.find("posts")} == _expected(ids)
         assert_wal_flushed(engine)
+
+
+def test_chunks_past_the_threshold_take_the_smaller_span(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tail above CHUNK_EVENTS is flushed CHUNK_SPAN events at a time (whole WAL rows)
+    until what is left fits the threshold, which then goes in one chunk; every event once."""
+    monkeypatch.setattr(flush_mod, "CHUNK_EVENTS", 100)
+    monkeypatch.setattr(flush_mod, "CHUNK_SPAN", 30)
+    db = pq.ParqueDB(
+        f"sqlite:///{tmp_path / 's.db'}", archive=tmp_path / "archive", policy=pq.FlushPolicy(mode="manual")
+    )
+    try:
+        eid = db.create("items", {"n": 0})["$id"].split("/", 1)[1]
+        for start in range(0, 250, 10):  # WAL rows of 10 events
+            with db.transaction() as tx:
+                for k in range(start, start + 10):
+                    tx.update("items", eid, {"$set": {"n": k + 1}})
+        steps: list[str] = []
+        monkeypatch.setattr(flush_mod, "CRASH_HOOK", steps.append)
+        result = db.flush()
+        # 251 events: chunks of 31 (the create's row of 1, then 3 rows of 10), 30, 30, 30, 30,
+        # and the last 100 (no more than the threshold) together
+        assert result.events == 251 and steps.count("committed") == 6
+        assert [e["version"] for e in db.history(f"items/{eid}")] == list(range(1, 252))
+        assert db.get("items", eid)["n"] == 250
+    finally:
+        db.close()
