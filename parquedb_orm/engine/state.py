@@ -131,21 +131,22 @@ class Tail:
             if type(v) is list:
                 if v and v[0].seq > mark:
                     continue
-                kept = [e for e in v if e.seq > mark]
-                self._loose -= len(v) - len(kept)
+                events = v
+                self._loose -= len(events)
             else:
                 assert isinstance(v, str)
                 if _first_seq(v) > mark:
                     continue
                 after = self._after.pop(eid, [])
                 self._loose -= len(after)
-                whole = self._unpack(v) + after
-                kept = [e for e in whole if e.seq > mark]
-                v = whole
-            removed += len(v) - len(kept)
+                events = self._unpack(v) + after
+            kept = [e for e in events if e.seq > mark]
+            removed += len(events) - len(kept)
             if kept:
                 # a packed entity stays packed: its events are not made loose objects again
-                d[eid] = kept if type(d[eid]) is list else _packed(kept)
+                loose = type(v) is list
+                self._loose += len(kept) if loose else 0
+                d[eid] = kept if loose else _packed(kept)
                 changed[eid] = kept[0].version
             else:
                 del d[eid]
@@ -350,10 +351,10 @@ class RelTail:
         """Drop the events at or below `mark` (flushed): the lists lose their flushed head,
         in place. (Rebuilding the index from the events kept, after every chunk of a large
         flush, allocated a second copy of it.)"""
-        cut = 0
+        import bisect
+
         events = self._events
-        while cut < len(events) and events[cut].seq <= mark:
-            cut += 1
+        cut = bisect.bisect_right(events, mark, key=lambda e: e.seq)
         if any(ev.seq <= mark for ev in events[cut:]):  # not in sequence order: rebuild
             kept = [ev for ev in events if ev.seq > mark]
             self._events, self._from, self._to = [], {}, {}
@@ -363,10 +364,8 @@ class RelTail:
         flushed = events[:cut]
         for index, keys in ((self._from, {ev.from_id for ev in flushed}), (self._to, {ev.to for ev in flushed})):
             for key in keys:
-                lst = index[key]
-                i = 0
-                while i < len(lst) and lst[i].seq <= mark:
-                    i += 1
+                lst = index[key]  # in sequence order, as the events are
+                i = bisect.bisect_right(lst, mark, key=lambda e: e.seq)
                 if i == len(lst):
                     del index[key]
                 else:

@@ -88,8 +88,8 @@ class WalTail:
         st.tail_events -= removed
         # an entity the flush did not reach keeps its base: its first event is the same
         for eid, first_version in changed.items():
-            base = None if latest is None or first_version is None else latest.get(eid)
-            if base is not None and base[0] == (first_version or 0) - 1:
+            base = None if latest is None else latest.get(eid)
+            if first_version is not None and base is not None and base[0] == first_version - 1:
                 st.tail_base[eid] = base
             else:
                 st.tail_base.pop(eid, None)
